@@ -1,0 +1,221 @@
+"""`pgscore db start|stop|status`: a throwaway PostgreSQL for development,
+the demo and the tests.
+
+initdb on first use, listening on 127.0.0.1 only, password authentication,
+plpython3u available and the pinned runtime on the postmaster's PYTHONPATH
+(with one BLAS thread per backend). As root, the server runs as the
+``postgres`` OS user, since PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from . import runtime
+
+DEFAULT_DIR = Path(os.environ.get("PGSCORE_HOME", ".pgscore"))
+DEFAULT_PORT = 54329
+DATABASE = "pgscore"
+SUPERUSER = "postgres"
+
+
+class LocalDatabaseError(RuntimeError):
+    """The local database could not be set up, started or stopped."""
+
+
+@dataclass(frozen=True)
+class LocalDatabase:
+    dir: Path
+
+    @property
+    def data(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def sockets(self) -> Path:
+        return self.dir / "run"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data / "server.log"
+
+    def state(self) -> dict:
+        if not self.state_file.exists():
+            return {}
+        return json.loads(self.state_file.read_text())
+
+    def dsn(self, database: str = DATABASE) -> str:
+        state = self.state()
+        return f"postgresql://{SUPERUSER}:{state['password']}@127.0.0.1:{state['port']}/{database}"
+
+    def is_running(self) -> bool:
+        if not self.data.exists():
+            return False
+        result = self._run([self._bin("pg_ctl"), "-D", str(self.data), "status"], check=False)
+        return result.returncode == 0
+
+    def start(self, port: int | None = None) -> str:
+        """Starts the server (initialising it on first use) and returns its DSN."""
+        if self.is_running():
+            return self.dsn()
+        bindir = self._bindir()
+        plpython = bindir.parent / "lib" / "plpython3.so"
+        if not plpython.exists():
+            raise LocalDatabaseError(
+                f"PL/Python is not installed for {bindir.parent} ({plpython} is missing): "
+                f"run `apt-get install postgresql-{bindir.parent.name} postgresql-plpython3-{bindir.parent.name}` "
+                "(or `make setup`), or use the Docker image (docker/README in README.md)"
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        runtime_dir = runtime.install(self.dir / "runtime", runtime.server_python_version(plpython))
+        state = self.state()
+        if not (self.data / "PG_VERSION").exists():
+            state = self._initdb(port or state.get("port") or _free_port(DEFAULT_PORT))
+        elif port and port != state.get("port"):
+            state["port"] = port
+            self._write_conf(port)
+            self.state_file.write_text(json.dumps(state))
+        state["runtime"] = str(runtime_dir.resolve())
+        self.state_file.write_text(json.dumps(state))
+        self.state_file.chmod(0o600)
+        env = dict(os.environ, PYTHONPATH=state["runtime"], OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1")
+        env.pop("PYTHONHOME", None)
+        self._run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
+                  env=env)
+        self._create_database()
+        return self.dsn()
+
+    def stop(self) -> bool:
+        """Stops the server; returns False when it was not running."""
+        if not self.is_running():
+            return False
+        self._run([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        return True
+
+    def _initdb(self, port: int) -> dict:
+        password = secrets.token_urlsafe(18)
+        for folder in (self.data, self.sockets):
+            folder.mkdir(parents=True, exist_ok=True)
+            self._own(folder)
+        self.data.chmod(0o700)
+        pwfile = self.dir / ".initdb-password"
+        pwfile.write_text(password + "\n")
+        self._own(pwfile)
+        try:
+            self._run([self._bin("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-E", "UTF8", "--locale=C.UTF-8",
+                       "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", f"--pwfile={pwfile}"])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        self._write_conf(port)
+        state = {"port": port, "password": password}
+        self.state_file.write_text(json.dumps(state))
+        self.state_file.chmod(0o600)
+        return state
+
+    def _write_conf(self, port: int) -> None:
+        conf = self.data / "postgresql.auto.conf"
+        lines = [
+            "# written by pgscore db start",
+            "listen_addresses = '127.0.0.1'",
+            f"port = {port}",
+            f"unix_socket_directories = '{self.sockets.resolve()}'",
+            "max_connections = 100",
+            "shared_buffers = '256MB'",
+        ]
+        conf.write_text("\n".join(lines) + "\n")
+        self._own(conf)
+
+    def _create_database(self) -> None:
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+    # -- running PostgreSQL's programs, as the postgres OS user when we are root
+
+    def _bindir(self) -> Path:
+        override = os.environ.get("PGSCORE_PG_BINDIR")
+        candidates = [Path(override)] if override else sorted(
+            Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+            reverse=True)
+        for bindir in candidates:
+            if (bindir / "pg_ctl").exists():
+                return bindir
+        found = shutil.which("pg_ctl")
+        if found:
+            return Path(found).parent
+        raise LocalDatabaseError(
+            "no PostgreSQL server binaries found: run `apt-get install postgresql-15 postgresql-plpython3-15` "
+            "(or `make setup`), or set PGSCORE_PG_BINDIR"
+        )
+
+    def _bin(self, name: str) -> str:
+        return str(self._bindir() / name)
+
+    def _run(self, command: list[str], check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", SUPERUSER, "--", "env", *_env_args(env), *command]
+            env = None
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd="/")
+        if check and result.returncode != 0:
+            log = self.log_file.read_text()[-2000:] if self.log_file.exists() else ""
+            raise LocalDatabaseError(f"{' '.join(command)} failed:\n{result.stdout}{result.stderr}{log}")
+        return result
+
+    def _own(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            user = pwd.getpwnam(SUPERUSER)
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _env_args(env: dict | None) -> list[str]:
+    if env is None:
+        return []
+    keep = ("PYTHONPATH", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LANG", "LC_ALL",
+            "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    return [f"{key}={env[key]}" for key in keep if key in env]
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise LocalDatabaseError("no free TCP port on 127.0.0.1")
+
+
+def local_database(directory: str | os.PathLike | None = None) -> LocalDatabase:
+    return LocalDatabase((Path(directory) if directory else DEFAULT_DIR).resolve())
+
+
+def wait_until_ready(dsn: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+

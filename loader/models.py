@@ -1,0 +1,256 @@
+"""Pushing, activating, rolling back and listing models (the data scientist's side).
+
+``push_model`` refuses, with nothing written, anything the server could not
+score: a file that does not load, a model without ``predict_proba`` or
+feature names, features that are not profile columns, a model saved with
+library versions the server's runtime lacks, and a model whose scores in
+the database differ from its scores here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pgscore_server import catalog, features
+from pgscore_server import runtime as server_runtime
+
+from .connection import connect
+
+# Profiles test-scored in the database before a push is accepted.
+SAMPLE_SIZE = 200
+PARITY_TOLERANCE = 1e-9
+
+
+class PushError(Exception):
+    """A model was refused by ``push_model``; nothing was written."""
+
+
+@dataclass
+class PushResult:
+    name: str
+    version: int
+    model_id: int
+    sha256: str
+    activated: bool
+    sample_size: int
+    max_abs_diff: float | None
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model_file(path: str | os.PathLike) -> tuple[Any, bytes, dict[str, str]]:
+    """(estimator, file bytes, versions it was saved with) of a joblib file.
+
+    Raises PushError when the file is missing or does not load.
+    """
+    path = Path(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise PushError(f"cannot read model file {path}: {exc.strerror}") from None
+    estimator, saved = _load_blob(blob, str(path))
+    return estimator, blob, saved
+
+
+def _load_blob(blob: bytes, origin: str) -> tuple[Any, dict[str, str]]:
+    import joblib
+    from sklearn.exceptions import InconsistentVersionWarning
+
+    saved = dict(server_runtime.versions())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InconsistentVersionWarning)
+        try:
+            estimator = joblib.load(io.BytesIO(blob))
+        except Exception as exc:
+            raise PushError(
+                f"{origin} is not a loadable joblib model: {type(exc).__name__}: {exc}"
+            ) from None
+    for warning in caught:
+        if isinstance(warning.message, InconsistentVersionWarning):
+            saved["scikit-learn"] = warning.message.original_sklearn_version
+    return estimator, saved
+
+
+def check_estimator(estimator: Any, origin: str) -> list[str]:
+    """The feature names of a pushable binary classifier; raises PushError otherwise."""
+    if not hasattr(estimator, "predict_proba"):
+        raise PushError(f"{origin} ({type(estimator).__name__}) has no predict_proba: push a probabilistic classifier")
+    classes = getattr(estimator, "classes_", None)
+    if classes is None or len(classes) != 2:
+        raise PushError(f"{origin} is not a fitted binary classifier (classes_: {classes!r})")
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        raise PushError(
+            f"{origin} has no feature names: fit it on a pandas DataFrame whose columns are "
+            "columns of public.customer_profiles"
+        )
+    return [str(name) for name in names]
+
+
+class _Quoter:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def quote_ident(self, name: str) -> str:
+        return sql.Identifier(name).as_string(self.conn)
+
+
+def profile_columns(conn: psycopg.Connection) -> dict[str, str]:
+    return {name: type_ for name, type_ in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+
+
+def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], customer_ids: Sequence[int]) -> list[dict]:
+    """Feature rows read exactly as the server reads them, in ``customer_ids`` order."""
+    columns = profile_columns(conn)
+    select_list = catalog.select_list(_Quoter(conn), feature_names, columns)
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(
+            f"SELECT p.customer_id, {select_list} FROM public.customer_profiles p"  # noqa: S608 (quoted identifiers)
+            " WHERE p.customer_id = ANY(%s)",
+            [list(customer_ids)],
+        )
+        by_id = {row["customer_id"]: row for row in cur}
+    return [by_id[customer_id] for customer_id in customer_ids if customer_id in by_id]
+
+
+def push_model(
+    dsn: str | None,
+    model_or_path: Any,
+    *,
+    name: str,
+    activate: bool = False,
+    note: str | None = None,
+    metrics: dict | None = None,
+    sample_size: int = SAMPLE_SIZE,
+) -> PushResult:
+    """Validates, uploads and test-scores a model; activates it if asked.
+
+    ``model_or_path`` is a joblib file or a fitted estimator. Raises
+    PushError (nothing written) when the model is refused, and psycopg
+    errors for connection or permission problems.
+    """
+    if isinstance(model_or_path, (str, os.PathLike)):
+        origin = str(model_or_path)
+        estimator, blob, saved = load_model_file(model_or_path)
+        if metrics is None:
+            metrics = _sidecar_metrics(Path(model_or_path))
+    else:
+        import joblib
+
+        origin = f"{type(model_or_path).__name__} object"
+        buffer = io.BytesIO()
+        joblib.dump(model_or_path, buffer)
+        blob = buffer.getvalue()
+        estimator, saved = model_or_path, dict(server_runtime.versions())
+    feature_names = check_estimator(estimator, origin)
+    local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
+    if local_problems:
+        raise PushError(
+            f"{origin} was saved with " + " and ".join(local_problems).replace("here:", "this loader has")
+            + "; re-save it with the pinned versions (pgscore's runtime-requirements.txt)"
+        )
+    digest = hashlib.sha256(blob).hexdigest()
+    with connect(dsn) as conn:
+        columns = profile_columns(conn)
+        unknown = [feature for feature in feature_names if feature not in columns]
+        if unknown:
+            raise PushError(
+                f"{origin} uses features that are not columns of public.customer_profiles: "
+                + ", ".join(unknown)
+                + "; train it on profile columns only"
+            )
+        server = json.loads(json.dumps(conn.execute("SELECT scoring.runtime_info()").fetchone()[0]))
+        server_problems = server_runtime.incompatibilities(saved, server)
+        if server_problems:
+            raise PushError(
+                f"the server cannot load {origin}: it was saved with "
+                + " and ".join(server_problems).replace("here:", "server has")
+                + "; install the pinned runtime on the server (pgscore db start does; see README) "
+                "or re-save the model with the server's versions"
+            )
+        with conn.transaction():
+            model_id, version = conn.execute(
+                "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime, metrics, note)"
+                " VALUES (%s, 1, 'joblib', %b, %s, %s, %s, %s, %s) RETURNING model_id, version",
+                [name, blob, digest, feature_names, Jsonb(saved), Jsonb(metrics or {}), note],
+            ).fetchone()
+            tested, max_diff = _test_score(conn, estimator, model_id, feature_names, sample_size, origin)
+            if activate:
+                conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
+    notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
+    return PushResult(name, version, model_id, digest, activate, tested, max_diff, notes)
+
+
+def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], sample_size: int,
+                origin: str) -> tuple[int, float | None]:
+    """Scores a random sample of real profiles in the database and here; raises
+    PushError (rolling the push back) unless they agree to PARITY_TOLERANCE."""
+    ids = [row[0] for row in conn.execute(
+        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [sample_size])]
+    try:
+        in_db = dict(conn.execute(
+            "SELECT customer_id, score FROM scoring.score_with_model(%s, %s)", [model_id, ids or []]).fetchall())
+    except psycopg.Error as exc:
+        raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
+    if not ids:
+        return 0, None
+    rows = fetch_feature_rows(conn, feature_names, ids)
+    local = estimator.predict_proba(features.to_frame(rows, feature_names))[:, 1]
+    diffs = [abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local)]
+    max_diff = max(diffs)
+    if not math.isfinite(max_diff) or max_diff > PARITY_TOLERANCE:
+        raise PushError(
+            f"{origin} scores differently in the database (max difference {max_diff:.3g} over {len(ids)} profiles, "
+            f"tolerance {PARITY_TOLERANCE}); it was not pushed"
+        )
+    return len(ids), max_diff
+
+
+def _sidecar_metrics(path: Path) -> dict:
+    sidecar = path.with_name(path.name + ".metrics.json")
+    if sidecar.exists():
+        return json.loads(sidecar.read_text())
+    return {}
+
+
+def activate(dsn: str | None, name: str, version: int) -> int:
+    """Activates NAME's VERSION; returns its model_id. Raises psycopg.errors.UndefinedObject if absent."""
+    with connect(dsn) as conn:
+        return conn.execute("SELECT scoring.activate(%s, %s)", [name, version]).fetchone()[0]
+
+
+def rollback(dsn: str | None, name: str) -> tuple[int, int]:
+    """Re-activates the previous deployment of NAME; returns (model_id, version).
+
+    Raises psycopg.errors.ObjectNotInPrerequisiteState when there is none.
+    """
+    with connect(dsn) as conn:
+        model_id = conn.execute("SELECT scoring.rollback(%s)", [name]).fetchone()[0]
+        version = conn.execute("SELECT version FROM scoring.models WHERE model_id = %s", [model_id]).fetchone()[0]
+        return model_id, version
+
+
+def list_models(dsn: str | None, name: str | None = None) -> list[dict]:
+    """Every pushed version (newest first per name) with whether it is active."""
+    with connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(
+            "SELECT m.name, m.version, m.model_id, (a.model_id IS NOT NULL) AS active, m.format,"
+            " m.created_at, m.created_by, m.metrics, m.note, m.sha256"
+            " FROM scoring.models m"
+            " LEFT JOIN scoring.active_models a ON a.model_id = m.model_id"
+            " WHERE %(name)s::text IS NULL OR m.name = %(name)s"
+            " ORDER BY m.name, m.version DESC",
+            {"name": name},
+        )
+        return cur.fetchall()

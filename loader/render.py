@@ -1,0 +1,79 @@
+"""The one renderer: turns sql/ and plpython/ into the SQL a migration runs.
+
+Function bodies under sql/idempotent/ hold a ``#pgscore:runtime`` line where
+the in-database Python is needed; it becomes a check that this backend has
+imported the current code (by its sha256) and an import of
+``pgscore_server.api``. The code itself is stored in
+``scoring.runtime_modules`` (the ``-- {{RUNTIME_MODULES}}`` line).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+
+RUNTIME_MARKER = "#pgscore:runtime"
+MODULES_MARKER = "-- {{RUNTIME_MODULES}}"
+SHA_MARKER = "{{CODE_SHA}}"
+SOURCE_QUOTE = "$pgscore_source$"
+
+
+def runtime_sources() -> dict[str, str]:
+    """Module name -> source of every module of the in-database package."""
+    package = resources.files("pgscore_server")
+    sources = {}
+    for entry in sorted(package.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".py"):
+            stem = entry.name[: -len(".py")]
+            module = "pgscore_server" if stem == "__init__" else f"pgscore_server.{stem}"
+            sources[module] = entry.read_text(encoding="utf-8")
+    return sources
+
+
+def code_sha(sources: dict[str, str]) -> str:
+    digest = hashlib.sha256()
+    for module in sorted(sources):
+        digest.update(module.encode() + b"\0" + sources[module].encode() + b"\0")
+    return digest.hexdigest()
+
+
+def sql_file(*parts: str) -> str:
+    return resources.files("pgscore.sql").joinpath(*parts).read_text(encoding="utf-8")
+
+
+def idempotent_files() -> list[str]:
+    folder = resources.files("pgscore.sql").joinpath("idempotent")
+    return sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+
+
+def modules_sql(sources: dict[str, str]) -> str:
+    statements = ["DELETE FROM scoring.runtime_modules;"]
+    for module, source in sources.items():
+        if SOURCE_QUOTE in source:
+            raise ValueError(f"{module} contains {SOURCE_QUOTE}, which the renderer uses to quote sources")
+        statements.append(
+            f"INSERT INTO scoring.runtime_modules (module, source) VALUES ('{module}', {SOURCE_QUOTE}{source}{SOURCE_QUOTE});"
+        )
+    return "\n".join(statements)
+
+
+def runtime_shim(sha: str) -> str:
+    return (
+        f'if GD.get("pgscore_server.code_sha") != "{sha}":\n'
+        '    plpy.execute("SELECT scoring._load_runtime()")\n'
+        "from pgscore_server import api"
+    )
+
+
+def render_idempotent() -> str:
+    """All of sql/idempotent/, in file order, with the runtime rendered in."""
+    sources = runtime_sources()
+    sha = code_sha(sources)
+    parts = []
+    for name in idempotent_files():
+        text = sql_file("idempotent", name)
+        text = text.replace(MODULES_MARKER, modules_sql(sources))
+        text = text.replace(RUNTIME_MARKER, runtime_shim(sha))
+        text = text.replace(SHA_MARKER, sha)
+        parts.append(f"-- sql/idempotent/{name}\n{text}")
+    return "\n".join(parts)

@@ -1,0 +1,135 @@
+"""The SQL entry points: each scoring.* PL/Python function body calls one of these.
+
+Every function takes ``plpy`` and the backend's cache dict (``GD``).
+ScoringError becomes a PostgreSQL error with its SQLSTATE and hint; any
+other Python exception from a model is reported in one line, never as a
+traceback in the message.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Callable, Sequence, TypeVar
+
+from . import batch, catalog, features, plans, registry, runtime, trigger
+from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MODEL = "churn"
+
+
+def sql_errors(func: F) -> F:
+    """Report ScoringError through plpy.error with its SQLSTATE, hint and detail."""
+
+    @functools.wraps(func)
+    def wrapper(plpy: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(plpy, *args, **kwargs)
+        except ScoringError as exc:
+            failure = exc
+        plpy.error(failure.message, detail=failure.detail, hint=failure.hint, sqlstate=failure.sqlstate)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fetch_profiles(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: Sequence[int]) -> dict[int, Any]:
+    """customer_id -> feature row, for the ids that exist."""
+    sql = (
+        f"SELECT p.customer_id, {model.select_list} FROM public.customer_profiles p"
+        " WHERE p.customer_id = ANY($1)"
+    )
+    rows = plans.run(plpy, cache, sql, ["bigint[]"], [list(customer_ids)])
+    return {row["customer_id"]: row for row in rows}
+
+
+@sql_errors
+def score_customer(plpy: Any, cache: dict, customer_id: int) -> float:
+    model = registry.active_model(plpy, cache, DEFAULT_MODEL)
+    rows = fetch_profiles(plpy, cache, model, [customer_id])
+    if customer_id not in rows:
+        raise unknown_customers([customer_id])
+    return model.predict([rows[customer_id]])[0]
+
+
+@sql_errors
+def score_features(plpy: Any, cache: dict, model_name: str, document: str | None) -> float:
+    model = registry.active_model(plpy, cache, model_name)
+    if document is None:
+        raise ScoringError(
+            "features is NULL", sqlstate=INVALID_PARAMETER_VALUE, hint=f"{model.label} needs: {', '.join(model.feature_names)}"
+        )
+    parsed = json.loads(document) if isinstance(document, str) else document
+    columns = catalog.profile_columns(plpy, cache)
+    row = features.from_document(parsed, model.feature_names, columns, model.label)
+    return model.predict([row])[0]
+
+
+@sql_errors
+def score_many(plpy: Any, cache: dict, customer_ids: list[int] | None, model_name: str) -> list[tuple[int, float]]:
+    model = registry.active_model(plpy, cache, model_name)
+    return _score_ids(plpy, cache, model, customer_ids)
+
+
+@sql_errors
+def score_with_model(plpy: Any, cache: dict, model_id: int, customer_ids: list[int] | None) -> list[tuple[int, float]]:
+    model = registry.load(plpy, cache, model_id)
+    return _score_ids(plpy, cache, model, customer_ids)
+
+
+def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[tuple[int, float]]:
+    """Scores in input order, one model call per chunk of distinct ids."""
+    if not customer_ids:
+        return []
+    if any(customer_id is None for customer_id in customer_ids):
+        raise ScoringError(
+            "customer_ids contains NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="remove NULLs, e.g. array_remove(ids, NULL)"
+        )
+    distinct = list(dict.fromkeys(customer_ids))
+    scores: dict[int, float] = {}
+    for start in range(0, len(distinct), batch.CHUNK):
+        chunk = distinct[start : start + batch.CHUNK]
+        rows = fetch_profiles(plpy, cache, model, chunk)
+        missing = [customer_id for customer_id in chunk if customer_id not in rows]
+        if missing:
+            raise unknown_customers(missing)
+        scores.update(zip(chunk, model.predict([rows[customer_id] for customer_id in chunk])))
+    return [(customer_id, scores[customer_id]) for customer_id in customer_ids]
+
+
+def unknown_customers(customer_ids: Sequence[int]) -> ScoringError:
+    shown = ", ".join(str(customer_id) for customer_id in customer_ids[:10])
+    more = f" and {len(customer_ids) - 10} more" if len(customer_ids) > 10 else ""
+    noun = "customer_id" if len(customer_ids) == 1 else "customer_ids"
+    return ScoringError(
+        f"no customer profile with {noun} {shown}{more}",
+        sqlstate=NO_DATA_FOUND,
+        hint="check the id against public.customer_profiles",
+    )
+
+
+@sql_errors
+def on_complaints_inserted(plpy: Any, cache: dict) -> None:
+    trigger.on_complaints_inserted(plpy, cache, DEFAULT_MODEL)
+
+
+@sql_errors
+def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
+    batch.rescore(plpy, cache, model_name, batch_size)
+
+
+@sql_errors
+def warmup(plpy: Any, cache: dict, model_name: str) -> None:
+    registry.active_model(plpy, cache, model_name)
+
+
+@sql_errors
+def runtime_info(plpy: Any, cache: dict) -> str:
+    info: dict[str, Any] = dict(runtime.versions())
+    info["schema_revision"] = None
+    if plpy.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL AS migrated")[0]["migrated"]:
+        revision = plpy.execute("SELECT string_agg(version_num, ',') AS v FROM public.alembic_version")
+        info["schema_revision"] = revision[0]["v"]
+    info["code_sha"] = cache.get("pgscore_server.code_sha")
+    return json.dumps(info)

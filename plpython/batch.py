@@ -1,0 +1,71 @@
+"""Rescoring every profile: keyset-paginated batches, one model call and one
+UPDATE per batch, each batch committed on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import plans, registry
+from .errors import INVALID_PARAMETER_VALUE, ScoringError
+
+# Largest number of rows handed to one model call by the set-based paths.
+CHUNK = 50_000
+
+UPDATE_SCORES_SQL = (
+    "UPDATE public.customer_profiles p"
+    " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
+    " FROM unnest($1::bigint[], $2::float8[]) AS u(customer_id, score)"
+    " WHERE p.customer_id = u.customer_id"
+)
+
+
+def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
+    """Rescores all profiles with the active ``model_name``, committing per batch.
+
+    Reports progress as NOTICEs 'pgscore rescore: DONE/TOTAL profiles' (the
+    CLI draws its progress bar from them). The active model is looked up per
+    batch, so an activation mid-way applies to the remaining batches.
+    Raises ScoringError for a bad batch size, no active model, or a model
+    that fails; batches committed before the failure stay.
+    """
+    if batch_size is None or batch_size < 1:
+        raise ScoringError(
+            f"batch_size must be a positive number of profiles, not {batch_size}",
+            sqlstate=INVALID_PARAMETER_VALUE,
+            hint="call scoring.rescore('churn', 10000)",
+        )
+    total = plpy.execute("SELECT count(*) AS n FROM public.customer_profiles")[0]["n"]
+    done = 0
+    last_id = -(2**63)  # below every bigint: keyset pagination starts at the first id
+    while True:
+        model = registry.active_model(plpy, cache, model_name)
+        sql = (
+            f"SELECT p.customer_id, {model.select_list} FROM public.customer_profiles p"
+            " WHERE p.customer_id > $1"
+            " ORDER BY p.customer_id LIMIT $2 FOR NO KEY UPDATE"
+        )
+        rows = plans.run(plpy, cache, sql, ["bigint", "int"], [last_id, batch_size])
+        if rows.nrows() == 0:
+            break
+        ids = [row["customer_id"] for row in rows]
+        scores = []
+        for start in range(0, len(ids), CHUNK):
+            scores.extend(model.predict(rows[start : start + CHUNK]))
+        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint"], [ids, scores, model.model_id])
+        done += len(ids)
+        last_id = ids[-1]
+        plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
+        _commit(plpy)
+
+
+def _commit(plpy: Any) -> None:
+    try:
+        plpy.commit()
+    except Exception as exc:
+        if "invalid transaction termination" in str(exc):
+            raise ScoringError(
+                "scoring.rescore() commits once per batch and cannot run inside a transaction block",
+                sqlstate="2D000",
+                hint="run CALL scoring.rescore(...) on its own, in autocommit mode",
+            ) from None
+        raise

@@ -1,0 +1,81 @@
+"""What the server knows about public.customer_profiles: its columns and types.
+
+A model's features are profile columns; these helpers check that and build
+the SELECT list that reads them as the plain Python values that
+:func:`pgscore_server.features.to_frame` expects (numeric read as float8).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from . import plans
+from .errors import UNDEFINED_OBJECT, ScoringError
+
+PROFILES = "public.customer_profiles"
+
+# PostgreSQL type -> the kind of JSON value a what-if feature must have.
+NUMBER_TYPES = {"smallint", "integer", "bigint", "numeric", "real", "double precision"}
+INTEGER_TYPES = {"smallint", "integer", "bigint"}
+BOOLEAN_TYPES = {"boolean"}
+TEXT_TYPES = {"text", "character varying", "character"}
+SUPPORTED_TYPES = NUMBER_TYPES | BOOLEAN_TYPES | TEXT_TYPES
+
+
+PROFILE_COLUMNS_SQL = (
+    "SELECT attname::text AS name, format_type(atttypid, NULL) AS type"
+    " FROM pg_catalog.pg_attribute"
+    " WHERE attrelid = 'public.customer_profiles'::regclass AND attnum > 0 AND NOT attisdropped"
+    " ORDER BY attnum"
+)
+
+
+def profile_columns(plpy: Any, cache: dict) -> dict[str, str]:
+    """Column name -> type name of public.customer_profiles (cached per backend)."""
+    columns = cache.get("pgscore.profile_columns")
+    if columns is None:
+        rows = plans.run(plpy, cache, PROFILE_COLUMNS_SQL)
+        columns = {row["name"]: row["type"] for row in rows}
+        cache["pgscore.profile_columns"] = columns
+    return columns
+
+
+def check_features(feature_names: Sequence[str], columns: Mapping[str, str], model_label: str) -> None:
+    """Raises ScoringError unless every feature is a profile column of a supported type."""
+    for name in feature_names:
+        column_type = columns.get(name)
+        if column_type is None:
+            raise ScoringError(
+                f"{model_label} uses feature {name!r}, which is not a column of {PROFILES}",
+                sqlstate=UNDEFINED_OBJECT,
+                hint=f"add the column to {PROFILES} or push a model trained on its columns",
+            )
+        if column_type not in SUPPORTED_TYPES:
+            raise ScoringError(
+                f"{model_label} uses feature {name!r} of type {column_type}, which pgscore cannot feed to a model",
+                sqlstate=UNDEFINED_OBJECT,
+                hint="use numeric, integer, boolean or text columns as features",
+            )
+
+
+def select_list(
+    quoter: Any,
+    feature_names: Sequence[str],
+    columns: Mapping[str, str],
+    alias: str = "p",
+    overrides: Mapping[str, str] | None = None,
+) -> str:
+    """``p.a AS a, p.b::float8 AS b, ...``: the features as plain Python values.
+
+    ``quoter`` has ``quote_ident`` (plpy, or the loader's stand-in).
+    ``overrides`` replaces a column's expression (the trigger reads
+    complaint_count as the count after the new complaints).
+    """
+    items = []
+    for name in feature_names:
+        ident = quoter.quote_ident(name)
+        expr = (overrides or {}).get(name, f"{alias}.{ident}")
+        if columns[name] in NUMBER_TYPES - INTEGER_TYPES:
+            expr = f"({expr})::float8"
+        items.append(f"{expr} AS {ident}")
+    return ", ".join(items)

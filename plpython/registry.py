@@ -1,0 +1,187 @@
+"""Which model is active, and loading it once per backend.
+
+The active model of a name is looked up on every scoring call (one indexed
+read), so an activation or rollback in any session takes effect on the next
+call here. The loaded model is cached by model_id and checked against its
+sha256, which is verified on the blob before anything is unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from . import catalog, features, plans, runtime
+from .errors import (
+    INVALID_PARAMETER_VALUE,
+    MODEL_FAILED,
+    MODEL_LOAD_FAILED,
+    NOT_IN_PREREQUISITE_STATE,
+    UNDEFINED_OBJECT,
+    ScoringError,
+    as_scoring_error,
+)
+
+# Loaded models kept per backend: the active one plus a few recent ones
+# (rollback, score_with_model) without holding every version in memory.
+CACHE_SIZE = 4
+
+ACTIVE_SQL = (
+    "SELECT d.model_id, m.sha256 FROM scoring.deployments d"
+    " JOIN scoring.models m USING (model_id)"
+    " WHERE d.name = $1 ORDER BY d.deployment_id DESC LIMIT 1"
+)
+MODEL_SQL = (
+    "SELECT model_id, name, version, format, blob, sha256, feature_names, runtime::text AS runtime"
+    " FROM scoring.models WHERE model_id = $1"
+)
+NAME_EXISTS_SQL = "SELECT EXISTS (SELECT FROM scoring.models WHERE name = $1) AS pushed"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to score in this backend."""
+
+    model_id: int
+    name: str
+    version: int
+    sha256: str
+    feature_names: list[str]
+    estimator: Any
+    select_list: str = ""
+    plan_cache: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"model {self.name!r} v{self.version} (model_id {self.model_id})"
+
+    def predict(self, rows: Sequence[Any]) -> list[float]:
+        """P(churn) for each row; raises ScoringError if the model fails or
+        returns anything but a probability for any row."""
+        if not rows:
+            return []
+        try:
+            frame = features.to_frame(rows, self.feature_names)
+            proba = self.estimator.predict_proba(frame)[:, 1]
+        except Exception as exc:
+            raise as_scoring_error(exc, f"{self.label} failed to score") from None
+        scores = [float(p) for p in proba]
+        for score in scores:
+            if not (math.isfinite(score) and 0.0 <= score <= 1.0):
+                raise ScoringError(
+                    f"{self.label} returned {score!r}, which is not a probability",
+                    sqlstate=MODEL_FAILED,
+                    hint="check the model's input features for NULLs or out-of-range values",
+                )
+        return scores
+
+
+def active_model_id(plpy: Any, cache: dict, name: str) -> tuple[int, str] | None:
+    """(model_id, sha256) of the active model of ``name``, or None."""
+    rows = plans.run(plpy, cache, ACTIVE_SQL, ["text"], [name])
+    if not rows:
+        return None
+    return rows[0]["model_id"], rows[0]["sha256"]
+
+
+def active_model(plpy: Any, cache: dict, name: str) -> LoadedModel:
+    """The active model of ``name``, loaded. Raises ScoringError when there is none."""
+    if name is None:
+        raise ScoringError("model name is NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="pass a model name such as 'churn'")
+    active = active_model_id(plpy, cache, name)
+    if active is None:
+        raise no_active_model(plpy, cache, name)
+    return load(plpy, cache, *active)
+
+
+def no_active_model(plpy: Any, cache: dict, name: str) -> ScoringError:
+    pushed = plans.run(plpy, cache, NAME_EXISTS_SQL, ["text"], [name])[0]["pushed"]
+    if not pushed:
+        return ScoringError(
+            f"no model named {name!r} has been pushed",
+            sqlstate=UNDEFINED_OBJECT,
+            hint=f"push one with: pgscore push FILE --name {name} --activate",
+        )
+    return ScoringError(
+        f"no active model named {name!r}",
+        sqlstate=NOT_IN_PREREQUISITE_STATE,
+        hint=f"activate a version with: pgscore activate {name} VERSION",
+    )
+
+
+def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = None) -> LoadedModel:
+    """The model with ``model_id``, from this backend's cache or the models table.
+
+    Raises ScoringError when it does not exist, its blob fails the sha256
+    check, it was saved with another runtime, or it cannot be loaded.
+    """
+    models: OrderedDict[int, LoadedModel] = cache.setdefault("pgscore.models", OrderedDict())
+    cached = models.get(model_id)
+    if cached is not None and (expected_sha256 is None or cached.sha256 == expected_sha256):
+        models.move_to_end(model_id)
+        return cached
+    rows = plans.run(plpy, cache, MODEL_SQL, ["bigint"], [model_id])
+    if not rows:
+        raise ScoringError(
+            f"no model with model_id {model_id}",
+            sqlstate=UNDEFINED_OBJECT,
+            hint="list the models with: pgscore models",
+        )
+    row = rows[0]
+    label = f"model {row['name']!r} v{row['version']} (model_id {model_id})"
+    blob = bytes(row["blob"])
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != row["sha256"] or (expected_sha256 is not None and digest != expected_sha256):
+        raise ScoringError(
+            f"{label}: the blob's sha256 is {digest}, not the recorded {row['sha256']}; refusing to load it",
+            sqlstate=MODEL_LOAD_FAILED,
+            hint=f"push the model again and activate the new version, or roll back: pgscore rollback {row['name']}",
+        )
+    feature_names = list(row["feature_names"])
+    columns = catalog.profile_columns(plpy, cache)
+    catalog.check_features(feature_names, columns, label)
+    runtime.check_compatible(runtime.parse_recorded(row["runtime"]), label)
+    estimator = deserialize(row["format"], blob, label)
+    model = LoadedModel(
+        model_id=model_id,
+        name=row["name"],
+        version=row["version"],
+        sha256=digest,
+        feature_names=feature_names,
+        estimator=estimator,
+        select_list=catalog.select_list(plpy, feature_names, columns),
+    )
+    models[model_id] = model
+    models.move_to_end(model_id)
+    while len(models) > CACHE_SIZE:
+        models.popitem(last=False)
+    return model
+
+
+def deserialize(fmt: str, blob: bytes, label: str) -> Any:
+    """The estimator in ``blob``. Only called on a blob whose sha256 was verified."""
+    if fmt != "joblib":
+        raise ScoringError(
+            f"{label} is in format {fmt!r}, which this server cannot load yet",
+            sqlstate=MODEL_LOAD_FAILED,
+            hint="push it in joblib format",
+        )
+    try:
+        import joblib
+
+        estimator = joblib.load(io.BytesIO(blob))
+    except Exception as exc:
+        raise ScoringError(
+            f"{label} could not be loaded: {runtime.describe_load_error(exc)}",
+            sqlstate=MODEL_LOAD_FAILED,
+            hint="push a model saved with the server's runtime (see SELECT scoring.runtime_info())",
+        ) from None
+    if not hasattr(estimator, "predict_proba"):
+        raise ScoringError(
+            f"{label} has no predict_proba", sqlstate=MODEL_LOAD_FAILED, hint="push a classifier"
+        )
+    return estimator

@@ -1,0 +1,26 @@
+"""The scoring.* settings (GUCs), read in one place with their defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import plans
+from .errors import INVALID_PARAMETER_VALUE, ScoringError
+
+ON_ERROR_CHOICES = ("keep", "raise")
+
+
+def on_error(plpy: Any, cache: dict) -> str:
+    """``scoring.on_error``: 'keep' (default) or 'raise'.
+
+    Raises ScoringError for any other value, naming the allowed ones.
+    """
+    rows = plans.run(plpy, cache, "SELECT current_setting('scoring.on_error', true) AS v")
+    value = (rows[0]["v"] or "keep").strip().lower()
+    if value not in ON_ERROR_CHOICES:
+        raise ScoringError(
+            f"scoring.on_error is {value!r}; it must be 'keep' or 'raise'",
+            sqlstate=INVALID_PARAMETER_VALUE,
+            hint="SET scoring.on_error = 'keep'  -- or 'raise'",
+        )
+    return value

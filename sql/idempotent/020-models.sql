@@ -1,0 +1,91 @@
+-- Model versions, deployments and the active model of each name.
+
+CREATE OR REPLACE FUNCTION scoring._assign_model_version()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- Serialise pushes of one name so that versions are 1, 2, 3... without gaps or races.
+    PERFORM pg_advisory_xact_lock(hashtext('scoring.models'), hashtext(NEW.name));
+    SELECT coalesce(max(m.version), 0) + 1 INTO NEW.version
+      FROM scoring.models m WHERE m.name = NEW.name;
+    NEW.created_at := now();
+    NEW.created_by := current_user;
+    RETURN NEW;
+END
+$$;
+
+CREATE OR REPLACE TRIGGER assign_version
+    BEFORE INSERT ON scoring.models
+    FOR EACH ROW EXECUTE FUNCTION scoring._assign_model_version();
+
+CREATE OR REPLACE VIEW scoring.active_models AS
+SELECT DISTINCT ON (d.name)
+       d.name, d.model_id, m.version, d.activated_at
+  FROM scoring.deployments d
+  JOIN scoring.models m USING (model_id)
+ ORDER BY d.name, d.deployment_id DESC;
+COMMENT ON VIEW scoring.active_models IS 'the active version of each model name: its latest deployment';
+
+-- scoring.activate: make NAME's VERSION the active model; returns its model_id.
+CREATE OR REPLACE FUNCTION scoring.activate(model_name text, version integer)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    found_id bigint;
+BEGIN
+    SELECT m.model_id INTO found_id
+      FROM scoring.models m WHERE m.name = model_name AND m.version = activate.version;
+    IF found_id IS NULL THEN
+        IF NOT EXISTS (SELECT FROM scoring.models m WHERE m.name = model_name) THEN
+            RAISE EXCEPTION 'no model named % has been pushed', quote_literal(model_name)
+                USING ERRCODE = 'undefined_object',
+                      HINT = format('push one with: pgscore push FILE --name %s', model_name);
+        END IF;
+        RAISE EXCEPTION 'model % has no version %', quote_literal(model_name), version
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('list the versions with: pgscore models --name %s', model_name);
+    END IF;
+    INSERT INTO scoring.deployments (name, model_id, action) VALUES (model_name, found_id, 'activate');
+    RETURN found_id;
+END
+$$;
+COMMENT ON FUNCTION scoring.activate(text, integer) IS 'activates a pushed model version; takes effect on the next scoring call in every backend';
+
+-- scoring.rollback: undo the latest activation of NAME. Deployments are
+-- replayed as a stack (activate pushes, rollback pops), so repeated
+-- rollbacks walk back through history instead of flipping between two versions.
+CREATE OR REPLACE FUNCTION scoring.rollback(model_name text)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    stack bigint[] := '{}';
+    d record;
+    target bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('scoring.deployments'), hashtext(model_name));
+    FOR d IN SELECT action, model_id FROM scoring.deployments
+              WHERE name = model_name ORDER BY deployment_id LOOP
+        IF d.action = 'activate' THEN
+            stack := stack || d.model_id;
+        ELSE
+            stack := stack[1:cardinality(stack) - 1];
+        END IF;
+    END LOOP;
+    IF cardinality(stack) < 2 THEN
+        RAISE EXCEPTION 'model % has no earlier deployment to roll back to', quote_literal(model_name)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('see the history with: pgscore models --name %s; activate a version with: pgscore activate %s VERSION',
+                                model_name, model_name);
+    END IF;
+    target := stack[cardinality(stack) - 1];
+    INSERT INTO scoring.deployments (name, model_id, action) VALUES (model_name, target, 'rollback');
+    RETURN target;
+END
+$$;
+COMMENT ON FUNCTION scoring.rollback(text) IS 're-activates the deployment before the latest one of a model name';

@@ -1,0 +1,52 @@
+-- What analysts call. Each runs as the schema owner (it reads model blobs
+-- that analysts may not read) and only reads.
+
+CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)
+RETURNS double precision
+LANGUAGE plpython3u
+STABLE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.score_customer(plpy, GD, customer_id)
+$python$;
+COMMENT ON FUNCTION scoring.score(bigint) IS 'fresh churn probability of one customer with the active churn model';
+
+CREATE OR REPLACE FUNCTION scoring.score(model_name text, features jsonb)
+RETURNS double precision
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.score_features(plpy, GD, model_name, features)
+$python$;
+COMMENT ON FUNCTION scoring.score(text, jsonb) IS 'probability for an arbitrary feature record (what-if analysis) with the active model of a name';
+
+CREATE OR REPLACE FUNCTION scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')
+RETURNS TABLE (customer_id bigint, score double precision)
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.score_many(plpy, GD, customer_ids, model_name)
+$python$;
+COMMENT ON FUNCTION scoring.score_many(bigint[], text) IS 'scores many customers with one model call per batch; rows come back in input order';
+
+-- Internal: score customers with one given model version, active or not.
+-- `pgscore push` uses it to test a model in the database before activation.
+CREATE OR REPLACE FUNCTION scoring.score_with_model(model_id bigint, customer_ids bigint[])
+RETURNS TABLE (customer_id bigint, score double precision)
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.score_with_model(plpy, GD, model_id, customer_ids)
+$python$;
+COMMENT ON FUNCTION scoring.score_with_model(bigint, bigint[]) IS 'scores customers with one model version, active or not (used by pgscore push)';

@@ -1,0 +1,33 @@
+-- Least privilege for the three group roles (DESIGN.md "Roles").
+-- Functions are executable by PUBLIC by default: take that back first.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA scoring FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA scoring FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA scoring FROM PUBLIC;
+
+-- scoring_app: insert complaints, read profiles. The trigger does the rest as owner.
+GRANT SELECT ON public.customer_profiles TO scoring_app;
+GRANT SELECT, INSERT ON public.complaints TO scoring_app;
+
+-- scoring_analyst: score, read profiles and model metadata, never the blob.
+GRANT USAGE ON SCHEMA scoring TO scoring_analyst;
+GRANT SELECT ON public.customer_profiles TO scoring_analyst;
+GRANT SELECT (model_id, name, version, format, sha256, feature_names, runtime, metrics,
+              note, created_at, created_by) ON scoring.models TO scoring_analyst;
+GRANT SELECT ON scoring.deployments, scoring.active_models, scoring.errors TO scoring_analyst;
+GRANT EXECUTE ON FUNCTION scoring.score(bigint), scoring.score(text, jsonb),
+                          scoring.score_many(bigint[], text), scoring.runtime_info(),
+                          scoring.warmup(text) TO scoring_analyst;
+
+-- scoring_loader: push models, activate, roll back, rescore.
+GRANT USAGE ON SCHEMA scoring TO scoring_loader;
+GRANT SELECT, INSERT ON scoring.models TO scoring_loader;
+GRANT SELECT, INSERT ON scoring.deployments TO scoring_loader;
+GRANT SELECT ON scoring.active_models, scoring.errors TO scoring_loader;
+GRANT SELECT ON public.customer_profiles TO scoring_loader;
+GRANT UPDATE (churn_score, churn_model_id, churn_scored_at) ON public.customer_profiles TO scoring_loader;
+GRANT EXECUTE ON FUNCTION scoring.activate(text, integer), scoring.rollback(text),
+                          scoring.score(bigint), scoring.score(text, jsonb),
+                          scoring.score_many(bigint[], text), scoring.score_with_model(bigint, bigint[]),
+                          scoring.runtime_info(), scoring.warmup(text),
+                          scoring._load_runtime() TO scoring_loader;
+GRANT EXECUTE ON PROCEDURE scoring.rescore(text, integer) TO scoring_loader;

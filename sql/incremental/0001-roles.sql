@@ -1,0 +1,13 @@
+-- The three group roles of DESIGN.md. Roles are cluster-wide: create them
+-- only when absent, so a second database on the same cluster can migrate too.
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOREACH r IN ARRAY ARRAY['scoring_app', 'scoring_analyst', 'scoring_loader'] LOOP
+        IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = r) THEN
+            EXECUTE format('CREATE ROLE %I NOLOGIN', r);
+        END IF;
+    END LOOP;
+END
+$$;
