@@ -34,10 +34,12 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
             sqlstate=INVALID_PARAMETER_VALUE,
             hint="call scoring.rescore('churn', 10000)",
         )
+    _pin_search_path(plpy)
     total = plpy.execute("SELECT count(*) AS n FROM public.customer_profiles")[0]["n"]
     done = 0
     last_id = -(2**63)  # below every bigint: keyset pagination starts at the first id
     while True:
+        _pin_search_path(plpy)
         model = registry.active_model(plpy, cache, model_name)
         sql = (
             f"SELECT p.customer_id, {model.select_list} FROM public.customer_profiles p"
@@ -56,6 +58,11 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
         last_id = ids[-1]
         plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
         _commit(plpy)
+
+
+def _pin_search_path(plpy: Any) -> None:
+    # What `SET search_path` on the procedure would do, per transaction.
+    plpy.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
 
 
 def _commit(plpy: Any) -> None:

@@ -2,9 +2,10 @@
 -- committed on its own so that a million profiles never make one huge
 -- transaction. Runs with the caller's rights: a SECURITY DEFINER procedure
 -- may not commit, and the caller (scoring_loader) is allowed to write scores.
+-- No SET clause either (it would forbid COMMIT): the Python pins search_path
+-- with SET LOCAL in every batch's transaction instead.
 CREATE OR REPLACE PROCEDURE scoring.rescore(model_name text DEFAULT 'churn', batch_size integer DEFAULT 10000)
 LANGUAGE plpython3u
-SET search_path = pg_catalog, pg_temp
 AS $python$
 #pgscore:runtime
 api.rescore(plpy, GD, model_name, batch_size)

@@ -1,0 +1,235 @@
+"""The ``pgscore`` command: a thin layer over the Python API.
+
+Connection: ``--dsn``, else ``DATABASE_URL``, else libpq's environment.
+Errors print one line (plus PostgreSQL's hint) and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from typing import Any, Callable, Sequence
+
+import psycopg
+
+from . import localdb, models
+from .connection import connect, resolve_conninfo
+from .migrate import migrate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (models.PushError, localdb.LocalDatabaseError) as exc:
+        print(f"pgscore: {exc}", file=sys.stderr)
+    except psycopg.Error as exc:
+        diag = exc.diag
+        print(f"pgscore: {diag.message_primary or exc}", file=sys.stderr)
+        if diag.message_hint:
+            print(f"hint: {diag.message_hint}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("pgscore: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgscore", description="Churn scoring inside PostgreSQL.")
+    parser.set_defaults(func=lambda _args: parser.print_help())
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], Any], help: str, dsn: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        if dsn:
+            sub.add_argument("--dsn", help="libpq connection string or URL (default: DATABASE_URL, then PG* variables)")
+        sub.set_defaults(func=func)
+        return sub
+
+    db = command("db", lambda a: db.print_help(), "a local PostgreSQL for development, the demo and tests", dsn=False)
+    db_commands = db.add_subparsers(title="db commands", metavar="ACTION")
+    for action, func, text in (
+        ("start", cmd_db_start, "initdb on first use, start on 127.0.0.1, print the DSN"),
+        ("stop", cmd_db_stop, "stop the local server"),
+        ("status", cmd_db_status, "say whether it runs, and its DSN"),
+    ):
+        sub = db_commands.add_parser(action, help=text, description=text)
+        sub.add_argument("--dir", help="its folder (default: $PGSCORE_HOME or ./.pgscore)")
+        if action == "start":
+            sub.add_argument("--port", type=int, help="TCP port on 127.0.0.1 (default: 54329 or a free one)")
+        sub.set_defaults(func=func)
+
+    command("migrate", cmd_migrate, "alembic upgrade head on the target database")
+
+    push = command("push", cmd_push, "validate, upload and test-score a model")
+    push.add_argument("file", help="a joblib file with a fitted scikit-learn classifier")
+    push.add_argument("--name", required=True, help="model name, e.g. churn")
+    push.add_argument("--activate", action="store_true", help="make it the active version")
+    push.add_argument("--note", help="free text kept with the version")
+
+    listing = command("models", cmd_models, "list model versions, which is active, metrics")
+    listing.add_argument("--name", help="only this model name")
+
+    activate = command("activate", cmd_activate, "activate a pushed version")
+    activate.add_argument("name")
+    activate.add_argument("version", type=int)
+
+    rollback = command("rollback", cmd_rollback, "re-activate the previous deployment")
+    rollback.add_argument("name")
+
+    rescore = command("rescore", cmd_rescore, "rescore every profile with the active model")
+    rescore.add_argument("name", nargs="?", default="churn")
+    rescore.add_argument("--batch-size", type=int, default=10000)
+
+    train = command("train-demo", cmd_train_demo, "train a demo churn pipeline on synthetic profiles", dsn=False)
+    train.add_argument("--out", default="churn.joblib", help="where to save it (default: churn.joblib)")
+    train.add_argument("--rows", type=int, default=5000)
+    train.add_argument("--kind", choices=("logreg", "gbm", "rf"), default="logreg")
+    train.add_argument("--seed", type=int, default=0)
+
+    demo = command("demo", cmd_demo, "the whole flow, on a throwaway local PostgreSQL unless --dsn is given")
+    demo.add_argument("--profiles", type=int, default=5000)
+    demo.add_argument("--keep", action="store_true", help="leave the local server running afterwards")
+
+    bench = command("bench", cmd_bench, "the benchmark suite: prints a table, saves JSON")
+    bench.add_argument("--quick", action="store_true", help="small sizes (about 2 minutes)")
+    bench.add_argument("--out", default="bench-results/bench.json")
+    return parser
+
+
+# -- commands
+
+def cmd_db_start(args: argparse.Namespace) -> None:
+    print(localdb.local_database(args.dir).start(port=args.port))
+
+
+def cmd_db_stop(args: argparse.Namespace) -> None:
+    stopped = localdb.local_database(args.dir).stop()
+    print("stopped" if stopped else "not running")
+
+
+def cmd_db_status(args: argparse.Namespace) -> int:
+    database = localdb.local_database(args.dir)
+    if database.is_running():
+        print(f"running: {database.dsn()}")
+        return 0
+    print("not running" + (" (initialised; `pgscore db start` starts it)" if database.state() else ""))
+    return 3
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    migrate(args.dsn)
+    with connect(args.dsn) as conn:
+        info = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
+    print(f"migrated to revision {info['schema_revision']}; server runtime: "
+          f"Python {info['python']}, scikit-learn {info['scikit-learn']}, numpy {info['numpy']}")
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    result = models.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note)
+    state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
+    print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
+    if result.sample_size:
+        print(f"test-scored {result.sample_size} profiles in the database: max difference {result.max_abs_diff:.2g}")
+    for note in result.notes:
+        print(f"note: {note}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    rows = models.list_models(args.dsn, args.name)
+    if not rows:
+        print("no models pushed yet: pgscore push FILE --name churn --activate")
+        return
+    print_table(
+        ["name", "version", "model_id", "active", "created", "by", "metrics", "note"],
+        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", f"{r['created_at']:%Y-%m-%d %H:%M}",
+          r["created_by"], _metrics(r["metrics"]), r["note"] or ""] for r in rows],
+    )
+
+
+def cmd_activate(args: argparse.Namespace) -> None:
+    model_id = models.activate(args.dsn, args.name, args.version)
+    print(f"{args.name} v{args.version} (model_id {model_id}) is active")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    model_id, version = models.rollback(args.dsn, args.name)
+    print(f"rolled back: {args.name} v{version} (model_id {model_id}) is active")
+
+
+def cmd_rescore(args: argparse.Namespace) -> None:
+    rescore_with_progress(resolve_conninfo(args.dsn), args.name, args.batch_size)
+
+
+def rescore_with_progress(dsn: str, name: str, batch_size: int, quiet: bool = False) -> int:
+    """CALL scoring.rescore with a progress bar fed by its NOTICEs; returns profiles rescored."""
+    from tqdm import tqdm
+
+    progress = re.compile(r"pgscore rescore: (\d+)/(\d+) profiles")
+    bar = tqdm(unit=" profiles", disable=quiet, file=sys.stderr)
+    done = 0
+
+    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
+        nonlocal done
+        found = progress.match(diag.message_primary or "")
+        if found:
+            done, total = int(found.group(1)), int(found.group(2))
+            bar.total = total
+            bar.update(done - bar.n)
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.add_notice_handler(on_notice)
+        conn.execute("CALL scoring.rescore(%s, %s)", [name, batch_size])
+    bar.close()
+    if not quiet:
+        print(f"rescored {done} profiles with the active {name!r} model")
+    return done
+
+
+def cmd_train_demo(args: argparse.Namespace) -> None:
+    from .demo_data import save_model, train_demo_model
+
+    pipeline, metrics = train_demo_model(rows=args.rows, seed=args.seed, kind=args.kind)
+    save_model(pipeline, args.out)
+    with open(args.out + ".metrics.json", "w") as sidecar:
+        json.dump(metrics, sidecar)
+    print(f"trained {args.kind} on {metrics['rows']} synthetic profiles: holdout ROC AUC {metrics['roc_auc']:.3f}")
+    print(f"saved {args.out} (metrics in {args.out}.metrics.json); push it with: "
+          f"pgscore push {args.out} --name churn --activate")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    run_demo(args.dsn, profiles=args.profiles, keep=args.keep)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import run_bench
+
+    run_bench(args.dsn, quick=args.quick, out=args.out)
+
+
+# -- output
+
+def _metrics(metrics: Any) -> str:
+    if not metrics:
+        return ""
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Any = None) -> None:
+    out = out or sys.stdout
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
