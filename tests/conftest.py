@@ -1,0 +1,155 @@
+"""Fixtures: a real PostgreSQL with plpython3u, a migrated template database,
+a fresh copy of it per test, and login users for the three roles.
+
+The server is the local one of ``pgscore db`` (started if needed), or the
+superuser DSN in PGSCORE_TEST_DSN. Tests marked ``docker`` run the same
+SQL-level tests against the Docker image (see tests/targets/).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import secrets
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from pgscore.demo_data import save_model, train_demo_model
+from pgscore.migrate import migrate
+from pgscore.seed import seed_profiles
+
+TEMPLATE = "pgscore_test_template"
+PASSWORD = secrets.token_urlsafe(12)
+ROLE_USERS = {"app": "scoring_app", "analyst": "scoring_analyst", "loader": "scoring_loader"}
+
+
+@dataclass(frozen=True)
+class Database:
+    """One throwaway migrated database, reachable as its owner and as each role."""
+
+    admin: str  # superuser DSN of this database
+    name: str
+    users: dict
+
+    def dsn(self, who: str = "admin") -> str:
+        if who == "admin":
+            return self.admin
+        return make_conninfo(self.admin, user=self.users[who], password=PASSWORD)
+
+    def connect(self, who: str = "admin", **kwargs) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(who), autocommit=kwargs.pop("autocommit", True), **kwargs)
+
+
+@contextlib.contextmanager
+def _server_dsn(target: str) -> Iterator[str]:
+    if target == "docker":
+        from tests.targets.docker_target import docker_postgres, docker_unavailable_reason
+
+        reason = docker_unavailable_reason()
+        if reason:
+            pytest.skip(f"docker target unavailable: {reason}")
+        with docker_postgres() as dsn:
+            yield dsn
+        return
+    given = os.environ.get("PGSCORE_TEST_DSN")
+    if given:
+        yield given
+        return
+    from pgscore.localdb import local_database
+
+    yield local_database(os.environ.get("PGSCORE_TEST_HOME")).start()
+
+
+@pytest.fixture(scope="session", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+def server(request) -> Iterator[dict]:
+    """Superuser DSN of a server with a migrated template database and role users."""
+    with _server_dsn(request.param) as dsn:
+        suffix = uuid.uuid4().hex[:6]
+        users = {who: f"{role}_{suffix}" for who, role in ROLE_USERS.items()}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {TEMPLATE}")
+        template_dsn = make_conninfo(dsn, dbname=TEMPLATE)
+        migrate(template_dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for who, user in users.items():
+                conn.execute(f"CREATE ROLE {user} LOGIN PASSWORD '{PASSWORD}' IN ROLE {ROLE_USERS[who]}")
+        try:
+            yield {"dsn": dsn, "users": users, "target": request.param}
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for datname, in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'pgscore_t_%'"):
+                    conn.execute(f"DROP DATABASE IF EXISTS {datname} WITH (FORCE)")
+                for user in users.values():
+                    conn.execute(f"DROP ROLE IF EXISTS {user}")
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def db(server) -> Iterator[Database]:
+    """A fresh migrated database (a copy of the template), dropped afterwards."""
+    name = f"pgscore_t_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(server["dsn"], autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE}")
+    database = Database(admin=make_conninfo(server["dsn"], dbname=name), name=name, users=server["users"])
+    try:
+        yield database
+    finally:
+        with psycopg.connect(server["dsn"], autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory) -> dict[str, Path]:
+    """Demo pipelines saved with joblib: 'logreg' and 'gbm'."""
+    folder = tmp_path_factory.mktemp("models")
+    files = {}
+    for kind in ("logreg", "gbm"):
+        pipeline, _ = train_demo_model(rows=3000, seed=0, kind=kind)
+        files[kind] = Path(save_model(pipeline, folder / f"{kind}.joblib"))
+    return files
+
+
+@pytest.fixture
+def seeded(db) -> Database:
+    """``db`` with 300 profiles (ids 1..300)."""
+    with db.connect() as conn:
+        seed_profiles(conn, 300, seed=3)
+    return db
+
+
+@pytest.fixture
+def scored(seeded, model_files) -> Database:
+    """``seeded`` with the logreg demo model pushed and active (as the loader role)."""
+    from pgscore import push_model
+
+    push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
+    return seeded
+
+
+def local_scores(model_path: Path, db: Database, customer_ids) -> dict[int, float]:
+    """The model's predict_proba here, on profiles read as the server reads them."""
+    import joblib
+
+    from pgscore.models import fetch_feature_rows
+    from pgscore_server.features import to_frame
+
+    model = joblib.load(model_path)
+    names = list(model.feature_names_in_)
+    with db.connect() as conn:
+        rows = fetch_feature_rows(conn, names, list(customer_ids))
+    proba = model.predict_proba(to_frame(rows, names))[:, 1]
+    return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
+
+
+def conninfo_user(dsn: str) -> str:
+    return conninfo_to_dict(dsn).get("user", "")
