@@ -1,0 +1,678 @@
+"""Scoring a compiled scikit-learn pipeline with numpy alone.
+
+This module runs inside PostgreSQL: it imports only numpy and the standard
+library, never scikit-learn, pandas or scipy. ``pgscore.compile`` turns a
+fitted pipeline into bytes (a ``.npz`` archive: a JSON manifest plus plain
+numeric arrays, no pickle); :func:`load` reads them back and the returned
+:class:`Evaluator` reproduces ``pipeline.predict_proba(to_frame(rows))[:, 1]``.
+
+"Reproduces" includes the quirks of that reference. ``to_frame`` builds a
+pandas DataFrame, and pandas infers each column's dtype from the whole batch:
+``None`` becomes NaN in a column of numbers or of strings, but stays ``None``
+in a column holding only ``None`` (one row) or mixing booleans with ``None``.
+scikit-learn's OneHotEncoder and most_frequent/constant SimpleImputer treat
+``None`` and NaN differently, so the evaluator infers the same column kinds
+per batch (:func:`_infer_kind`) before it looks categories up.
+
+Trees compare the float32-rounded feature against the float64 threshold (as
+scikit-learn's Cython does) and sums are accumulated tree by tree in the
+estimator's order, so the results agree with scikit-learn to the last bit or
+close to it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+FORMAT = "pgscore-compiled"
+FORMAT_VERSION = 1
+
+_NAN = float("nan")
+_NONE_TYPE = type(None)
+# Rows processed per vectorised tree-traversal chunk: bounds the
+# (rows x trees) index matrices to about a million entries.
+_TREE_CHUNK_CELLS = 1 << 20
+
+
+class _NanKey:
+    """The category "missing as NaN", distinct from ``None`` as scikit-learn keeps it.
+
+    NaN cannot be a dict key (it is unequal to itself), so categories and
+    imputation values use this singleton for it.
+    """
+
+    _instance: "_NanKey | None" = None
+
+    def __new__(cls) -> "_NanKey":
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "nan"
+
+
+NAN_KEY = _NanKey()
+
+
+def load(data: bytes) -> "Evaluator":
+    """Read bytes written by ``pgscore.compile.CompiledModel.to_bytes``.
+
+    Raises ValueError if the bytes are not a compiled model of a format
+    version this module understands.
+    """
+    try:
+        archive = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+        arrays = {name: archive[name] for name in archive.files}
+    except Exception as exc:  # zipfile, format or pickle errors: all "not ours"
+        raise ValueError(f"not a compiled pgscore model: {exc}") from exc
+    if "manifest" not in arrays:
+        raise ValueError("not a compiled pgscore model: no manifest")
+    manifest = json.loads(arrays.pop("manifest").tobytes().decode("utf-8"))
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"not a compiled pgscore model: format {manifest.get('format')!r}")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"compiled model format version {manifest.get('format_version')!r} is not supported "
+            f"by this server (it reads version {FORMAT_VERSION})"
+        )
+    return Evaluator(manifest, arrays)
+
+
+def decode_value(tagged: Sequence[Any]) -> Any:
+    """A category or fill value from its manifest form (see ``pgscore.compile``).
+
+    Raises ValueError on an unknown tag.
+    """
+    tag = tagged[0]
+    if tag == "none":
+        return None
+    if tag == "nan":
+        return NAN_KEY
+    if tag == "str":
+        return str(tagged[1])
+    if tag == "bool":
+        return bool(tagged[1])
+    if tag == "int":
+        return int(tagged[1])
+    if tag == "float":
+        return float.fromhex(tagged[1])
+    raise ValueError(f"unknown value tag {tag!r} in compiled model")
+
+
+def _infer_kind(column: Sequence[Any]) -> str:
+    """The dtype pandas' ``DataFrame.from_records`` gives this column.
+
+    Returns 'int', 'float', 'bool', 'str' or 'object'. In 'float' and 'str'
+    columns pandas turns ``None`` into NaN; in 'object' columns it stays.
+    """
+    types = set(map(type, column))
+    has_none = _NONE_TYPE in types
+    types.discard(_NONE_TYPE)
+    if not types:
+        return "object"
+    if bool in types:
+        return "bool" if types == {bool} and not has_none else "object"
+    if types <= {int, float}:
+        return "int" if types == {int} and not has_none else "float"
+    if types == {str}:
+        return "str"
+    # NaN next to strings is pandas' missing marker, not a number.
+    if types == {str, float} and all(v != v for v in column if type(v) is float):
+        return "str"
+    return "object"
+
+
+def _canonical(column: Sequence[Any], none_is_nan: bool) -> list[Any]:
+    """The column with NaN (and ``None`` where pandas converts it) as :data:`NAN_KEY`."""
+    out = []
+    append = out.append
+    for v in column:
+        if v is None:
+            append(NAN_KEY if none_is_nan else None)
+        elif v.__class__ is float and v != v:
+            append(NAN_KEY)
+        else:
+            append(v)
+    return out
+
+
+def _to_float(value: Any, feature: str) -> float:
+    """One value as scikit-learn's float64 conversion of an object column sees it.
+
+    Raises ValueError naming the feature if the value is not a number.
+    """
+    cls = value.__class__
+    if cls is float:
+        return value
+    if value is None or value is NAN_KEY:
+        return _NAN
+    try:
+        # numpy's object-to-float cast calls float(): bools, ints and
+        # numeric strings pass, as they do through scikit-learn.
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"feature {feature!r}: {value!r} is not a number") from None
+
+
+def _column_to_float(column: Sequence[Any], feature: str) -> np.ndarray:
+    """A float64 array of the column; raises ValueError naming the feature."""
+    try:
+        return np.array(column, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        for value in column:
+            _to_float(value, feature)
+        raise ValueError(f"feature {feature!r}: values are not numbers") from None
+
+
+class _NumericBlock:
+    """Input columns that end as one numeric model column each.
+
+    ``fills`` are value-level imputations (most_frequent / constant
+    SimpleImputer before any float conversion), then ``ops`` run on float64:
+    ``fill`` (NaN -> value), ``sub``, ``div``, per column, in pipeline order.
+    """
+
+    def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], names: Sequence[str]):
+        self.step: str = spec["step"]
+        self.inputs: list[int] = [int(i) for i in spec["inputs"]]
+        self.outputs = np.asarray(spec["outputs"], dtype=np.intp)
+        self.names = [names[i] for i in self.inputs]
+        self.fills: list[list[Any]] = [[decode_value(v) for v in step] for step in spec["fills"]]
+        self.ops: list[tuple[str, np.ndarray]] = []
+        for code, array_name in spec["ops"]:
+            if code not in ("fill", "sub", "div"):
+                raise ValueError(f"unknown numeric operation {code!r} in compiled model")
+            values = np.asarray(arrays[array_name], dtype=np.float64)
+            if values.shape != (len(self.inputs),):
+                raise ValueError(f"array {array_name!r} has the wrong shape")
+            self.ops.append((code, values))
+        # Per column, as Python floats: the single-row path avoids numpy calls.
+        self._columns_one = [
+            (
+                self.inputs[k],
+                int(self.outputs[k]),
+                self.names[k],
+                tuple(step[k] for step in self.fills),
+                tuple((code, float(values[k])) for code, values in self.ops),
+            )
+            for k in range(len(self.inputs))
+        ]
+
+    def fill_batch(self, columns: Sequence[Sequence[Any]], X: np.ndarray) -> None:
+        block = np.empty((len(self.inputs), X.shape[0]), dtype=np.float64)
+        for k, i in enumerate(self.inputs):
+            column = columns[i]
+            if self.fills:
+                column = _canonical(column, _infer_kind(column) in ("float", "str"))
+                for step in self.fills:
+                    fill = step[k]
+                    column = [fill if v is NAN_KEY else v for v in column]
+                column = [_NAN if v is NAN_KEY else v for v in column]
+            block[k] = _column_to_float(column, self.names[k])
+        for code, values in self.ops:
+            if code == "fill":
+                np.copyto(block, values[:, None], where=np.isnan(block))
+            elif code == "sub":
+                block -= values[:, None]
+            else:
+                block /= values[:, None]
+        X[:, self.outputs] = block.T
+
+    def fill_one(self, row: Sequence[Any], x: list[float]) -> None:
+        for i, out, name, fills, ops in self._columns_one:
+            v = row[i]
+            if fills:
+                # A lone None is an object column for pandas: not missing for
+                # a value-level imputer, only NaN is.
+                if v.__class__ is float and v != v:
+                    v = NAN_KEY
+                for fill in fills:
+                    if v is NAN_KEY:
+                        v = fill
+            f = v if v.__class__ is float else _to_float(v, name)
+            for code, c in ops:
+                if code == "fill":
+                    if f != f:
+                        f = c
+                elif code == "sub":
+                    f = f - c
+                else:
+                    f = f / c
+            x[out] = f
+
+
+class _OneHotColumn:
+    """One input column through OneHotEncoder (optionally after value-level imputers)."""
+
+    def __init__(self, spec: Mapping[str, Any], names: Sequence[str]):
+        self.step: str = spec["step"]
+        self.input = int(spec["input"])
+        self.name = names[self.input]
+        self.fills = [decode_value(v) for v in spec["fills"]]
+        categories = [decode_value(v) for v in spec["categories"]]
+        outputs = [int(o) for o in spec["outputs"]]
+        if len(categories) != len(outputs):
+            raise ValueError(f"one-hot column {self.name!r}: categories and outputs differ in length")
+        # -1 marks a dropped category: known, but no output column.
+        self.table: dict[Any, int] = dict(zip(categories, outputs))
+        self.raise_unknown = spec["unknown"] == "error"
+        if spec["unknown"] not in ("error", "ignore"):
+            raise ValueError(f"unknown handle_unknown {spec['unknown']!r} in compiled model")
+        # scikit-learn fails (TypeError deep inside) when a numeric column
+        # meets categories learned from strings; we fail with a clear message.
+        self.reject_numeric = bool(spec["object_categories"]) and not self.fills
+
+    def _unknown(self, value: Any) -> ValueError:
+        shown = "NaN" if value is NAN_KEY else repr(value)
+        known = ", ".join(repr(c) for c in list(self.table)[:10])
+        return ValueError(
+            f"feature {self.name!r}: unknown category {shown} "
+            f"(OneHotEncoder in step {self.step!r} has handle_unknown='error'; known: {known})"
+        )
+
+    def _numeric(self, value: Any) -> ValueError:
+        return ValueError(
+            f"feature {self.name!r}: got a number ({value!r}) where the model expects a category "
+            f"(OneHotEncoder in step {self.step!r} learned string categories)"
+        )
+
+    def codes_batch(self, column: Sequence[Any]) -> np.ndarray:
+        """Output column per row, -1 for no output (dropped or ignored unknown)."""
+        kind = _infer_kind(column)
+        if self.reject_numeric and kind in ("int", "float", "bool"):
+            raise self._numeric(column[0])
+        if kind != "str" or self.fills:
+            column = _canonical(column, kind in ("float", "str"))
+            for fill in self.fills:
+                column = [fill if v is NAN_KEY else v for v in column]
+        get = self.table.get
+        try:
+            codes = [get(v, -2) for v in column]
+        except TypeError:
+            raise ValueError(f"feature {self.name!r}: a value is not a valid category (unhashable)") from None
+        codes_arr = np.array(codes, dtype=np.intp)
+        if self.raise_unknown:
+            unknown = np.flatnonzero(codes_arr == -2)
+            if unknown.size:
+                raise self._unknown(column[int(unknown[0])])
+        return codes_arr
+
+    def code_one(self, value: Any) -> int:
+        cls = value.__class__
+        if self.reject_numeric and (cls is int or cls is float or cls is bool):
+            raise self._numeric(value)
+        if cls is float and value != value:
+            value = NAN_KEY
+        for fill in self.fills:
+            if value is NAN_KEY:
+                value = fill
+        try:
+            code = self.table.get(value, -2)
+        except TypeError:
+            raise ValueError(f"feature {self.name!r}: {value!r} is not a valid category (unhashable)") from None
+        if code == -2 and self.raise_unknown:
+            raise self._unknown(value)
+        return code
+
+
+def _expit(z: float) -> float:
+    # scipy.special.expit computes 1 / (1 + exp(-z)); same operations here.
+    try:
+        return 1.0 / (1.0 + math.exp(-z))
+    except OverflowError:
+        return 0.0
+
+
+class _Linear:
+    """Linear classifiers whose predict_proba is a link of ``X @ coef.T + intercept``."""
+
+    def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], output_names: Sequence[str]):
+        self.estimator: str = spec["estimator"]
+        self.link: str = spec["link"]
+        if self.link not in ("logistic", "modified_huber"):
+            raise ValueError(f"unknown link {self.link!r} in compiled model")
+        # Same (1, p) layout and transpose as scikit-learn, so BLAS sums in the same order.
+        self.coef = np.ascontiguousarray(arrays["coef"], dtype=np.float64).reshape(1, -1)
+        self.intercept = np.asarray(arrays["intercept"], dtype=np.float64).reshape(1)
+        self.output_names = list(output_names)
+
+    def check(self, X: np.ndarray) -> None:
+        if not np.isfinite(X).all():
+            bad = np.argwhere(~np.isfinite(X))[0]
+            value = X[bad[0], bad[1]]
+            what = "missing (None/NaN)" if np.isnan(value) else f"infinite ({value})"
+            raise ValueError(
+                f"feature {self.output_names[bad[1]]!r}: value is {what} and {self.estimator} does not "
+                "accept missing or infinite values (impute it in the pipeline)"
+            )
+
+    def predict_batch(self, X: np.ndarray) -> np.ndarray:
+        self.check(X)
+        z = (X @ self.coef.T + self.intercept).reshape(-1)
+        if self.link == "logistic":
+            with np.errstate(over="ignore"):
+                return 1.0 / (1.0 + np.exp(-z))
+        return (np.clip(z, -1.0, 1.0) + 1.0) / 2.0
+
+    def predict_one(self, x: list[float]) -> float:
+        X = np.array(x, dtype=np.float64).reshape(1, -1)
+        if not math.isfinite(math.fsum(x)):
+            self.check(X)
+        z = float((X @ self.coef.T + self.intercept)[0, 0])
+        if self.link == "logistic":
+            return _expit(z)
+        return (min(max(z, -1.0), 1.0) + 1.0) / 2.0
+
+
+class _Trees:
+    """Tree ensembles, all trees flattened into one node table.
+
+    ``combine`` says how leaf values become P(class 1):
+    - 'boosting' (GradientBoosting): expit(init + sum(learning_rate * leaf));
+    - 'hist_boosting' (HistGradientBoosting): expit(baseline + sum(leaf));
+    - 'average' (forests, single trees): mean of per-tree P(class 1).
+    """
+
+    def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], output_names: Sequence[str]):
+        self.estimator: str = spec["estimator"]
+        self.combine: str = spec["combine"]
+        if self.combine not in ("boosting", "hist_boosting", "average"):
+            raise ValueError(f"unknown tree combination {self.combine!r} in compiled model")
+        self.cast_float32 = bool(spec["cast_float32"])
+        self.route_missing = spec["missing"] == "route"
+        self.allow_inf = bool(spec["allow_inf"])
+        self.max_depth = int(spec["max_depth"])
+        self.init = float(arrays["init"].reshape(()))
+        self.learning_rate = float(arrays["learning_rate"].reshape(()))
+        self.output_names = list(output_names)
+
+        feature = np.asarray(arrays["tree_feature"], dtype=np.intp)
+        threshold = np.asarray(arrays["tree_threshold"], dtype=np.float64)
+        left = np.asarray(arrays["tree_left"], dtype=np.intp)
+        right = np.asarray(arrays["tree_right"], dtype=np.intp)
+        missing_left = np.asarray(arrays["tree_missing_left"], dtype=bool)
+        self.value = np.asarray(arrays["tree_value"], dtype=np.float64)
+        self.roots = np.asarray(arrays["tree_roots"], dtype=np.intp)
+        n_nodes = feature.shape[0]
+        for name, a in (("threshold", threshold), ("left", left), ("right", right),
+                        ("missing_left", missing_left), ("value", self.value)):
+            if a.shape != (n_nodes,):
+                raise ValueError(f"tree array {name!r} has the wrong shape")
+        is_leaf = feature < 0
+        if (
+            n_nodes == 0
+            or self.roots.size == 0
+            or not ((0 <= self.roots) & (self.roots < n_nodes)).all()
+            or not ((0 <= left[~is_leaf]) & (left[~is_leaf] < n_nodes)).all()
+            or not ((0 <= right[~is_leaf]) & (right[~is_leaf] < n_nodes)).all()
+            or not (feature < len(output_names)).all()
+        ):
+            raise ValueError("tree arrays of the compiled model are inconsistent")
+        # Vectorised traversal: leaves loop onto themselves, so every row can
+        # take max_depth steps without checking for leaves.
+        nodes = np.arange(n_nodes)
+        self.v_feature = np.where(is_leaf, 0, feature)
+        self.v_threshold = threshold
+        self.v_left = np.where(is_leaf, nodes, left)
+        self.v_right = np.where(is_leaf, nodes, right)
+        self.v_missing_left = missing_left
+        # Single-row traversal runs on Python lists (no numpy per node).
+        self.l_feature = feature.tolist()
+        self.l_threshold = threshold.tolist()
+        self.l_left = left.tolist()
+        self.l_right = right.tolist()
+        self.l_missing_left = missing_left.tolist()
+        self.l_value = self.value.tolist()
+        self.l_roots = self.roots.tolist()
+        self.n_trees = len(self.l_roots)
+        self._pack = struct.Struct(f"={len(output_names)}f")
+
+    # -- validation, as scikit-learn's check_array does it ------------------
+    def _raise_bad(self, X: np.ndarray) -> None:
+        bad_nan = np.isnan(X) if not self.route_missing else np.zeros(X.shape, dtype=bool)
+        bad = bad_nan | (np.isinf(X) if not self.allow_inf else False)
+        row, col = np.argwhere(bad)[0]
+        value = X[row, col]
+        if np.isnan(value):
+            raise ValueError(
+                f"feature {self.output_names[col]!r}: value is missing (None/NaN) and {self.estimator} "
+                "does not accept missing values here (impute it in the pipeline)"
+            )
+        raise ValueError(
+            f"feature {self.output_names[col]!r}: value is infinite or too large for float32, "
+            f"which {self.estimator} rejects"
+        )
+
+    def prepare_batch(self, X: np.ndarray) -> np.ndarray:
+        if self.cast_float32:
+            with np.errstate(over="ignore"):
+                X = X.astype(np.float32)
+        if not (self.route_missing and self.allow_inf):
+            finite = np.isfinite(X)
+            if not finite.all():
+                if self.route_missing:
+                    ok = finite | np.isnan(X)
+                elif self.allow_inf:
+                    ok = ~np.isnan(X)
+                else:
+                    ok = finite
+                if not ok.all():
+                    self._raise_bad(X)
+        return X
+
+    # -- many rows ----------------------------------------------------------
+    def leaf_values(self, X: np.ndarray) -> np.ndarray:
+        """Leaf value per (row, tree), traversing all trees level by level."""
+        n = X.shape[0]
+        out = np.empty((n, self.n_trees), dtype=np.float64)
+        chunk = max(1, _TREE_CHUNK_CELLS // self.n_trees)
+        has_nan = self.route_missing and bool(np.isnan(X).any())
+        for start in range(0, n, chunk):
+            Xc = X[start:start + chunk]
+            idx = np.broadcast_to(self.roots, (Xc.shape[0], self.n_trees)).copy()
+            for _ in range(self.max_depth):
+                x = np.take_along_axis(Xc, self.v_feature[idx], axis=1)
+                go_left = x <= self.v_threshold[idx]
+                if has_nan:
+                    nan = np.isnan(x)
+                    if nan.any():
+                        go_left[nan] = self.v_missing_left[idx[nan]]
+                idx = np.where(go_left, self.v_left[idx], self.v_right[idx])
+            out[start:start + chunk] = self.value[idx]
+        return out
+
+    def predict_batch(self, X: np.ndarray) -> np.ndarray:
+        X = self.prepare_batch(X)
+        leaves = self.leaf_values(X)
+        # Accumulate tree by tree in the estimator's order: a pairwise
+        # np.sum would round differently from scikit-learn.
+        if self.combine == "boosting":
+            scaled = np.ascontiguousarray((leaves * self.learning_rate).T)
+            raw = np.full(X.shape[0], self.init)
+            for tree_values in scaled:
+                raw += tree_values
+        elif self.combine == "hist_boosting":
+            per_tree = np.ascontiguousarray(leaves.T)
+            raw = np.full(X.shape[0], self.init)
+            for tree_values in per_tree:
+                raw += tree_values
+        else:
+            per_tree = np.ascontiguousarray(leaves.T)
+            acc = np.zeros(X.shape[0])
+            for tree_values in per_tree:
+                acc += tree_values
+            return acc / self.n_trees
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-raw))
+
+    # -- one row ------------------------------------------------------------
+    def _prepare_one(self, x: list[float]) -> list[float]:
+        if self.cast_float32:
+            try:
+                x = list(self._pack.unpack(self._pack.pack(*x)))
+            except OverflowError:
+                self._raise_bad(np.array([x], dtype=np.float64).astype(np.float32))
+        if not (self.route_missing and self.allow_inf) and not math.isfinite(math.fsum(x)):
+            X = np.array([x], dtype=np.float64)
+            ok = np.isfinite(X)
+            if self.route_missing:
+                ok |= np.isnan(X)
+            elif self.allow_inf:
+                ok = ~np.isnan(X)
+            if not ok.all():
+                self._raise_bad(X)
+        return x
+
+    def predict_one(self, x: list[float]) -> float:
+        x = self._prepare_one(x)
+        feature, threshold = self.l_feature, self.l_threshold
+        left, right, value = self.l_left, self.l_right, self.l_value
+        leaves = []
+        if self.route_missing and not math.isfinite(math.fsum(x)):
+            missing_left = self.l_missing_left
+            for node in self.l_roots:
+                f = feature[node]
+                while f >= 0:
+                    v = x[f]
+                    if v <= threshold[node]:
+                        node = left[node]
+                    elif v != v:
+                        node = left[node] if missing_left[node] else right[node]
+                    else:
+                        node = right[node]
+                    f = feature[node]
+                leaves.append(value[node])
+        else:
+            for node in self.l_roots:
+                f = feature[node]
+                while f >= 0:
+                    node = left[node] if x[f] <= threshold[node] else right[node]
+                    f = feature[node]
+                leaves.append(value[node])
+        if self.combine == "boosting":
+            raw = self.init
+            lr = self.learning_rate
+            for v in leaves:
+                raw += lr * v
+            return _expit(raw)
+        if self.combine == "hist_boosting":
+            raw = self.init
+            for v in leaves:
+                raw += v
+            return _expit(raw)
+        acc = 0.0
+        for v in leaves:
+            acc += v
+        return acc / self.n_trees
+
+
+class Evaluator:
+    """P(class 1) of a compiled pipeline for rows of plain Python values.
+
+    Rows are dicts keyed by feature name (a missing key counts as NaN, as in
+    ``DataFrame.from_records``) or sequences in :attr:`feature_names` order.
+    Values are bool, int, float, str or None.
+    """
+
+    def __init__(self, manifest: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
+        self.manifest = manifest
+        self.feature_names: list[str] = [str(n) for n in manifest["feature_names"]]
+        n_inputs = len(self.feature_names)
+        transform = manifest["transform"]
+        self.n_outputs = int(transform["n_outputs"])
+        self.numeric = [_NumericBlock(b, arrays, self.feature_names) for b in transform["numeric"]]
+        self.onehot = [_OneHotColumn(c, self.feature_names) for c in transform["onehot"]]
+        output_names = [""] * self.n_outputs
+        covered = np.zeros(self.n_outputs, dtype=int)
+        for block in self.numeric:
+            for i, out in zip(block.inputs, block.outputs):
+                output_names[out] = self.feature_names[i]
+                covered[out] += 1
+        for column in self.onehot:
+            for out in column.table.values():
+                if out >= 0:
+                    output_names[out] = column.name
+                    covered[out] += 1
+        used = [i for b in self.numeric for i in b.inputs] + [c.input for c in self.onehot]
+        if (covered != 1).any() or any(not 0 <= i < n_inputs for i in used):
+            raise ValueError("compiled model: transform does not map inputs onto model columns one to one")
+        model = manifest["model"]
+        if model["kind"] == "linear":
+            self.model: _Linear | _Trees = _Linear(model, arrays, output_names)
+            if self.model.coef.shape[1] != self.n_outputs:
+                raise ValueError("compiled model: coefficient count does not match the transform")
+        elif model["kind"] == "trees":
+            self.model = _Trees(model, arrays, output_names)
+        else:
+            raise ValueError(f"compiled model: unknown model kind {model['kind']!r}")
+        self._index = {name: k for k, name in enumerate(self.feature_names)}
+
+    def _row(self, row: Mapping[str, Any] | Sequence[Any]) -> Sequence[Any]:
+        if isinstance(row, Mapping):
+            get = row.get
+            return [get(name, _NAN) for name in self.feature_names]
+        if len(row) != len(self.feature_names):
+            raise ValueError(f"row has {len(row)} values, the model expects {len(self.feature_names)} features")
+        return row
+
+    def features_one(self, row: Mapping[str, Any] | Sequence[Any]) -> list[float]:
+        """The model-input vector (after the compiled preprocessing) of one row."""
+        values = self._row(row)
+        x = [0.0] * self.n_outputs
+        for block in self.numeric:
+            block.fill_one(values, x)
+        for column in self.onehot:
+            code = column.code_one(values[column.input])
+            if code >= 0:
+                x[code] = 1.0
+        return x
+
+    def features(self, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> np.ndarray:
+        """The model-input matrix (n_rows, n_model_columns), float64."""
+        n = len(rows)
+        if n and isinstance(rows[0], Mapping):
+            columns: list[Sequence[Any]] = [
+                [r.get(name, _NAN) for r in rows] for name in self.feature_names
+            ]
+        else:
+            width = len(self.feature_names)
+            for r in rows:
+                if len(r) != width:
+                    raise ValueError(f"row has {len(r)} values, the model expects {width} features")
+            columns = list(zip(*rows)) if n else [()] * width
+        X = np.zeros((n, self.n_outputs), dtype=np.float64)
+        if n == 0:
+            return X
+        for block in self.numeric:
+            block.fill_batch(columns, X)
+        all_rows = np.arange(n)
+        for column in self.onehot:
+            codes = column.codes_batch(columns[column.input])
+            hit = codes >= 0
+            X[all_rows[hit], codes[hit]] = 1.0
+        return X
+
+    def predict_one(self, row: Mapping[str, Any] | Sequence[Any]) -> float:
+        """P(class 1) of one row, as ``predict([row])[0]``.
+
+        Raises ValueError naming the feature for a mistyped or unknown value
+        the pipeline rejects (unknown category with handle_unknown='error',
+        a missing value reaching a model that does not accept NaN, ...).
+        """
+        return self.model.predict_one(self.features_one(row))
+
+    def predict(self, rows: Iterable[Mapping[str, Any] | Sequence[Any]]) -> np.ndarray:
+        """P(class 1) per row, float64 array; raises ValueError as :meth:`predict_one`."""
+        rows = rows if isinstance(rows, Sequence) else list(rows)
+        if len(rows) == 1:
+            return np.array([self.predict_one(rows[0])])
+        if not rows:
+            return np.empty(0, dtype=np.float64)
+        return self.model.predict_batch(self.features(rows))

@@ -1,0 +1,88 @@
+"""Migrations: round trip, offline SQL, idempotence, and what they install."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from pgscore.migrate import downgrade, migrate
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def empty_db(server):
+    name = "pgscore_t_empty"
+    with psycopg.connect(server["dsn"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    yield make_conninfo(server["dsn"], dbname=name)
+    with psycopg.connect(server["dsn"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def schema_objects(dsn):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'scoring'"
+            " UNION ALL SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname = 'scoring'"
+            " OR tablename IN ('customer_profiles', 'complaints') ORDER BY 1").fetchall()
+
+
+def test_upgrade_downgrade_upgrade(empty_db):
+    migrate(empty_db)
+    installed = schema_objects(empty_db)
+    assert ("scoring.score(customer_id bigint)",) in installed
+    downgrade(empty_db, "base")
+    assert schema_objects(empty_db) == []
+    migrate(empty_db)
+    assert schema_objects(empty_db) == installed
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0001"
+
+
+def test_running_migrations_twice_is_harmless(empty_db):
+    migrate(empty_db)
+    migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+
+
+def test_offline_sql_is_reviewable_without_a_database():
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head", "--sql"],
+        cwd=REPO, capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "PGHOST": "/nonexistent"},
+    )
+    assert result.returncode == 0, result.stderr
+    sql = result.stdout
+    assert "CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)" in sql
+    assert "INSERT INTO scoring.runtime_modules" in sql
+    assert "#pgscore:runtime" not in sql  # every marker was rendered
+    assert sql.count("SET search_path = pg_catalog, pg_temp") >= 8
+
+
+def test_every_security_definer_function_pins_search_path(db):
+    with db.connect() as conn:
+        unpinned = conn.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'scoring' AND p.prosecdef"
+            " AND NOT coalesce(p.proconfig, '{}') @> ARRAY['search_path=pg_catalog, pg_temp']").fetchall()
+        definers = conn.execute(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'scoring' AND p.prosecdef").fetchone()[0]
+    assert unpinned == []
+    assert definers >= 6
+
+
+def test_public_cannot_execute_scoring_functions(db):
+    with db.connect() as conn:
+        public_exec = conn.execute(
+            "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'scoring' AND has_function_privilege('public', p.oid, 'EXECUTE')").fetchall()
+    assert public_exec == []

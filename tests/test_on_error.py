@@ -1,0 +1,90 @@
+"""scoring.on_error: a failing model never loses a complaint under 'keep',
+and fails the insert under 'raise'."""
+
+from __future__ import annotations
+
+import pandas as pd
+import psycopg
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from pgscore import push_model
+
+
+@pytest.fixture
+def fragile(seeded):
+    """Active model without an imputer: a profile whose total_charges is NULL makes it fail."""
+    frame = pd.DataFrame({"tenure_months": [1, 5, 30, 60, 2, 70], "total_charges": [50.0, 300, 2000, 5000, 90, 7000]})
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(frame, [1, 1, 0, 0, 1, 0])
+    with seeded.connect() as admin:
+        # Keep push's test-scoring sample free of NULLs; profile 42 turns NULL afterwards.
+        admin.execute("UPDATE customer_profiles SET total_charges = coalesce(total_charges, 0)")
+    push_model(seeded.dsn("loader"), model, name="churn", activate=True)
+    with seeded.connect() as admin:
+        admin.execute("UPDATE customer_profiles SET total_charges = NULL WHERE customer_id = 42")
+        admin.execute("SELECT scoring.score(41::bigint)")
+    return seeded
+
+
+def state(db, customer_id):
+    with db.connect() as conn:
+        return conn.execute(
+            "SELECT complaint_count, churn_score, churn_model_id,"
+            " (SELECT count(*) FROM complaints c WHERE c.customer_id = p.customer_id)"
+            " FROM customer_profiles p WHERE customer_id = %s", [customer_id]).fetchone()
+
+
+def test_keep_commits_the_complaint_and_records_the_failure(fragile):
+    warnings = []
+    before = state(fragile, 42)
+    with fragile.connect("app") as app:
+        app.add_notice_handler(lambda diag: warnings.append((diag.severity_nonlocalized, diag.message_primary)))
+        app.execute("INSERT INTO complaints (customer_id) VALUES (42), (41)")
+    count, score, model_id, complaints = state(fragile, 42)
+    assert (count, complaints) == (before[0] + 1, before[3] + 1)
+    assert (score, model_id) == before[1:3]  # the old score stays
+    assert state(fragile, 41)[1] is not None  # the healthy profile in the same statement was scored
+    with fragile.connect() as admin:
+        errors = admin.execute("SELECT customer_id, sqlstate, message FROM scoring.errors").fetchall()
+    assert len(errors) == 1 and errors[0][0] == 42
+    assert "failed to score" in errors[0][2] and "NaN" in errors[0][2]
+    assert "Traceback" not in errors[0][2]
+    assert any(sev == "WARNING" and "customer_id 42" in msg for sev, msg in warnings)
+
+
+def test_raise_fails_the_insert_and_writes_nothing(fragile):
+    before = state(fragile, 42)
+    with fragile.connect("app") as app:
+        app.execute("SET scoring.on_error = 'raise'")
+        with pytest.raises(psycopg.errors.ExternalRoutineInvocationException, match="failed to score"):
+            app.execute("INSERT INTO complaints (customer_id) VALUES (42)")
+    assert state(fragile, 42) == before
+    with fragile.connect() as admin:
+        assert admin.execute("SELECT count(*) FROM scoring.errors").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize("policy", ["keep", "raise"])
+def test_corrupt_blob(scored, policy):
+    with scored.connect() as admin:
+        admin.execute("UPDATE scoring.models SET blob = '\\x0badbeef', sha256 = encode(sha256('\\x0badbeef'), 'hex')")
+    before = state(scored, 5)
+    with scored.connect("app") as app:
+        app.execute(f"SET scoring.on_error = '{policy}'")
+        if policy == "raise":
+            with pytest.raises(psycopg.errors.ExternalRoutineException, match="could not be loaded"):
+                app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
+            assert state(scored, 5) == before
+            return
+        app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
+    assert state(scored, 5)[0] == before[0] + 1
+    with scored.connect() as admin:
+        assert "could not be loaded" in admin.execute("SELECT message FROM scoring.errors").fetchone()[0]
+
+
+def test_bad_on_error_value_is_named(scored):
+    with scored.connect("app") as app:
+        app.execute("SET scoring.on_error = 'ignore'")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="must be 'keep' or 'raise'"):
+            app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
