@@ -5,7 +5,8 @@
 #   POSTGRES_PASSWORD          superuser password (required unless
 #                              POSTGRES_HOST_AUTH_METHOD=trust)
 #   POSTGRES_USER              superuser name (default postgres)
-#   POSTGRES_DB                database created on first start (default postgres)
+#   POSTGRES_DB                database created on first start (default: the user's name)
+#   POSTGRES_PASSWORD_FILE, POSTGRES_USER_FILE, POSTGRES_DB_FILE  read from files
 #   POSTGRES_HOST_AUTH_METHOD  auth of TCP connections (default scram-sha-256)
 #   POSTGRES_INITDB_ARGS       extra initdb arguments
 #   PGPORT                     port (default 5432; postgres reads it itself)
@@ -58,11 +59,26 @@ if [ "$(id -u)" = 0 ]; then
 fi
 
 export LANG="${LANG:-C.UTF-8}"
+for var in POSTGRES_PASSWORD POSTGRES_USER POSTGRES_DB; do     # VAR_FILE: docker secrets
+    file_var="${var}_FILE"
+    if [ -n "${!file_var:-}" ]; then
+        [ -z "${!var:-}" ] || { echo "error: both $var and $file_var are set" >&2; exit 1; }
+        printf -v "$var" '%s' "$(< "${!file_var}")"
+    fi
+done
 POSTGRES_USER="${POSTGRES_USER:-postgres}"
-POSTGRES_DB="${POSTGRES_DB:-postgres}"
+POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
 auth="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}"
 
-if [ ! -s "$PGDATA/PG_VERSION" ]; then
+wants_help() {          # postgres --help, --version: no initdb
+    local arg
+    for arg; do
+        case "$arg" in -'?'|--help|--describe-config|-V|--version) return 0 ;; esac
+    done
+    return 1
+}
+
+if [ ! -s "$PGDATA/PG_VERSION" ] && ! wants_help "$@"; then
     if [ -z "${POSTGRES_PASSWORD:-}" ] && [ "$auth" != trust ]; then
         echo "error: the database is uninitialized and POSTGRES_PASSWORD is not set" \
              "(set it, or POSTGRES_HOST_AUTH_METHOD=trust to allow all connections without a password)" >&2
@@ -82,7 +98,7 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     printf '\nhost all all all %s\n' "$auth" >> "$PGDATA/pg_hba.conf"
 
     shopt -s nullglob
-    scripts=(/docker-entrypoint-initdb.d/*.sql /docker-entrypoint-initdb.d/*.sh)
+    scripts=(/docker-entrypoint-initdb.d/*)
     if [ "$POSTGRES_DB" != postgres ] || [ ${#scripts[@]} -gt 0 ]; then
         # A temporary server on the socket only, as the official image does.
         pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p ${PGPORT:-5432}" -w start
@@ -91,10 +107,10 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
             "${psql[@]}" --dbname postgres -v db="$POSTGRES_DB" <<< 'CREATE DATABASE :"db";'
         fi
         for f in "${scripts[@]}"; do
-            echo "$0: running $f" >&2
             case "$f" in
-                *.sql) "${psql[@]}" --dbname "$POSTGRES_DB" -f "$f" ;;
-                *.sh) bash "$f" ;;
+                *.sql) echo "$0: running $f" >&2; "${psql[@]}" --dbname "$POSTGRES_DB" -f "$f" ;;
+                *.sh)  echo "$0: running $f" >&2; bash "$f" ;;
+                *)     echo "$0: ignoring $f (only *.sql and *.sh)" >&2 ;;
             esac
         done
         pg_ctl -D "$PGDATA" -m fast -w stop

@@ -106,27 +106,30 @@ def decode_value(tagged: Sequence[Any]) -> Any:
     raise ValueError(f"unknown value tag {tag!r} in compiled model")
 
 
-def _infer_kind(column: Sequence[Any]) -> str:
-    """The dtype pandas' ``DataFrame.from_records`` gives this column.
+def _infer_kind(column: Sequence[Any]) -> tuple[str, bool]:
+    """The dtype pandas' ``DataFrame.from_records`` gives this column, and whether it has gaps.
 
-    Returns 'int', 'float', 'bool', 'str' or 'object'. In 'float' and 'str'
-    columns pandas turns ``None`` into NaN; in 'object' columns it stays.
+    The kind is 'int', 'float', 'bool', 'str' or 'object'. In 'float' and
+    'str' columns pandas turns ``None`` into NaN; in 'object' columns it
+    stays ``None``. The flag is False when no value is None or a float (so
+    no NaN either): such a column needs no canonicalisation.
     """
     types = set(map(type, column))
+    has_gaps = _NONE_TYPE in types or float in types
     has_none = _NONE_TYPE in types
     types.discard(_NONE_TYPE)
     if not types:
-        return "object"
+        return "object", has_gaps
     if bool in types:
-        return "bool" if types == {bool} and not has_none else "object"
+        return ("bool" if types == {bool} and not has_none else "object"), has_gaps
     if types <= {int, float}:
-        return "int" if types == {int} and not has_none else "float"
+        return ("int" if types == {int} and not has_none else "float"), has_gaps
     if types == {str}:
-        return "str"
+        return "str", has_gaps
     # NaN next to strings is pandas' missing marker, not a number.
     if types == {str, float} and all(v != v for v in column if type(v) is float):
-        return "str"
-    return "object"
+        return "str", has_gaps
+    return "object", has_gaps
 
 
 def _canonical(column: Sequence[Any], none_is_nan: bool) -> list[Any]:
@@ -210,7 +213,8 @@ class _NumericBlock:
         for k, i in enumerate(self.inputs):
             column = columns[i]
             if self.fills:
-                column = _canonical(column, _infer_kind(column) in ("float", "str"))
+                kind, _ = _infer_kind(column)
+                column = _canonical(column, kind in ("float", "str"))
                 for step in self.fills:
                     fill = step[k]
                     column = [fill if v is NAN_KEY else v for v in column]
@@ -285,10 +289,10 @@ class _OneHotColumn:
 
     def codes_batch(self, column: Sequence[Any]) -> np.ndarray:
         """Output column per row, -1 for no output (dropped or ignored unknown)."""
-        kind = _infer_kind(column)
+        kind, has_gaps = _infer_kind(column)
         if self.reject_numeric and kind in ("int", "float", "bool"):
             raise self._numeric(column[0])
-        if kind != "str" or self.fills:
+        if has_gaps or self.fills:
             column = _canonical(column, kind in ("float", "str"))
             for fill in self.fills:
                 column = [fill if v is NAN_KEY else v for v in column]
@@ -363,7 +367,7 @@ class _Linear:
 
     def predict_one(self, x: list[float]) -> float:
         X = np.array(x, dtype=np.float64).reshape(1, -1)
-        if not math.isfinite(math.fsum(x)):
+        if not math.isfinite(sum(x)):
             self.check(X)
         z = float((X @ self.coef.T + self.intercept)[0, 0])
         if self.link == "logistic":
@@ -519,7 +523,7 @@ class _Trees:
                 x = list(self._pack.unpack(self._pack.pack(*x)))
             except OverflowError:
                 self._raise_bad(np.array([x], dtype=np.float64).astype(np.float32))
-        if not (self.route_missing and self.allow_inf) and not math.isfinite(math.fsum(x)):
+        if not (self.route_missing and self.allow_inf) and not math.isfinite(sum(x)):
             X = np.array([x], dtype=np.float64)
             ok = np.isfinite(X)
             if self.route_missing:
@@ -535,7 +539,7 @@ class _Trees:
         feature, threshold = self.l_feature, self.l_threshold
         left, right, value = self.l_left, self.l_right, self.l_value
         leaves = []
-        if self.route_missing and not math.isfinite(math.fsum(x)):
+        if self.route_missing and not math.isfinite(sum(x)):
             missing_left = self.l_missing_left
             for node in self.l_roots:
                 f = feature[node]

@@ -1,0 +1,107 @@
+"""The analyst's SQL API: scores equal local predict_proba; bad input gets
+errors that name what is wrong."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from tests.conftest import local_scores
+
+
+def test_score_matches_local_predict_proba(scored, model_files):
+    ids = list(range(1, 301))
+    expected = local_scores(model_files["logreg"], scored, ids)
+    with scored.connect("analyst") as analyst:
+        single = {i: analyst.execute("SELECT scoring.score(%s::bigint)", [i]).fetchone()[0] for i in ids[:20]}
+        many = dict(analyst.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [ids]).fetchall())
+    assert max(abs(single[i] - expected[i]) for i in single) <= 1e-9
+    assert max(abs(many[i] - expected[i]) for i in ids) <= 1e-9
+
+
+def test_score_many_keeps_input_order_and_duplicates(scored):
+    with scored.connect("analyst") as analyst:
+        rows = analyst.execute("SELECT customer_id FROM scoring.score_many(ARRAY[5, 3, 5, 1]::bigint[])").fetchall()
+        empty = analyst.execute("SELECT count(*) FROM scoring.score_many('{}'::bigint[])").fetchone()[0]
+    assert [r[0] for r in rows] == [5, 3, 5, 1]
+    assert empty == 0
+
+
+def test_unknown_customer_names_the_id(scored):
+    with scored.connect("analyst") as analyst:
+        with pytest.raises(psycopg.errors.NoDataFound, match="no customer profile with customer_id 424242"):
+            analyst.execute("SELECT scoring.score(424242::bigint)")
+        with pytest.raises(psycopg.errors.NoDataFound, match="customer_ids 777, 888"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY[1, 777, 888]::bigint[])")
+
+
+def test_unknown_model_and_no_active_model(seeded, model_files):
+    from pgscore import push_model
+
+    with seeded.connect("analyst") as analyst:
+        with pytest.raises(psycopg.errors.UndefinedObject, match="no model named 'churn' has been pushed") as info:
+            analyst.execute("SELECT scoring.score(1::bigint)")
+        assert "pgscore push FILE --name churn --activate" in info.value.diag.message_hint
+    push_model(seeded.dsn("loader"), model_files["logreg"], name="churn")
+    with seeded.connect("analyst") as analyst:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no active model named 'churn'"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY[1]::bigint[], 'churn')")
+
+
+def profile_document(db, customer_id: int) -> dict:
+    with db.connect() as conn:
+        return conn.execute("SELECT to_jsonb(p) - 'customer_id' FROM customer_profiles p WHERE customer_id = %s",
+                            [customer_id]).fetchone()[0]
+
+
+def test_what_if_score_equals_profile_score(scored):
+    document = profile_document(scored, 17)
+    with scored.connect("analyst") as analyst:
+        what_if = analyst.execute("SELECT scoring.score('churn', %s::jsonb)", [json.dumps(document)]).fetchone()[0]
+        direct = analyst.execute("SELECT scoring.score(17::bigint)").fetchone()[0]
+        riskier = analyst.execute("SELECT scoring.score('churn', %s::jsonb)",
+                                  [json.dumps({**document, "complaint_count": 9})]).fetchone()[0]
+    assert what_if == pytest.approx(direct, abs=1e-12)
+    assert riskier > what_if
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"drop": "contract"}, psycopg.errors.InvalidParameterValue, "feature 'contract' is missing"),
+        ({"set": {"tenure_months": "ten"}}, psycopg.errors.DatatypeMismatch, "feature 'tenure_months' must be a whole number"),
+        ({"set": {"senior_citizen": 1}}, psycopg.errors.DatatypeMismatch, "feature 'senior_citizen' must be true or false"),
+        ({"set": {"contract": 12}}, psycopg.errors.DatatypeMismatch, "feature 'contract' must be a string"),
+        ({"set": {"shoe_size": 44}}, psycopg.errors.InvalidParameterValue, "not columns of public.customer_profiles: 'shoe_size'"),
+    ],
+)
+def test_what_if_errors_name_the_feature(scored, change, error, message):
+    document = profile_document(scored, 17)
+    if "drop" in change:
+        del document[change["drop"]]
+    document.update(change.get("set", {}))
+    with scored.connect("analyst") as analyst:
+        with pytest.raises(error, match=message):
+            analyst.execute("SELECT scoring.score('churn', %s::jsonb)", [json.dumps(document)])
+
+
+def test_what_if_rejects_non_objects_and_null(scored):
+    with scored.connect("analyst") as analyst:
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="must be a JSON object"):
+            analyst.execute("SELECT scoring.score('churn', '[1, 2]'::jsonb)")
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="features is NULL"):
+            analyst.execute("SELECT scoring.score('churn', NULL::jsonb)")
+
+
+def test_runtime_info_and_warmup(scored):
+    with scored.connect("analyst") as analyst:
+        info = analyst.execute("SELECT scoring.runtime_info()").fetchone()[0]
+        analyst.execute("SELECT scoring.warmup()")
+    from pgscore.runtime import pinned
+
+    assert info["scikit-learn"] == pinned()["scikit-learn"]
+    assert info["numpy"] == pinned()["numpy"]
+    assert info["schema_revision"] == "0001"
+    assert info["python"].startswith("3.")
