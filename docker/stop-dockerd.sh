@@ -57,6 +57,13 @@ if pid="$(pid_of "$DIR/exec/containerd/containerd.pid" containerd)"; then
 fi
 rm -f "$DIR/dockerd.pid"
 
+# What the stopped daemon left mounted under its folders (e.g. exec/netns/default).
+if [ -d "$DIR" ] && ! pid_of "$DIR/dockerd.pid" dockerd >/dev/null; then
+    for m in $(awk -v d="$DIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+        umount "$m" 2>/dev/null || umount -l "$m" || log "could not unmount $m"
+    done
+fi
+
 if [ -n "$purge" ] && [ -d "$DIR" ]; then
     [ -d "$DIR/data" ] || [ -d "$DIR/context" ] \
         || { log "$DIR does not look like build-image.sh's folder; not deleting it"; exit 1; }

@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import struct
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -382,7 +381,14 @@ class _Trees:
     - 'boosting' (GradientBoosting): expit(init + sum(learning_rate * leaf));
     - 'hist_boosting' (HistGradientBoosting): expit(baseline + sum(leaf));
     - 'average' (forests, single trees): mean of per-tree P(class 1).
+    Many rows: traversal goes level by level over all trees at once (numpy
+    fancy indexing). One row: the same, unless the ensemble is small or
+    deep and narrow (a single deep tree), where a Python loop over nodes
+    costs less than numpy's per-call overhead at every level.
     """
+
+    # Rough cost of one numpy level step, in Python node steps (measured).
+    _LEVEL_COST = 40
 
     def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], output_names: Sequence[str]):
         self.estimator: str = spec["estimator"]
@@ -402,49 +408,80 @@ class _Trees:
         left = np.asarray(arrays["tree_left"], dtype=np.intp)
         right = np.asarray(arrays["tree_right"], dtype=np.intp)
         missing_left = np.asarray(arrays["tree_missing_left"], dtype=bool)
-        self.value = np.asarray(arrays["tree_value"], dtype=np.float64)
-        self.roots = np.asarray(arrays["tree_roots"], dtype=np.intp)
+        value = np.asarray(arrays["tree_value"], dtype=np.float64)
+        roots = np.asarray(arrays["tree_roots"], dtype=np.intp)
         n_nodes = feature.shape[0]
         for name, a in (("threshold", threshold), ("left", left), ("right", right),
-                        ("missing_left", missing_left), ("value", self.value)):
+                        ("missing_left", missing_left), ("value", value)):
             if a.shape != (n_nodes,):
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         is_leaf = feature < 0
+        inner = ~is_leaf
         if (
             n_nodes == 0
-            or self.roots.size == 0
-            or not ((0 <= self.roots) & (self.roots < n_nodes)).all()
-            or not ((0 <= left[~is_leaf]) & (left[~is_leaf] < n_nodes)).all()
-            or not ((0 <= right[~is_leaf]) & (right[~is_leaf] < n_nodes)).all()
+            or roots.size == 0
+            or not ((0 <= roots) & (roots < n_nodes)).all()
+            or not ((0 <= left[inner]) & (left[inner] < n_nodes)).all()
+            or not ((0 <= right[inner]) & (right[inner] < n_nodes)).all()
             or not (feature < len(output_names)).all()
         ):
             raise ValueError("tree arrays of the compiled model are inconsistent")
-        # Vectorised traversal: leaves loop onto themselves, so every row can
-        # take max_depth steps without checking for leaves.
         nodes = np.arange(n_nodes)
-        self.v_feature = np.where(is_leaf, 0, feature)
-        self.v_threshold = threshold
-        self.v_left = np.where(is_leaf, nodes, left)
-        self.v_right = np.where(is_leaf, nodes, right)
-        self.v_missing_left = missing_left
-        # Single-row traversal runs on Python lists (no numpy per node).
-        self.l_feature = feature.tolist()
-        self.l_threshold = threshold.tolist()
-        self.l_left = left.tolist()
-        self.l_right = right.tolist()
-        self.l_missing_left = missing_left.tolist()
-        self.l_value = self.value.tolist()
-        self.l_roots = self.roots.tolist()
-        self.n_trees = len(self.l_roots)
-        self._pack = struct.Struct(f"={len(output_names)}f")
+        # Leaves loop onto themselves, so every row can take max_depth steps
+        # without asking whether it already reached a leaf.
+        self.feature = np.where(is_leaf, 0, feature)
+        self.threshold = threshold
+        # children[2 * node + went_right]: one gather per level instead of two plus a select.
+        self.children = np.stack([np.where(is_leaf, nodes, left), np.where(is_leaf, nodes, right)], axis=1).ravel()
+        self.missing_right = ~missing_left
+        self.value = value
+        self.roots = roots
+        self.n_trees = roots.shape[0]
+        path_steps = self._leaf_depth_total(is_leaf, left, right)
+        self.python_one = path_steps <= self._LEVEL_COST * self.max_depth
+        if self.python_one:
+            self.l_feature = feature.tolist()
+            self.l_threshold = threshold.tolist()
+            self.l_left = left.tolist()
+            self.l_right = right.tolist()
+            self.l_missing_left = missing_left.tolist()
+            self.l_value = value.tolist()
+            self.l_roots = roots.tolist()
 
-    # -- validation, as scikit-learn's check_array does it ------------------
-    def _raise_bad(self, X: np.ndarray) -> None:
-        bad_nan = np.isnan(X) if not self.route_missing else np.zeros(X.shape, dtype=bool)
-        bad = bad_nan | (np.isinf(X) if not self.allow_inf else False)
+    def _leaf_depth_total(self, is_leaf: np.ndarray, left: np.ndarray, right: np.ndarray) -> float:
+        """Sum over trees of the mean leaf depth: the node steps of one Python walk."""
+        frontier = self.roots
+        level = 0
+        leaf_depths = np.zeros(self.n_trees)
+        leaf_counts = np.zeros(self.n_trees)
+        owner = np.arange(self.n_trees)
+        while frontier.size and level <= self.max_depth:
+            leaf = is_leaf[frontier]
+            np.add.at(leaf_depths, owner[leaf], level)
+            np.add.at(leaf_counts, owner[leaf], 1)
+            inner = ~leaf
+            frontier = np.concatenate([left[frontier[inner]], right[frontier[inner]]])
+            owner = np.concatenate([owner[inner], owner[inner]])
+            level += 1
+        return float(np.sum(leaf_depths / np.maximum(leaf_counts, 1)))
+
+    def _check(self, X: np.ndarray) -> None:
+        """Reject NaN / infinity as scikit-learn's check_array does for this estimator."""
+        if self.route_missing and self.allow_inf:
+            return
+        finite = np.isfinite(X)
+        if finite.all():
+            return
+        if self.route_missing:
+            bad = ~(finite | np.isnan(X))
+        elif self.allow_inf:
+            bad = np.isnan(X)
+        else:
+            bad = ~finite
+        if not bad.any():
+            return
         row, col = np.argwhere(bad)[0]
-        value = X[row, col]
-        if np.isnan(value):
+        if np.isnan(X[row, col]):
             raise ValueError(
                 f"feature {self.output_names[col]!r}: value is missing (None/NaN) and {self.estimator} "
                 "does not accept missing values here (impute it in the pipeline)"
@@ -454,88 +491,63 @@ class _Trees:
             f"which {self.estimator} rejects"
         )
 
-    def prepare_batch(self, X: np.ndarray) -> np.ndarray:
+    def _prepare(self, X: np.ndarray) -> np.ndarray:
         if self.cast_float32:
+            # scikit-learn trees see float32 features (compared with float64 thresholds).
             with np.errstate(over="ignore"):
                 X = X.astype(np.float32)
-        if not (self.route_missing and self.allow_inf):
-            finite = np.isfinite(X)
-            if not finite.all():
-                if self.route_missing:
-                    ok = finite | np.isnan(X)
-                elif self.allow_inf:
-                    ok = ~np.isnan(X)
-                else:
-                    ok = finite
-                if not ok.all():
-                    self._raise_bad(X)
+        self._check(X)
         return X
 
-    # -- many rows ----------------------------------------------------------
-    def leaf_values(self, X: np.ndarray) -> np.ndarray:
-        """Leaf value per (row, tree), traversing all trees level by level."""
-        n = X.shape[0]
-        out = np.empty((n, self.n_trees), dtype=np.float64)
-        chunk = max(1, _TREE_CHUNK_CELLS // self.n_trees)
-        has_nan = self.route_missing and bool(np.isnan(X).any())
-        for start in range(0, n, chunk):
-            Xc = X[start:start + chunk]
-            idx = np.broadcast_to(self.roots, (Xc.shape[0], self.n_trees)).copy()
-            for _ in range(self.max_depth):
-                x = np.take_along_axis(Xc, self.v_feature[idx], axis=1)
-                go_left = x <= self.v_threshold[idx]
-                if has_nan:
-                    nan = np.isnan(x)
-                    if nan.any():
-                        go_left[nan] = self.v_missing_left[idx[nan]]
-                idx = np.where(go_left, self.v_left[idx], self.v_right[idx])
-            out[start:start + chunk] = self.value[idx]
-        return out
+    def _walk(self, x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Leaves reached from nodes ``idx`` (one row: shape (trees,); rows: (rows, trees))."""
+        has_nan = self.route_missing and bool(np.isnan(x).any())
+        feature, threshold, children = self.feature, self.threshold, self.children
+        flat = x.ravel()
+        # Position of each entry's row in the flattened matrix.
+        base = 0 if x.ndim == 1 else (np.arange(x.shape[0]) * x.shape[1])[:, None]
+        for _ in range(self.max_depth):
+            xv = flat[base + feature[idx]]
+            # NaN compares False: it goes left unless routed below.
+            went_right = xv > threshold[idx]
+            if has_nan:
+                nan = np.isnan(xv)
+                if nan.any():
+                    went_right[nan] = self.missing_right[idx[nan]]
+            idx = children[2 * idx + went_right]
+        return idx
 
-    def predict_batch(self, X: np.ndarray) -> np.ndarray:
-        X = self.prepare_batch(X)
-        leaves = self.leaf_values(X)
-        # Accumulate tree by tree in the estimator's order: a pairwise
-        # np.sum would round differently from scikit-learn.
-        if self.combine == "boosting":
-            scaled = np.ascontiguousarray((leaves * self.learning_rate).T)
-            raw = np.full(X.shape[0], self.init)
-            for tree_values in scaled:
-                raw += tree_values
-        elif self.combine == "hist_boosting":
-            per_tree = np.ascontiguousarray(leaves.T)
-            raw = np.full(X.shape[0], self.init)
-            for tree_values in per_tree:
-                raw += tree_values
-        else:
-            per_tree = np.ascontiguousarray(leaves.T)
-            acc = np.zeros(X.shape[0])
-            for tree_values in per_tree:
+    def _combine(self, leaves: np.ndarray) -> np.ndarray:
+        """P(class 1) from leaf values (rows, trees), summing tree by tree in order.
+
+        A pairwise np.sum would round differently from scikit-learn's loop.
+        """
+        n = leaves.shape[0]
+        if self.combine == "average":
+            acc = np.zeros(n)
+            for tree_values in np.ascontiguousarray(leaves.T):
                 acc += tree_values
             return acc / self.n_trees
+        if self.combine == "boosting":
+            leaves = leaves * self.learning_rate
+        raw = np.full(n, self.init)
+        for tree_values in np.ascontiguousarray(leaves.T):
+            raw += tree_values
         with np.errstate(over="ignore"):
             return 1.0 / (1.0 + np.exp(-raw))
 
-    # -- one row ------------------------------------------------------------
-    def _prepare_one(self, x: list[float]) -> list[float]:
-        if self.cast_float32:
-            try:
-                x = list(self._pack.unpack(self._pack.pack(*x)))
-            except OverflowError:
-                self._raise_bad(np.array([x], dtype=np.float64).astype(np.float32))
-        if not (self.route_missing and self.allow_inf) and not math.isfinite(sum(x)):
-            X = np.array([x], dtype=np.float64)
-            ok = np.isfinite(X)
-            if self.route_missing:
-                ok |= np.isnan(X)
-            elif self.allow_inf:
-                ok = ~np.isnan(X)
-            if not ok.all():
-                self._raise_bad(X)
-        return x
+    def predict_batch(self, X: np.ndarray) -> np.ndarray:
+        X = self._prepare(X)
+        n = X.shape[0]
+        out = np.empty(n, dtype=np.float64)
+        chunk = max(1, _TREE_CHUNK_CELLS // self.n_trees)
+        for start in range(0, n, chunk):
+            Xc = X[start:start + chunk]
+            idx = np.broadcast_to(self.roots, (Xc.shape[0], self.n_trees))
+            out[start:start + chunk] = self._combine(self.value[self._walk(Xc, idx)])
+        return out
 
-    def predict_one(self, x: list[float]) -> float:
-        x = self._prepare_one(x)
+    def _walk_python(self, x: list[float]) -> list[float]:
         feature, threshold = self.l_feature, self.l_threshold
         left, right, value = self.l_left, self.l_right, self.l_value
         leaves = []
@@ -560,21 +572,29 @@ class _Trees:
                     node = left[node] if x[f] <= threshold[node] else right[node]
                     f = feature[node]
                 leaves.append(value[node])
+        return leaves
+
+    def predict_one(self, x: list[float]) -> float:
+        xa = self._prepare(np.array([x], dtype=np.float64))[0]
+        if self.python_one:
+            leaves = self._walk_python(xa.tolist())
+        else:
+            leaves = self.value[self._walk(xa, self.roots)].tolist()
+        # Same operations as _combine, on Python floats (cheaper for one row).
+        if self.combine == "average":
+            acc = 0.0
+            for v in leaves:
+                acc += v
+            return acc / self.n_trees
+        raw = self.init
         if self.combine == "boosting":
-            raw = self.init
             lr = self.learning_rate
             for v in leaves:
                 raw += lr * v
-            return _expit(raw)
-        if self.combine == "hist_boosting":
-            raw = self.init
+        else:
             for v in leaves:
                 raw += v
-            return _expit(raw)
-        acc = 0.0
-        for v in leaves:
-            acc += v
-        return acc / self.n_trees
+        return _expit(raw)
 
 
 class Evaluator:

@@ -64,7 +64,13 @@ def _server_dsn(target: str) -> Iterator[str]:
         return
     from pgscore.localdb import local_database
 
-    yield local_database(os.environ.get("PGSCORE_TEST_HOME")).start()
+    local = local_database(os.environ.get("PGSCORE_TEST_HOME"))
+    was_running = local.is_running()
+    try:
+        yield local.start()
+    finally:
+        if not was_running:
+            local.stop()  # leave the machine as the tests found it
 
 
 @pytest.fixture(scope="session", params=["local", pytest.param("docker", marks=pytest.mark.docker)])

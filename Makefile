@@ -1,0 +1,48 @@
+# pgscore: `make demo` runs the whole flow, `make test` runs every test.
+# Both install what they need first: Debian packages (PostgreSQL 15 with
+# PL/Python) when missing, the virtualenv, and the server's pinned runtime
+# (installed by `pgscore db start` on first use).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+APT_PACKAGES := postgresql-15 postgresql-plpython3-15
+
+.PHONY: setup system demo test test-local test-docker bench clean
+
+setup: system $(VENV)/.installed
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "pgscore needs:$$missing. Run as root, or: sudo apt-get install -y$$missing (see README: without root)"; exit 1; \
+	  fi; \
+	  echo "installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { [ "$$(id -u)" -eq 0 ] && apt-get install -y -qq python3-venv >/dev/null; }
+
+$(VENV)/.installed: pyproject.toml loader/runtime-requirements.txt loader/client-requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/pgscore demo
+
+test: test-local test-docker
+
+test-local: setup
+	$(BIN)/python -m pytest -m "not docker" -p no:cacheprovider
+
+test-docker: setup
+	bash docker/test-docker.sh
+
+bench: setup
+	$(BIN)/pgscore bench
+
+clean:
+	-$(BIN)/pgscore db stop
+	rm -rf $(VENV) .pgscore
