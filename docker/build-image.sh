@@ -13,7 +13,7 @@
 #   5. docker build --network host --target server (classic builder), the
 #      mirror's host name resolved here and passed with --add-host.
 #
-# Usage:   eval "export $(docker/build-image.sh | tail -n 1)"
+# Usage:   line="$(docker/build-image.sh)" && export "$line"    # stdout is only that line
 #          ... docker run --network host -e POSTGRES_PASSWORD=... -e PGPORT=... pgscore/postgres:dev
 #          docker/stop-dockerd.sh
 # Env:     PGSCORE_DOCKER_DIR  our dockerd's socket, pidfile, data, log and the
@@ -23,12 +23,16 @@
 #          DOCKER_HOST         a daemon to use instead of starting one
 #          PYTHON              Python whose pip downloads the wheels (default python3)
 # Output:  progress on stderr; the last line on stdout is DOCKER_HOST=...
+# Status:  0 built; 75 no Docker daemon could start here; 1 any other failure
 # Idempotent: a second run reuses the daemon, base image, wheels and build cache.
 set -euo pipefail
 
 t0=$SECONDS
 log() { printf '[build-image %4ds] %s\n' "$((SECONDS - t0))" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+# Exit status 75 (EX_TEMPFAIL) means "no Docker daemon can run here": callers
+# such as docker/test-docker.sh skip the Docker suite instead of failing.
+no_daemon() { log "error: $*"; exit 75; }
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${PGSCORE_DOCKER_DIR:-${TMPDIR:-/tmp}/pgscore-docker}"
@@ -44,8 +48,9 @@ need_root() { [ "$(id -u)" = 0 ] || die "$1 needs root"; }
 # ---- 1. tools ------------------------------------------------------------
 install_tools() {
     local pkgs=()
-    command -v dockerd >/dev/null 2>&1 || pkgs+=(docker.io)
-    command -v docker >/dev/null 2>&1 || pkgs+=(docker.io)
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+        pkgs+=(docker.io)
+    fi
     command -v debootstrap >/dev/null 2>&1 || pkgs+=(debootstrap debian-archive-keyring)
     [ ${#pkgs[@]} -gt 0 ] || return 0
     need_root "apt-get install ${pkgs[*]}"
@@ -59,8 +64,7 @@ install_tools() {
         made_policy=1
     fi
     apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        $(printf '%s\n' "${pkgs[@]}" | sort -u) >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >&2
     [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
 }
 
@@ -99,11 +103,11 @@ ensure_daemon() {
         daemon_answers && { log "dockerd answers at $DOCKER_HOST"; return; }
         if [ "$i" -gt 4 ] && ! own_dockerd_pid >/dev/null; then
             tail -n 20 "$DIR/dockerd.log" >&2 || true
-            die "dockerd exited"
+            no_daemon "dockerd exited"
         fi
         sleep 0.5
     done
-    die "dockerd did not answer within 60 s (log: $DIR/dockerd.log)"
+    no_daemon "dockerd did not answer within 60 s (log: $DIR/dockerd.log)"
 }
 
 # ---- 3. base image -------------------------------------------------------------
@@ -157,9 +161,10 @@ add_host_args() {
 }
 
 remove_rootfs() {       # unmount anything debootstrap left mounted, then delete
-    local root="$1" m
+    local root="$1" m mounts
     [ -e "$root" ] || return 0
-    for m in $(awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
+    mapfile -t mounts < <(awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r)
+    for m in "${mounts[@]}"; do
         umount -l "$m" || true
     done
     if awk -v r="$root/" 'index($2, r) == 1 { found = 1 } END { exit !found }' /proc/mounts; then

@@ -30,9 +30,9 @@ pid_of() {              # pid_of PIDFILE COMM: the PID if that process runs
 }
 
 stop_pid() {            # stop_pid PID NAME: TERM, wait up to 30 s, then KILL
-    local pid="$1" i
+    local pid="$1" _
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 60); do
+    for _ in $(seq 1 60); do
         kill -0 "$pid" 2>/dev/null || { log "$2 ($pid) stopped"; return 0; }
         sleep 0.5
     done
@@ -59,7 +59,8 @@ rm -f "$DIR/dockerd.pid"
 
 # What the stopped daemon left mounted under its folders (e.g. exec/netns/default).
 if [ -d "$DIR" ] && ! pid_of "$DIR/dockerd.pid" dockerd >/dev/null; then
-    for m in $(awk -v d="$DIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r); do
+    mapfile -t mounts < <(awk -v d="$DIR/" 'index($2, d) == 1 { print $2 }' /proc/mounts | sort -r)
+    for m in "${mounts[@]}"; do
         umount "$m" 2>/dev/null || umount -l "$m" || log "could not unmount $m"
     done
 fi

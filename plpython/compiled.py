@@ -268,8 +268,9 @@ class _OneHotColumn:
         self.raise_unknown = spec["unknown"] == "error"
         if spec["unknown"] not in ("error", "ignore"):
             raise ValueError(f"unknown handle_unknown {spec['unknown']!r} in compiled model")
-        # scikit-learn fails (TypeError deep inside) when a numeric column
-        # meets categories learned from strings; we fail with a clear message.
+        # scikit-learn fails (TypeError deep inside) when an int or float
+        # column meets categories of object dtype (e.g. learned from
+        # strings); we fail with a clear message. Bool columns do not fail.
         self.reject_numeric = bool(spec["object_categories"]) and not self.fills
 
     def _unknown(self, value: Any) -> ValueError:
@@ -283,13 +284,13 @@ class _OneHotColumn:
     def _numeric(self, value: Any) -> ValueError:
         return ValueError(
             f"feature {self.name!r}: got a number ({value!r}) where the model expects a category "
-            f"(OneHotEncoder in step {self.step!r} learned string categories)"
+            f"(OneHotEncoder in step {self.step!r} learned non-numeric categories)"
         )
 
     def codes_batch(self, column: Sequence[Any]) -> np.ndarray:
         """Output column per row, -1 for no output (dropped or ignored unknown)."""
         kind, has_gaps = _infer_kind(column)
-        if self.reject_numeric and kind in ("int", "float", "bool"):
+        if self.reject_numeric and kind in ("int", "float"):
             raise self._numeric(column[0])
         if has_gaps or self.fills:
             column = _canonical(column, kind in ("float", "str"))
@@ -309,7 +310,7 @@ class _OneHotColumn:
 
     def code_one(self, value: Any) -> int:
         cls = value.__class__
-        if self.reject_numeric and (cls is int or cls is float or cls is bool):
+        if self.reject_numeric and (cls is int or cls is float):
             raise self._numeric(value)
         if cls is float and value != value:
             value = NAN_KEY

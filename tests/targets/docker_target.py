@@ -2,7 +2,7 @@
 
 Build the image first (on a machine without an image registry):
 
-    eval "export $(docker/build-image.sh | tail -n 1)"    # sets DOCKER_HOST
+    line="$(docker/build-image.sh)" && export "$line"    # DOCKER_HOST=...
     pytest -m docker
     docker/stop-dockerd.sh
 
@@ -31,9 +31,8 @@ def docker_unavailable_reason(image: str | None = DEFAULT_IMAGE) -> str | None:
     unless `image` is None, that the image has been built on it.
     """
     try:
-        import docker
-        import docker.errors
-    except ImportError as exc:  # testcontainers brings the docker SDK
+        import docker  # the SDK testcontainers uses (docker.errors comes with it)
+    except ImportError as exc:
         return f"the docker Python package is not installed ({exc})"
     where = os.environ.get("DOCKER_HOST") or "the default Docker socket"
     try:
@@ -100,7 +99,7 @@ class _PortTaken(RuntimeError):
 
 
 def _wait_ready(container, port: int, dsn: str, timeout: float) -> None:
-    import docker.errors
+    import docker
     import psycopg
 
     deadline = time.monotonic() + timeout
