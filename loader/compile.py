@@ -83,10 +83,17 @@ def compile_model(model: Any) -> CompiledModel:
     """Compile a fitted pipeline or bare classifier.
 
     Raises UnsupportedModel (with a reason naming the estimator and step) for
-    anything outside the supported set, for multiclass models, and for models
-    fitted without feature names.
+    anything outside the supported set, for multiclass models, for unfitted
+    models and for models fitted without feature names.
     """
+    from sklearn.exceptions import NotFittedError
     from sklearn.pipeline import Pipeline
+    from sklearn.utils.validation import check_is_fitted
+
+    try:
+        check_is_fitted(model)
+    except (NotFittedError, TypeError) as exc:
+        raise UnsupportedModel(f"{type(model).__name__} is not a fitted scikit-learn estimator: {exc}") from None
 
     steps: list[tuple[str, Any]]
     if isinstance(model, Pipeline):
@@ -130,6 +137,7 @@ def compile_model(model: Any) -> CompiledModel:
             "n_outputs": builder.n_outputs,
             "numeric": builder.numeric,
             "onehot": builder.onehot,
+            "dtype_checks": builder.dtype_checks,
         },
         "model": model_spec,
         "source": {"estimator": _describe(model), "sklearn_version": _sklearn_version()},
@@ -231,6 +239,7 @@ class _Builder:
         self.arrays: dict[str, np.ndarray] = {}
         self.numeric: list[dict[str, Any]] = []
         self.onehot: list[dict[str, Any]] = []
+        self.dtype_checks: list[dict[str, Any]] = []
         self.n_outputs = 0
 
     def column_transformer(self, path: str, ct: Any) -> bool:
@@ -277,6 +286,9 @@ class _Builder:
                     return self.chain_steps(rest, result)  # type: ignore[arg-type]
                 return result
             if isinstance(est, SimpleImputer):
+                check = _imputer_dtype_check(est, path, chains)
+                if check is not None:
+                    self.dtype_checks.append(check)
                 chains = _imputer(est, path, chains)
             elif isinstance(est, StandardScaler):
                 chains = _scaler(est, path, chains)
@@ -350,6 +362,23 @@ def _signature(chain: _Chain) -> tuple[int, tuple[str, ...]]:
     return len(chain.fills), tuple(code for code, _ in chain.ops)
 
 
+def _imputer_dtype_check(est: Any, path: str, chains: list[_Chain]) -> dict[str, Any] | None:
+    """The batch dtypes a value-level SimpleImputer rejects, or None if it rejects none.
+
+    most_frequent / constant imputers keep the input's dtype (the common
+    dtype of the batch's columns): scikit-learn refuses a bool block, and
+    for 'constant' a block its fitted dtype cannot be cast to (float fill
+    into an int block).
+    """
+    if est.strategy not in ("most_frequent", "constant") or any(c.in_float for c in chains):
+        return None
+    fit_kind = np.dtype(est._fit_dtype).kind
+    if fit_kind == "O":
+        return None  # transform then converts every batch to object: nothing to refuse
+    fill_kind = np.dtype(est._fill_dtype).kind if est.strategy == "constant" else None
+    return {"step": path, "inputs": [c.source for c in chains], "fill_kind": fill_kind}
+
+
 def _imputer(est: Any, path: str, chains: list[_Chain]) -> list[_Chain]:
     missing = est.missing_values
     if not (isinstance(missing, float) and math.isnan(missing)):
@@ -364,9 +393,9 @@ def _imputer(est: Any, path: str, chains: list[_Chain]) -> list[_Chain]:
         stat = stat.item() if isinstance(stat, np.generic) else stat
         if isinstance(stat, float) and math.isnan(stat) and not est.keep_empty_features:
             continue  # scikit-learn drops columns that had no observed value
-        if est.strategy in ("mean", "median") or chain.in_float:
-            # Input is (or becomes) float64: only NaN is missing and the
-            # statistic is a float.
+        if est.strategy not in ("most_frequent", "constant") or chain.in_float:
+            # mean, median, callable: scikit-learn converts the input to
+            # float64 first, so only NaN is missing and the statistic is a float.
             chain.in_float = True
             chain.ops.append(("fill", float(stat)))
         else:

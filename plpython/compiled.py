@@ -43,15 +43,8 @@ class _NanKey:
     """The category "missing as NaN", distinct from ``None`` as scikit-learn keeps it.
 
     NaN cannot be a dict key (it is unequal to itself), so categories and
-    imputation values use this singleton for it.
+    imputation values use the one instance :data:`NAN_KEY` for it.
     """
-
-    _instance: "_NanKey | None" = None
-
-    def __new__(cls) -> "_NanKey":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
 
     def __repr__(self) -> str:
         return "nan"
@@ -64,7 +57,7 @@ def load(data: bytes) -> "Evaluator":
     """Read bytes written by ``pgscore.compile.CompiledModel.to_bytes``.
 
     Raises ValueError if the bytes are not a compiled model of a format
-    version this module understands.
+    version this module understands, or are inconsistent.
     """
     try:
         archive = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
@@ -81,7 +74,10 @@ def load(data: bytes) -> "Evaluator":
             f"compiled model format version {manifest.get('format_version')!r} is not supported "
             f"by this server (it reads version {FORMAT_VERSION})"
         )
-    return Evaluator(manifest, arrays)
+    try:
+        return Evaluator(manifest, arrays)
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"compiled model is malformed: {exc!r}") from exc
 
 
 def decode_value(tagged: Sequence[Any]) -> Any:
@@ -251,6 +247,69 @@ class _NumericBlock:
             x[out] = f
 
 
+def _kind_one(value: Any) -> str:
+    """:func:`_infer_kind` of a one-row column."""
+    cls = value.__class__
+    if cls is float:
+        return "float"
+    if cls is int:
+        return "int"
+    if cls is bool:
+        return "bool"
+    if cls is str:
+        return "str"
+    return "object"
+
+
+# np.can_cast(from, to, casting="same_kind") for the kinds a block can have.
+_SAME_KIND = {
+    "b": {"b", "i", "u", "f", "O"},
+    "i": {"i", "f", "O"},
+    "u": {"i", "u", "f", "O"},
+    "f": {"f", "O"},
+    "O": {"O"},
+}
+
+
+class _ImputerDtypeCheck:
+    """Batch dtypes a most_frequent / constant SimpleImputer refuses (see ``pgscore.compile``)."""
+
+    def __init__(self, spec: Mapping[str, Any], names: Sequence[str]):
+        self.step: str = spec["step"]
+        self.inputs = [int(i) for i in spec["inputs"]]
+        self.names = [names[i] for i in self.inputs]
+        self.fill_kind: str | None = spec["fill_kind"]
+
+    def check(self, kinds: Sequence[str]) -> None:
+        """Raise ValueError if scikit-learn refuses a block whose columns have these kinds."""
+        # The block's dtype as scikit-learn's check_array computes it from a DataFrame.
+        if any(k in ("str", "object") for k in kinds):
+            block = "O"
+        elif all(k == "bool" for k in kinds):
+            block = "b"
+        elif any(k == "float" for k in kinds):
+            block = "f"
+        else:
+            block = "i"
+        features = ", ".join(repr(n) for n in self.names)
+        if block == "b":
+            raise ValueError(
+                f"features {features}: SimpleImputer in step {self.step!r} does not accept a batch "
+                "where these are all booleans (scikit-learn rejects bool data)"
+            )
+        if self.fill_kind is not None and block not in _SAME_KIND.get(self.fill_kind, {"O"}):
+            raise ValueError(
+                f"features {features}: SimpleImputer in step {self.step!r} was fitted on another dtype "
+                "than these values have (e.g. a float fill value for integer values)"
+            )
+
+    def check_batch(self, columns: Sequence[Sequence[Any]]) -> None:
+        self.check([_infer_kind(columns[i])[0] for i in self.inputs])
+
+    def check_one(self, row: Sequence[Any]) -> None:
+        self.check([_kind_one(row[i]) for i in self.inputs])
+
+
 class _OneHotColumn:
     """One input column through OneHotEncoder (optionally after value-level imputers)."""
 
@@ -272,13 +331,18 @@ class _OneHotColumn:
         # column meets categories of object dtype (e.g. learned from
         # strings); we fail with a clear message. Bool columns do not fail.
         self.reject_numeric = bool(spec["object_categories"]) and not self.fills
+        # An unknown value in a bool column makes scikit-learn write the first
+        # category into the bool array and look bool(first) up again; it
+        # fails ("previously unseen labels") unless that bool is a category.
+        self.bool_unknown_fails = not self.fills and bool(categories[0]) not in self.table
 
     def _unknown(self, value: Any) -> ValueError:
         shown = "NaN" if value is NAN_KEY else repr(value)
         known = ", ".join(repr(c) for c in list(self.table)[:10])
+        why = "handle_unknown='error'" if self.raise_unknown else "a bool value it cannot ignore"
         return ValueError(
             f"feature {self.name!r}: unknown category {shown} "
-            f"(OneHotEncoder in step {self.step!r} has handle_unknown='error'; known: {known})"
+            f"(OneHotEncoder in step {self.step!r}: {why}; known: {known})"
         )
 
     def _numeric(self, value: Any) -> ValueError:
@@ -288,7 +352,10 @@ class _OneHotColumn:
         )
 
     def codes_batch(self, column: Sequence[Any]) -> np.ndarray:
-        """Output column per row, -1 for no output (dropped or ignored unknown)."""
+        """Model column per row; -1 for a dropped category, -2 for an ignored unknown value.
+
+        Raises ValueError naming the feature where scikit-learn raises.
+        """
         kind, has_gaps = _infer_kind(column)
         if self.reject_numeric and kind in ("int", "float"):
             raise self._numeric(column[0])
@@ -302,7 +369,7 @@ class _OneHotColumn:
         except TypeError:
             raise ValueError(f"feature {self.name!r}: a value is not a valid category (unhashable)") from None
         codes_arr = np.array(codes, dtype=np.intp)
-        if self.raise_unknown:
+        if self.raise_unknown or (kind == "bool" and self.bool_unknown_fails):
             unknown = np.flatnonzero(codes_arr == -2)
             if unknown.size:
                 raise self._unknown(column[int(unknown[0])])
@@ -321,7 +388,7 @@ class _OneHotColumn:
             code = self.table.get(value, -2)
         except TypeError:
             raise ValueError(f"feature {self.name!r}: {value!r} is not a valid category (unhashable)") from None
-        if code == -2 and self.raise_unknown:
+        if code == -2 and (self.raise_unknown or (cls is bool and self.bool_unknown_fails)):
             raise self._unknown(value)
         return code
 
@@ -450,21 +517,25 @@ class _Trees:
             self.l_roots = roots.tolist()
 
     def _leaf_depth_total(self, is_leaf: np.ndarray, left: np.ndarray, right: np.ndarray) -> float:
-        """Sum over trees of the mean leaf depth: the node steps of one Python walk."""
+        """Sum over trees of the mean leaf depth: the node steps of one Python walk.
+
+        Raises ValueError if some path is longer than max_depth (the
+        vectorised walk would stop short of a leaf).
+        """
         frontier = self.roots
-        level = 0
+        owner = np.arange(self.n_trees)
         leaf_depths = np.zeros(self.n_trees)
         leaf_counts = np.zeros(self.n_trees)
-        owner = np.arange(self.n_trees)
-        while frontier.size and level <= self.max_depth:
+        for level in range(self.max_depth + 1):
             leaf = is_leaf[frontier]
             np.add.at(leaf_depths, owner[leaf], level)
             np.add.at(leaf_counts, owner[leaf], 1)
             inner = ~leaf
             frontier = np.concatenate([left[frontier[inner]], right[frontier[inner]]])
             owner = np.concatenate([owner[inner], owner[inner]])
-            level += 1
-        return float(np.sum(leaf_depths / np.maximum(leaf_counts, 1)))
+            if not frontier.size:
+                return float(np.sum(leaf_depths / np.maximum(leaf_counts, 1)))
+        raise ValueError("tree arrays of the compiled model are inconsistent (deeper than max_depth)")
 
     def _check(self, X: np.ndarray) -> None:
         """Reject NaN / infinity as scikit-learn's check_array does for this estimator."""
@@ -614,6 +685,7 @@ class Evaluator:
         self.n_outputs = int(transform["n_outputs"])
         self.numeric = [_NumericBlock(b, arrays, self.feature_names) for b in transform["numeric"]]
         self.onehot = [_OneHotColumn(c, self.feature_names) for c in transform["onehot"]]
+        self.dtype_checks = [_ImputerDtypeCheck(c, self.feature_names) for c in transform["dtype_checks"]]
         output_names = [""] * self.n_outputs
         covered = np.zeros(self.n_outputs, dtype=int)
         for block in self.numeric:
@@ -626,6 +698,7 @@ class Evaluator:
                     output_names[out] = column.name
                     covered[out] += 1
         used = [i for b in self.numeric for i in b.inputs] + [c.input for c in self.onehot]
+        used += [i for c in self.dtype_checks for i in c.inputs]
         if (covered != 1).any() or any(not 0 <= i < n_inputs for i in used):
             raise ValueError("compiled model: transform does not map inputs onto model columns one to one")
         model = manifest["model"]
@@ -650,6 +723,8 @@ class Evaluator:
     def features_one(self, row: Mapping[str, Any] | Sequence[Any]) -> list[float]:
         """The model-input vector (after the compiled preprocessing) of one row."""
         values = self._row(row)
+        for check in self.dtype_checks:
+            check.check_one(values)
         x = [0.0] * self.n_outputs
         for block in self.numeric:
             block.fill_one(values, x)
@@ -675,6 +750,8 @@ class Evaluator:
         X = np.zeros((n, self.n_outputs), dtype=np.float64)
         if n == 0:
             return X
+        for check in self.dtype_checks:
+            check.check_batch(columns)
         for block in self.numeric:
             block.fill_batch(columns, X)
         all_rows = np.arange(n)

@@ -62,18 +62,24 @@ def from_document(document: Any, feature_names: Sequence[str], columns: Mapping[
             ok = isinstance(value, bool)
             expected = "true or false"
         elif column_type in INTEGER_TYPES:
+            low, high = INTEGER_RANGES[column_type]
             ok = isinstance(value, int) and not isinstance(value, bool) or (
                 isinstance(value, float) and value.is_integer()
             )
-            expected = "a whole number"
+            expected = f"a whole number from {low} to {high}"
             if ok:
                 value = int(value)
+                ok = low <= value <= high
         elif column_type in NUMBER_TYPES:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            expected = "a number"
+            expected = "a finite number"
             if ok:
-                value = float(value)
-                ok = math.isfinite(value)
+                try:
+                    value = float(value)
+                except OverflowError:  # a JSON integer beyond float range
+                    ok = False
+                else:
+                    ok = math.isfinite(value)
         else:
             ok = isinstance(value, str)
             expected = "a string"
@@ -85,6 +91,13 @@ def from_document(document: Any, feature_names: Sequence[str], columns: Mapping[
             )
         row[name] = value
     return row
+
+
+INTEGER_RANGES = {
+    "smallint": (-(2**15), 2**15 - 1),
+    "integer": (-(2**31), 2**31 - 1),
+    "bigint": (-(2**63), 2**63 - 1),
+}
 
 
 def _json_kind(value: Any) -> str:

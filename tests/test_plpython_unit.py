@@ -26,7 +26,7 @@ def test_from_document_converts_and_checks_types():
 @pytest.mark.parametrize(("document", "message"), [
     ({"tenure_months": 1, "monthly_charges": 1, "contract": "x"}, "feature 'partner' is missing"),
     ({"tenure_months": True, "monthly_charges": 1, "contract": "x", "partner": True}, "'tenure_months' must be a whole number"),
-    ({"tenure_months": 1, "monthly_charges": float("inf"), "contract": "x", "partner": True}, "'monthly_charges' must be a number"),
+    ({"tenure_months": 1, "monthly_charges": float("inf"), "contract": "x", "partner": True}, "'monthly_charges' must be a finite number"),
     ({"tenure_months": 1, "monthly_charges": 1, "contract": ["x"], "partner": True}, "'contract' must be a string"),
     ("just text", "must be a JSON object"),
 ])

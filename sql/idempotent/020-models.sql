@@ -37,6 +37,8 @@ AS $$
 DECLARE
     found_id bigint;
 BEGIN
+    -- The same lock as rollback(), which replays this name's history.
+    PERFORM pg_advisory_xact_lock(hashtext('scoring.deployments'), hashtext(model_name));
     SELECT m.model_id INTO found_id
       FROM scoring.models m WHERE m.name = model_name AND m.version = activate.version;
     IF found_id IS NULL THEN

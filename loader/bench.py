@@ -1,0 +1,346 @@
+"""`pgscore bench`: pgscore against its baselines, side by side, in one run.
+
+Every figure is a ratio against a baseline measured in the same run on the
+same database, because absolute times on a small shared machine are noisy.
+Runs in a fresh database ``pgscore_bench`` (needs a superuser DSN, or the
+local server when none is given), prints a table and writes JSON.
+
+Figures (see README, Performance):
+  P1 single-row complaint INSERTs, one client, durable commit (pgbench)
+  P2 the same with synchronous_commit = off
+  P3 one INSERT ... SELECT of many complaints
+  P4 analyst scoring of every profile: score_many vs out-of-DB and per-row score()
+  P5 CALL scoring.rescore() vs an out-of-DB rescoring pipeline
+  P6 first score in a new connection, and that backend's RSS growth
+  P7 max abs difference from the loader's predict_proba
+  P8 8 clients inserting for 10 hot customers
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from . import localdb
+from .connection import resolve_conninfo
+from .demo_data import PROFILE_COLUMNS, train_demo_model
+from .migrate import migrate
+from .models import fetch_feature_rows, push_model
+from .seed import seed_profiles
+
+BENCH_DATABASE = "pgscore_bench"
+FAMILIES = ("logreg", "gbm", "rf")
+
+BASELINE_TRIGGER_SQL = """
+CREATE OR REPLACE FUNCTION public.bench_count_complaint() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE public.customer_profiles SET complaint_count = complaint_count + 1
+     WHERE customer_id = NEW.customer_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER bench_count_complaint AFTER INSERT ON public.complaints
+    FOR EACH ROW EXECUTE FUNCTION public.bench_count_complaint();
+"""
+
+
+@dataclass
+class Sizes:
+    profiles: int
+    inserts: int          # P1/P2 transactions per run
+    bulk: int             # P3 rows
+    per_row: int          # P4 per-row score() sample
+    parity: int           # P7 rows
+    concurrent: int       # P8 transactions per client
+
+    @classmethod
+    def for_run(cls, quick: bool) -> "Sizes":
+        if quick:
+            return cls(profiles=50_000, inserts=1_000, bulk=20_000, per_row=1_000, parity=20_000, concurrent=150)
+        return cls(profiles=1_000_000, inserts=4_000, bulk=100_000, per_row=5_000, parity=100_000, concurrent=500)
+
+
+@dataclass
+class Report:
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, figure: str, family: str, measured: str, baseline: str, ratio: float | None, target: str,
+            **extra: Any) -> None:
+        met = _meets(ratio, target)
+        row = dict(figure=figure, family=family, measured=measured, baseline=baseline,
+                   ratio=None if ratio is None else round(ratio, 4), target=target, met=met, **extra)
+        self.rows.append(row)
+        mark = {True: "yes", False: "NO", None: "-"}[met]
+        shown = "-" if ratio is None else (f"{ratio:.3g}" if ratio < 1e-3 else f"{ratio:.3f}")
+        print(f"{figure:<3} {family:<7} {measured:<34} {baseline:<34} {shown:>9} {target:<10} {mark}", flush=True)
+
+
+def _meets(ratio: float | None, target: str) -> bool | None:
+    found = re.match(r"(>=|<=)\s*([\d.e-]+)", target)
+    if ratio is None or not found:
+        return None
+    bound = float(found.group(2))
+    return ratio >= bound if found.group(1) == ">=" else ratio <= bound
+
+
+def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/bench.json") -> dict:
+    sizes = Sizes.for_run(quick)
+    admin, stop_local, server_pid_of = _server(dsn)
+    started = time.perf_counter()
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
+        target = make_conninfo(admin, dbname=BENCH_DATABASE)
+        print(f"pgscore bench ({'quick' if quick else 'full'}): {sizes.profiles} profiles, on {platform.node()}",
+              flush=True)
+        migrate(target)
+        with psycopg.connect(target, autocommit=True) as conn:
+            seed_profiles(conn, sizes.profiles, seed=11)
+            conn.execute("VACUUM ANALYZE public.customer_profiles")
+            conn.execute(BASELINE_TRIGGER_SQL)
+            conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER bench_count_complaint")
+        workdir = Path(tempfile.mkdtemp(prefix="pgscore-bench-"))
+        models = {}
+        for family in FAMILIES:
+            pipeline, metrics = train_demo_model(rows=5000, seed=0, kind=family)
+            result = push_model(target, pipeline, name="churn", metrics=metrics, note=f"bench {family}")
+            models[family] = (pipeline, result)
+        report = Report()
+        print(f"{'fig':<3} {'family':<7} {'measured':<34} {'baseline':<34} {'ratio':>9} {'target':<10} met")
+        bench = _Bench(target, sizes, report, models, workdir, server_pid_of)
+        bench.run_all()
+        results = {
+            "quick": quick, "sizes": sizes.__dict__, "machine": {"cores": os.cpu_count(), "node": platform.node()},
+            "seconds": round(time.perf_counter() - started, 1), "figures": report.rows,
+        }
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2, default=str))
+        print(f"\n{len(report.rows)} figures in {results['seconds']} s; saved {out}")
+        return results
+    finally:
+        if stop_local is not None:
+            stop_local()
+
+
+def _server(dsn: str | None) -> tuple[str, Callable[[], Any] | None, Callable[[int], int | None]]:
+    given = resolve_conninfo(dsn)
+    if given:
+        return given, None, lambda pid: pid  # a server elsewhere: /proc may not show it
+    local = localdb.local_database()
+    was_running = local.is_running()
+    admin = local.start()
+    return make_conninfo(admin, dbname="postgres"), (None if was_running else local.stop), lambda pid: pid
+
+
+class _Bench:
+    def __init__(self, dsn: str, sizes: Sizes, report: Report, models: dict, workdir: Path,
+                 server_pid_of: Callable[[int], int | None]) -> None:
+        self.dsn, self.sizes, self.report, self.models, self.workdir = dsn, sizes, report, models, workdir
+        self.pgbench = str(localdb.local_database()._bindir() / "pgbench")
+
+    def run_all(self) -> None:
+        for family in FAMILIES:
+            self.activate(family)
+            self.p1_p2(family)
+            self.p3(family)
+            self.p8(family)
+        for family in FAMILIES:
+            self.activate(family)
+            self.p4(family)
+            self.p5(family)
+            self.p6(family)
+            self.p7(family)
+
+    # -- helpers
+
+    def activate(self, family: str) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT scoring.activate('churn', %s)", [self.models[family][1].version])
+
+    def triggers(self, baseline: bool) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            if baseline:
+                conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER complaints_rescore")
+                conn.execute("ALTER TABLE public.complaints ENABLE TRIGGER bench_count_complaint")
+            else:
+                conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER bench_count_complaint")
+                conn.execute("ALTER TABLE public.complaints ENABLE TRIGGER complaints_rescore")
+
+    def run_pgbench(self, transactions: int, clients: int, customers: int, options: str = "") -> dict:
+        script = self.workdir / f"insert-{customers}.sql"
+        script.write_text(f"\\set cid random(1, {customers})\n"
+                          "INSERT INTO public.complaints (customer_id, channel) VALUES (:cid, 'bench');\n")
+        logdir = Path(tempfile.mkdtemp(dir=self.workdir))
+        env = dict(os.environ, PGOPTIONS=options)
+        # A short warm-up, so every backend has imported and loaded what it needs.
+        subprocess.run([self.pgbench, "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2)),
+                        "-t", "20", self.dsn], env=env, check=True, capture_output=True, text=True)
+        result = subprocess.run(
+            [self.pgbench, "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2)),
+             "-t", str(transactions), "-l", "--log-prefix", str(logdir / "tx"), self.dsn],
+            env=env, check=True, capture_output=True, text=True, cwd=logdir)
+        tps = float(re.search(r"tps = ([\d.]+)", result.stdout).group(1))
+        latencies = []
+        for log in logdir.glob("tx*"):
+            latencies += [int(line.split()[2]) / 1000.0 for line in log.read_text().splitlines()]
+        latencies.sort()
+        return {"tps": tps, "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)]}
+
+    def paired(self, run: Callable[[], dict]) -> tuple[dict, dict]:
+        """(baseline, pgscore) measured as baseline, pgscore, baseline, pgscore: medians by tps."""
+        base, ours = [], []
+        for _ in range(2):
+            self.triggers(baseline=True)
+            base.append(run())
+            self.triggers(baseline=False)
+            ours.append(run())
+        pick = lambda runs: sorted(runs, key=lambda r: r["tps"])[len(runs) // 2]  # noqa: E731
+        return pick(base), pick(ours)
+
+    # -- figures
+
+    def p1_p2(self, family: str) -> None:
+        for figure, options, target in (("P1", "", ">= 0.95" if family != "rf" else "-"),
+                                        ("P2", "-c synchronous_commit=off",
+                                         {"logreg": ">= 0.8", "gbm": ">= 0.6"}.get(family, "-"))):
+            base, ours = self.paired(lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles, options))
+            self.report.add(
+                figure, family, f"{ours['tps']:.0f} tps p50 {ours['p50']:.2f} p99 {ours['p99']:.2f} ms",
+                f"{base['tps']:.0f} tps p50 {base['p50']:.2f} p99 {base['p99']:.2f} ms",
+                ours["tps"] / base["tps"], target, pgscore=ours, baseline_run=base)
+
+    def p3(self, family: str) -> None:
+        def bulk() -> float:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                started = time.perf_counter()
+                conn.execute("INSERT INTO public.complaints (customer_id, channel)"
+                             " SELECT 1 + (g * 7919) %% %s, 'bulk' FROM generate_series(1, %s) g",
+                             [self.sizes.profiles, self.sizes.bulk])
+                return time.perf_counter() - started
+        self.triggers(baseline=True)
+        base = bulk()
+        self.triggers(baseline=False)
+        ours = bulk()
+        self.report.add("P3", family, f"{self.sizes.bulk} rows in {ours:.2f} s",
+                        f"row trigger {base:.2f} s", base / ours, ">= 0.67")
+
+    def p8(self, family: str) -> None:
+        with psycopg.connect(self.dsn) as conn:
+            before = conn.execute("SELECT sum(complaint_count) FROM public.customer_profiles"
+                                  " WHERE customer_id <= 10").fetchone()[0]
+            rows_before = conn.execute("SELECT count(*) FROM public.complaints WHERE customer_id <= 10").fetchone()[0]
+        base, ours = self.paired(lambda: self.run_pgbench(self.sizes.concurrent, 8, 10, "-c synchronous_commit=off"))
+        with psycopg.connect(self.dsn) as conn:
+            after = conn.execute("SELECT sum(complaint_count) FROM public.customer_profiles"
+                                 " WHERE customer_id <= 10").fetchone()[0]
+            rows_after = conn.execute("SELECT count(*) FROM public.complaints WHERE customer_id <= 10").fetchone()[0]
+        exact = (after - before) == (rows_after - rows_before)
+        self.report.add("P8", family, f"{ours['tps']:.0f} tps, counters {'exact' if exact else 'WRONG'}",
+                        f"{base['tps']:.0f} tps", ours["tps"] / base["tps"] if exact else 0.0, ">= 0.8",
+                        counters_exact=exact)
+
+    def p4(self, family: str) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("SELECT scoring.warmup()")
+            started = time.perf_counter()
+            conn.execute("SELECT count(*) FROM scoring.score_many("
+                         "(SELECT array_agg(customer_id) FROM public.customer_profiles))").fetchone()
+            in_db = time.perf_counter() - started
+            started = time.perf_counter()
+            conn.execute("SELECT count(scoring.score(customer_id)) FROM public.customer_profiles"
+                         " WHERE customer_id <= %s", [self.sizes.per_row]).fetchone()
+            per_row = (time.perf_counter() - started) * self.sizes.profiles / self.sizes.per_row
+        out_of_db, _ = self.out_of_db(family, write_back=False)
+        self.report.add("P4", family, f"score_many {self.sizes.profiles} in {in_db:.2f} s",
+                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.0")
+        self.report.add("P4", family, f"score_many {in_db:.2f} s",
+                        f"per-row score() {per_row:.1f} s (extrapolated)", per_row / in_db, ">= 20")
+
+    def p5(self, family: str) -> None:
+        started = time.perf_counter()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("CALL scoring.rescore('churn', 50000)")
+        in_db = time.perf_counter() - started
+        out_of_db, _ = self.out_of_db(family, write_back=True)
+        self.report.add("P5", family, f"rescore {self.sizes.profiles} in {in_db:.2f} s",
+                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.5")
+
+    def out_of_db(self, family: str, write_back: bool) -> tuple[float, Any]:
+        """COPY out -> pandas -> predict_proba (-> COPY in -> UPDATE FROM), timed."""
+        import pandas as pd
+
+        pipeline = self.models[family][0]
+        columns = ", ".join(f"{c}::float8 AS {c}" if c in ("monthly_charges", "total_charges") else c
+                            for c in PROFILE_COLUMNS)
+        started = time.perf_counter()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            buffer = io.BytesIO()
+            with conn.cursor().copy(f"COPY (SELECT customer_id, {columns} FROM public.customer_profiles)"
+                                    " TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+                for chunk in copy:
+                    buffer.write(chunk)
+            buffer.seek(0)
+            frame = pd.read_csv(buffer, true_values=["t"], false_values=["f"])
+            scores = pipeline.predict_proba(frame[list(PROFILE_COLUMNS)])[:, 1]
+            if write_back:
+                with conn.transaction():
+                    conn.execute("CREATE TEMP TABLE bench_scores (customer_id bigint, score float8) ON COMMIT DROP")
+                    with conn.cursor().copy("COPY bench_scores FROM STDIN") as copy:
+                        for row in zip(frame["customer_id"].tolist(), scores.tolist()):
+                            copy.write_row(row)
+                    conn.execute("UPDATE public.customer_profiles p SET churn_score = s.score, churn_scored_at = now()"
+                                 " FROM bench_scores s WHERE p.customer_id = s.customer_id")
+        return time.perf_counter() - started, scores
+
+    def p6(self, family: str) -> None:
+        def cold_start() -> tuple[float, float]:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+                before = _rss_mib(pid)
+                started = time.perf_counter()
+                conn.execute("SELECT scoring.score(1::bigint)").fetchone()
+                elapsed = time.perf_counter() - started
+                return elapsed, (_rss_mib(pid) - before) if before is not None else float("nan")
+        runs = [cold_start() for _ in range(3)]
+        seconds = statistics.median(r[0] for r in runs)
+        rss = statistics.median(r[1] for r in runs)
+        self.report.add("P6", family, f"first score {seconds:.3f} s, +{rss:.0f} MiB RSS", "target 0.15 s, 20 MiB",
+                        seconds / 0.15, "<= 1.0", rss_mib=rss)
+
+    def p7(self, family: str) -> None:
+        pipeline = self.models[family][0]
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            ids = [r[0] for r in conn.execute("SELECT customer_id FROM public.customer_profiles"
+                                              " ORDER BY random() LIMIT %s", [self.sizes.parity])]
+            in_db = dict(conn.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [ids]).fetchall())
+            rows = fetch_feature_rows(conn, list(pipeline.feature_names_in_), ids)
+        from pgscore_server.features import to_frame
+
+        local = pipeline.predict_proba(to_frame(rows, list(pipeline.feature_names_in_)))[:, 1]
+        worst = max(abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local))
+        self.report.add("P7", family, f"max |diff| {worst:.2e} over {len(rows)} rows", "predict_proba",
+                        worst, "<= 1e-9")
+
+
+def _rss_mib(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,497 @@
+"""The compiled scoring path against scikit-learn's predict_proba (no database).
+
+``pgscore.compile`` turns fitted pipelines into numpy-only data and
+``pgscore_server.compiled`` scores it; the reference is
+``pipeline.predict_proba(to_frame(rows, feature_names))[:, 1]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import (
+    ExtraTreesClassifier,
+    GradientBoostingClassifier,
+    HistGradientBoostingClassifier,
+    RandomForestClassifier,
+)
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from sklearn.tree import DecisionTreeClassifier
+
+from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
+from pgscore_server import compiled
+from pgscore_server.features import to_frame
+
+TEXT = {
+    "gender": ["Female", "Male"],
+    "multiple_lines": ["Yes", "No", "No phone service"],
+    "internet_service": ["DSL", "Fiber optic", "No"],
+    "contract": ["Month-to-month", "One year", "Two year"],
+    "payment_method": [
+        "Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)",
+    ],
+}
+BOOLS = ["senior_citizen", "partner", "dependents", "phone_service", "paperless_billing"]
+NUMBERS = ["tenure_months", "monthly_charges", "total_charges", "complaint_count"]
+FEATURES = list(TEXT) + BOOLS + NUMBERS
+TOLERANCE = 1e-9
+
+Row = dict[str, Any]
+
+
+def telco_rows(n: int, seed: int) -> list[Row]:
+    """Synthetic profiles shaped like the Telco churn data (total_charges None for new customers)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        tenure = int(rng.integers(0, 73))
+        monthly = round(float(rng.uniform(18.0, 119.0)), 2)
+        row: Row = {name: str(rng.choice(values)) for name, values in TEXT.items()}
+        row.update({name: bool(rng.random() < 0.35) for name in BOOLS})
+        row["tenure_months"] = tenure
+        row["monthly_charges"] = monthly
+        row["total_charges"] = (
+            None if tenure == 0 or rng.random() < 0.02 else round(monthly * tenure * float(rng.uniform(0.9, 1.1)), 2)
+        )
+        row["complaint_count"] = int(rng.poisson(1.2))
+        rows.append(row)
+    return rows
+
+
+def churn_labels(rows: list[Row], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    z = np.array([
+        (1.1 if r["contract"] == "Month-to-month" else -0.9)
+        + (0.6 if r["internet_service"] == "Fiber optic" else 0.0)
+        - 0.035 * r["tenure_months"]
+        + 0.45 * r["complaint_count"]
+        + 0.01 * (r["monthly_charges"] - 65)
+        + (0.3 if r["senior_citizen"] else 0.0)
+        for r in rows
+    ])
+    return (rng.random(len(rows)) < 1.0 / (1.0 + np.exp(-z))).astype(int)
+
+
+def preprocessing(handle_unknown: str = "ignore") -> ColumnTransformer:
+    return ColumnTransformer([
+        ("text", OneHotEncoder(handle_unknown=handle_unknown), list(TEXT)),
+        ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), BOOLS + NUMBERS),
+    ])
+
+
+CLASSIFIERS = {
+    "lr": lambda: LogisticRegression(max_iter=2000),
+    "gbm": lambda: GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0),
+    "rf": lambda: RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0),
+    "extra_trees": lambda: ExtraTreesClassifier(n_estimators=50, max_depth=10, random_state=0),
+    "tree": lambda: DecisionTreeClassifier(min_samples_leaf=2, random_state=0),
+    "hgb": lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Any:
+    """As on the server (OMP_NUM_THREADS=1): HistGradientBoosting's OpenMP pool crawls on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def train() -> tuple[list[Row], np.ndarray]:
+    rows = telco_rows(3000, seed=1)
+    return rows, churn_labels(rows, seed=2)
+
+
+@pytest.fixture(scope="module")
+def score_rows() -> list[Row]:
+    return telco_rows(20000, seed=3)
+
+
+@pytest.fixture(scope="module")
+def pipelines(train: tuple[list[Row], np.ndarray]) -> dict[str, Pipeline]:
+    rows, y = train
+    X = to_frame(rows, FEATURES)
+    return {
+        name: Pipeline([("prep", preprocessing()), ("clf", make())]).fit(X, y)
+        for name, make in CLASSIFIERS.items()
+    }
+
+
+def reference(model: Any, rows: list[Row], features: list[str] = FEATURES) -> np.ndarray:
+    return model.predict_proba(to_frame(rows, features))[:, 1]
+
+
+def roundtrip(model: Any) -> compiled.Evaluator:
+    return compiled.load(compile_model(model).to_bytes())
+
+
+def edge_rows(model: Pipeline) -> list[Row]:
+    """Hand-made rows: gaps, unknown categories, extremes, and values that land on tree thresholds."""
+    base = telco_rows(1, seed=99)[0]
+    rows: list[Row] = [
+        {**base, "total_charges": None},
+        {**base, "tenure_months": 0, "total_charges": None},
+        {**base, "contract": "Three year"},
+        {**base, "payment_method": "Bitcoin", "gender": "Other"},
+        {**base, "contract": None},
+        {**base, "monthly_charges": 1e12, "total_charges": -1e12},
+        {**base, "monthly_charges": -1e12, "total_charges": 1e12, "tenure_months": 10**6},
+        {**base, "complaint_count": 0},
+        {**base, "complaint_count": 250},
+        {**base, "senior_citizen": None},
+        {**base, "monthly_charges": 65},  # int where a float is usual
+        {k: v for k, v in base.items() if k != "total_charges"},  # key missing: NaN
+    ]
+    prep: ColumnTransformer = model.named_steps["prep"]
+    scaler: StandardScaler = prep.named_transformers_["numeric"].named_steps["standardscaler"]
+    first_numeric = sum(len(c) for c in prep.named_transformers_["text"].categories_)
+    thresholds = _split_points(model.named_steps["clf"])
+    for column, threshold in thresholds[:150]:
+        k = column - first_numeric
+        name = (BOOLS + NUMBERS)[k] if 0 <= k < len(BOOLS + NUMBERS) else None
+        if name is None or name in BOOLS:
+            continue
+        # Raw input that scales back to (around) the threshold: the float32
+        # cast then decides the side, as in scikit-learn.
+        raw = threshold * scaler.scale_[k] + scaler.mean_[k]
+        for value in (raw, np.nextafter(raw, np.inf), np.nextafter(raw, -np.inf)):
+            rows.append({**base, name: float(value)})
+    return rows
+
+
+def _split_points(clf: Any) -> list[tuple[int, float]]:
+    """(model column, threshold) of the clf's splits, first trees first."""
+    points: list[tuple[int, float]] = []
+    if isinstance(clf, HistGradientBoostingClassifier):
+        for (predictor,) in clf._predictors:
+            nodes = predictor.nodes[~predictor.nodes["is_leaf"].astype(bool)]
+            points += list(zip(nodes["feature_idx"].tolist(), nodes["num_threshold"].tolist()))
+        return points
+    if isinstance(clf, GradientBoostingClassifier):
+        estimators = list(clf.estimators_[:, 0])
+    elif hasattr(clf, "estimators_") or hasattr(clf, "tree_"):
+        estimators = list(getattr(clf, "estimators_", [clf]))
+    else:
+        return points  # not a tree model
+    for est in estimators:
+        inner = est.tree_.children_left != -1
+        points += list(zip(est.tree_.feature[inner].tolist(), est.tree_.threshold[inner].tolist()))
+    return points
+
+
+@pytest.mark.parametrize("family", list(CLASSIFIERS))
+def test_parity_with_predict_proba(family: str, pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
+    model = pipelines[family]
+    evaluator = roundtrip(model)
+    assert evaluator.feature_names == FEATURES
+
+    expected = reference(model, score_rows)
+    got = evaluator.predict(score_rows)
+    assert got.shape == expected.shape
+    assert np.max(np.abs(got - expected)) <= TOLERANCE
+
+    # Tuples in feature order are the fast form of the same rows.
+    tuples = [tuple(r[f] for f in FEATURES) for r in score_rows[:2000]]
+    assert np.array_equal(evaluator.predict(tuples), got[:2000])
+
+    edges = edge_rows(model)
+    assert np.max(np.abs(evaluator.predict(edges) - reference(model, edges))) <= TOLERANCE
+
+    # One row at a time is its own path (and its own pandas dtype inference).
+    for row in edges[:30] + score_rows[:30]:
+        expected_one = reference(model, [row])[0]
+        assert abs(evaluator.predict_one(row) - expected_one) <= TOLERANCE
+        assert abs(evaluator.predict([row])[0] - expected_one) <= TOLERANCE
+
+
+def numeric_frame_rows(n: int, seed: int) -> list[Row]:
+    return [{k: r[k] for k in BOOLS + NUMBERS} for r in telco_rows(n, seed)]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RandomForestClassifier(n_estimators=30, max_depth=8, random_state=0),
+    lambda: DecisionTreeClassifier(max_depth=12, random_state=0),
+    lambda: HistGradientBoostingClassifier(max_iter=30, random_state=0),
+    lambda: ExtraTreesClassifier(n_estimators=20, max_depth=8, random_state=0),
+], ids=["rf", "tree", "hgb", "extra_trees"])
+def test_bare_trees_on_thresholds_and_missing_values(make: Any, train: tuple[list[Row], np.ndarray]) -> None:
+    """No preprocessing: raw values sit exactly on thresholds and on their float32 neighbours; NaN is routed."""
+    rows, y = train
+    features = BOOLS + NUMBERS
+    model = make().fit(to_frame([{k: r[k] for k in features} for r in rows], features), y)
+    evaluator = roundtrip(model)
+
+    base = numeric_frame_rows(1, seed=5)[0]
+    probes: list[Row] = [{**base, "total_charges": None}, {**base, "total_charges": math.nan}]
+    for column, threshold in _split_points(model)[:300]:
+        name = features[column]
+        # An infinite threshold splits "missing" from "present"; inf itself is rejected input.
+        if name in BOOLS or not math.isfinite(threshold):
+            continue
+        f32 = np.float32(threshold)
+        candidates = {
+            threshold,
+            float(np.nextafter(threshold, np.inf)),
+            float(np.nextafter(threshold, -np.inf)),
+            float(f32),
+            float(np.nextafter(f32, np.float32(np.inf))),
+            float(np.nextafter(f32, np.float32(-np.inf))),
+        }
+        probes += [{**base, name: value} for value in sorted(candidates)]
+    test_rows = numeric_frame_rows(3000, seed=6) + probes
+    assert np.max(np.abs(evaluator.predict(test_rows) - reference(model, test_rows, features))) <= TOLERANCE
+    for row in probes[:80]:
+        assert abs(evaluator.predict_one(row) - reference(model, [row], features)[0]) <= TOLERANCE
+
+
+def test_bit_exact_for_demo_families(pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
+    """Beyond the 1e-9 contract: the same float operations give the same bits."""
+    rows = score_rows[:5000]
+    for family in ("lr", "gbm", "rf"):
+        model = pipelines[family]
+        assert np.array_equal(roundtrip(model).predict(rows), reference(model, rows)), family
+
+
+def test_missing_category_single_row_follows_pandas_inference(train: tuple[list[Row], np.ndarray]) -> None:
+    """A learned NaN category: None matches it in a batch of strings, not alone (pandas keeps a lone None)."""
+    rows, y = train
+    rows = [{**r, "contract": None} if i % 10 == 0 else r for i, r in enumerate(rows)]
+    model = Pipeline([("prep", preprocessing()), ("clf", LogisticRegression(max_iter=2000))])
+    model.fit(to_frame(rows, FEATURES), y)
+    evaluator = roundtrip(model)
+    probe = {**telco_rows(1, seed=7)[0], "contract": None}
+    batch = [telco_rows(1, seed=8)[0], probe]
+    assert np.max(np.abs(evaluator.predict(batch) - reference(model, batch))) <= TOLERANCE
+    assert abs(evaluator.predict_one(probe) - reference(model, [probe])[0]) <= TOLERANCE
+    # The two contexts really differ, in scikit-learn as in the evaluator.
+    assert evaluator.predict(batch)[1] != evaluator.predict_one(probe)
+
+
+def test_unknown_category_with_handle_unknown_error(train: tuple[list[Row], np.ndarray]) -> None:
+    rows, y = train
+    model = Pipeline([("prep", preprocessing("error")), ("clf", LogisticRegression(max_iter=2000))])
+    model.fit(to_frame(rows, FEATURES), y)
+    evaluator = roundtrip(model)
+    good = telco_rows(50, seed=11)
+    assert np.max(np.abs(evaluator.predict(good) - reference(model, good))) <= TOLERANCE
+
+    bad = {**good[0], "payment_method": "Bitcoin"}
+    with pytest.raises(ValueError):
+        reference(model, [bad])
+    for call in (lambda: evaluator.predict_one(bad), lambda: evaluator.predict(good[:5] + [bad])):
+        with pytest.raises(ValueError, match="payment_method") as info:
+            call()
+        assert "Bitcoin" in str(info.value)
+
+
+def test_missing_value_reaching_a_model_without_imputer(train: tuple[list[Row], np.ndarray]) -> None:
+    rows, y = train
+    prep = ColumnTransformer([
+        ("text", OneHotEncoder(handle_unknown="ignore"), list(TEXT)),
+        ("numeric", StandardScaler(), ["tenure_months", "monthly_charges", "complaint_count"]),
+    ])
+    model = Pipeline([("prep", prep), ("clf", LogisticRegression(max_iter=2000))]).fit(to_frame(rows, FEATURES), y)
+    evaluator = roundtrip(model)
+    bad = {**rows[0], "monthly_charges": None}
+    with pytest.raises(ValueError):
+        reference(model, [bad])
+    with pytest.raises(ValueError, match="monthly_charges"):
+        evaluator.predict_one(bad)
+    with pytest.raises(ValueError, match="monthly_charges"):
+        evaluator.predict(rows[:3] + [bad])
+    with pytest.raises(ValueError, match="tenure_months"):
+        evaluator.predict_one({**rows[0], "tenure_months": "twelve"})
+
+
+def messy_training_frame(rows: list[Row]) -> Any:
+    """Training rows with gaps: None in a text column and in a boolean column."""
+    rows = [
+        {**r, "internet_service": None if i % 17 == 0 else r["internet_service"],
+         "partner": None if i % 13 == 0 else r["partner"]}
+        for i, r in enumerate(rows)
+    ]
+    return to_frame(rows, FEATURES)
+
+
+VARIANTS = {
+    "constant_imputer_then_onehot_drop_first": lambda: Pipeline([
+        ("prep", ColumnTransformer([
+            ("text", make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                                   OneHotEncoder(drop="first", handle_unknown="ignore")), list(TEXT)),
+            ("numeric", make_pipeline(SimpleImputer(strategy="most_frequent"), StandardScaler()), BOOLS + NUMBERS),
+        ])),
+        ("clf", LogisticRegression(max_iter=2000)),
+    ]),
+    "passthrough_remainder_nan_to_forest": lambda: Pipeline([
+        ("prep", ColumnTransformer(
+            [("text", OneHotEncoder(handle_unknown="ignore", sparse_output=False), list(TEXT)),
+             ("drop_me", "drop", ["gender"])],
+            remainder="passthrough",
+        )),
+        ("clf", RandomForestClassifier(n_estimators=15, max_depth=6, random_state=0)),
+    ]),
+    "sgd_on_onehot_of_numbers": lambda: Pipeline([
+        ("prep", ColumnTransformer([
+            ("codes", OneHotEncoder(handle_unknown="ignore"), ["complaint_count", "senior_citizen", "contract"]),
+            ("numeric", make_pipeline(SimpleImputer(), StandardScaler()), ["monthly_charges", "total_charges"]),
+        ])),
+        ("clf", __import__("sklearn.linear_model", fromlist=["SGDClassifier"]).SGDClassifier(
+            loss="log_loss", random_state=0)),
+    ]),
+}
+
+
+def messy_rows(n_batches: int, seed: int) -> list[list[Row]]:
+    """Small batches where values go missing, change type or are unknown."""
+    import random
+
+    rng = random.Random(seed)
+    odd: dict[str, list[Any]] = {
+        "contract": [None, math.nan, "Three year", 1],
+        "internet_service": [None, "Satellite"],
+        "partner": [None, 1, 0.5],
+        "senior_citizen": [None, 2],
+        "total_charges": [None, math.nan, 1e12, "12.5", "n/a"],
+        "complaint_count": [None, 99, 2.0, True],
+        "monthly_charges": [None, -1e12, 70],
+    }
+    batches = []
+    for _ in range(n_batches):
+        batch = []
+        for row in telco_rows(rng.choice([1, 1, 2, 4]), seed=rng.randrange(10**6)):
+            for name, values in odd.items():
+                if rng.random() < 0.15:
+                    row[name] = rng.choice(values)
+                if rng.random() < 0.03:
+                    del row[name]
+            batch.append(row)
+        batches.append(batch)
+    return batches
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_variants_agree_on_messy_rows(variant: str, train: tuple[list[Row], np.ndarray]) -> None:
+    """Scores agree, and so does failing: the evaluator raises ValueError exactly where scikit-learn raises."""
+    rows, y = train
+    model = VARIANTS[variant]().fit(messy_training_frame(rows), y)
+    evaluator = roundtrip(model)
+    failures = 0
+    for batch in messy_rows(150, seed=hash(variant) % 1000):
+        try:
+            expected: Any = reference(model, batch)
+        except (ValueError, TypeError):
+            expected = None
+        if expected is None:
+            failures += 1
+            with pytest.raises(ValueError):
+                evaluator.predict(batch)
+        else:
+            assert np.max(np.abs(evaluator.predict(batch) - expected)) <= TOLERANCE, batch
+    assert 0 < failures < 150  # both outcomes were exercised
+
+
+@pytest.mark.parametrize("build, mentions", [
+    (lambda: Pipeline([
+        ("prep", ColumnTransformer([("log", FunctionTransformer(np.log1p), ["monthly_charges"])])),
+        ("clf", LogisticRegression()),
+    ]), "FunctionTransformer"),
+    (lambda: Pipeline([("prep", preprocessing()), ("clf", KNeighborsClassifier())]), "KNeighborsClassifier"),
+    (lambda: Pipeline([
+        ("prep", ColumnTransformer([("text", OneHotEncoder(min_frequency=50), list(TEXT))])),
+        ("clf", LogisticRegression()),
+    ]), "min_frequency"),
+], ids=["function_transformer", "knn", "infrequent_categories"])
+def test_unsupported_models_say_why(build: Any, mentions: str, train: tuple[list[Row], np.ndarray]) -> None:
+    rows, y = train
+    model = build().fit(to_frame(rows, FEATURES), y)
+    with pytest.raises(UnsupportedModel) as info:
+        compile_model(model)
+    assert mentions in info.value.reason
+
+
+def test_multiclass_is_unsupported(train: tuple[list[Row], np.ndarray]) -> None:
+    rows, y = train
+    labels = y + (np.arange(len(y)) % 3 == 0)
+    model = Pipeline([("prep", preprocessing()), ("clf", LogisticRegression(max_iter=500))])
+    model.fit(to_frame(rows, FEATURES), labels)
+    with pytest.raises(UnsupportedModel, match="binary"):
+        compile_model(model)
+
+
+def test_bytes_are_safe_and_stable(pipelines: dict[str, Pipeline]) -> None:
+    model = pipelines["gbm"]
+    first = compile_model(model)
+    data = first.to_bytes()
+    assert isinstance(first, CompiledModel)
+    assert first.feature_names == FEATURES
+    assert data == compile_model(model).to_bytes()  # same model, same bytes (stable sha256)
+    archive = np.load(__import__("io").BytesIO(data), allow_pickle=False)
+    assert all(archive[name].dtype != object for name in archive.files)
+    manifest = json.loads(archive["manifest"].tobytes())
+    assert manifest["format"] == compiled.FORMAT and manifest["model"]["kind"] == "trees"
+    with pytest.raises(ValueError):
+        compiled.load(b"not a model")
+    assert compiled.load(data).predict([]).shape == (0,)
+
+
+def test_server_module_needs_only_numpy(tmp_path: Path, pipelines: dict[str, Pipeline]) -> None:
+    rows = telco_rows(20, seed=13)
+    expected = {}
+    for family in ("lr", "gbm", "rf", "hgb"):
+        (tmp_path / f"{family}.npz").write_bytes(compile_model(pipelines[family]).to_bytes())
+        expected[family] = reference(pipelines[family], rows).tolist()
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    script = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        import pgscore_server.compiled as compiled
+        root = Path({str(tmp_path)!r})
+        rows = json.loads((root / "rows.json").read_text())
+        out = {{}}
+        for family in ("lr", "gbm", "rf", "hgb"):
+            evaluator = compiled.load((root / (family + ".npz")).read_bytes())
+            out[family] = evaluator.predict(rows).tolist() + [evaluator.predict_one(rows[0])]
+        banned = sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "pandas", "scipy", "pgscore"))
+        print(json.dumps({{"banned": banned, "out": out}}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["banned"] == []
+    for family, values in report["out"].items():
+        assert np.max(np.abs(np.array(values[:-1]) - expected[family])) <= TOLERANCE
+        assert abs(values[-1] - expected[family][0]) <= TOLERANCE
+
+
+def test_single_row_is_fast(pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
+    """Generous bounds (targets: ~50 us for LR, < 1 ms for 100 trees); catches gross regressions.
+
+    Best of several rounds, so that a busy machine does not fail the test.
+    """
+    import time
+
+    rows = score_rows[:100]
+    for family, bound in (("lr", 250e-6), ("gbm", 2e-3)):
+        evaluator = roundtrip(pipelines[family])
+        best = math.inf
+        for _ in range(7):
+            start = time.perf_counter()
+            for row in rows:
+                evaluator.predict_one(row)
+            best = min(best, (time.perf_counter() - start) / len(rows))
+        assert best < bound, (family, best)
