@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--name", required=True, help="model name, e.g. churn")
     push.add_argument("--activate", action="store_true", help="make it the active version")
     push.add_argument("--note", help="free text kept with the version")
+    push.add_argument("--path", choices=models.SCORING_PATHS, default="auto",
+                      help="how the server evaluates it: compiled (numpy, nothing unpickled), sklearn, "
+                           "or auto (compiled when supported and exact; default)")
 
     listing = command("models", cmd_models, "list model versions, which is active, metrics")
     listing.add_argument("--name", help="only this model name")
@@ -129,9 +132,11 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    result = models.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note)
+    result = models.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
+                               scoring_path=args.path)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
+    print(f"scoring path: {result.scoring_path} ({result.path_note})")
     if result.sample_size:
         print(f"test-scored {result.sample_size} profiles in the database: max difference {result.max_abs_diff:.2g}")
     for note in result.notes:
@@ -144,9 +149,10 @@ def cmd_models(args: argparse.Namespace) -> None:
         print("no models pushed yet: pgscore push FILE --name churn --activate")
         return
     print_table(
-        ["name", "version", "model_id", "active", "created", "by", "metrics", "note"],
-        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", f"{r['created_at']:%Y-%m-%d %H:%M}",
-          r["created_by"], _metrics(r["metrics"]), r["note"] or ""] for r in rows],
+        ["name", "version", "model_id", "active", "path", "created", "by", "metrics", "note", "path note"],
+        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["scoring_path"],
+          f"{r['created_at']:%Y-%m-%d %H:%M}", r["created_by"], _metrics(r["metrics"]), r["note"] or "",
+          r["path_note"] or ""] for r in rows],
     )
 
 

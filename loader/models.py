@@ -31,6 +31,9 @@ from .connection import connect
 # Profiles test-scored in the database before a push is accepted.
 SAMPLE_SIZE = 200
 PARITY_TOLERANCE = 1e-9
+# Profiles the compiled form is checked on, locally, before it may be used.
+COMPILE_CHECK_SIZE = 2000
+SCORING_PATHS = ("auto", "compiled", "sklearn")
 
 
 class PushError(Exception):
@@ -46,6 +49,8 @@ class PushResult:
     activated: bool
     sample_size: int
     max_abs_diff: float | None
+    scoring_path: str = "sklearn"
+    path_note: str | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -133,13 +138,19 @@ def push_model(
     note: str | None = None,
     metrics: dict | None = None,
     sample_size: int = SAMPLE_SIZE,
+    scoring_path: str = "auto",
 ) -> PushResult:
     """Validates, uploads and test-scores a model; activates it if asked.
 
-    ``model_or_path`` is a joblib file or a fitted estimator. Raises
-    PushError (nothing written) when the model is refused, and psycopg
-    errors for connection or permission problems.
+    ``model_or_path`` is a joblib file or a fitted estimator.
+    ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
+    unpickled in the server) when the pipeline compiles and matches
+    predict_proba to 1e-9, else scikit-learn; 'compiled' or 'sklearn' force one.
+    Raises PushError (nothing written) when the model is refused, and
+    psycopg errors for connection or permission problems.
     """
+    if scoring_path not in SCORING_PATHS:
+        raise PushError(f"scoring path must be one of {', '.join(SCORING_PATHS)}, not {scoring_path!r}")
     if isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
         estimator, blob, saved = load_model_file(model_or_path)
@@ -179,17 +190,108 @@ def push_model(
                 + "; install the pinned runtime on the server (pgscore db start does; see README) "
                 "or re-save the model with the server's versions"
             )
+        compiled, path, path_note = _compile(conn, estimator, feature_names, scoring_path, origin)
         with conn.transaction():
             model_id, version = conn.execute(
-                "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime, metrics, note)"
-                " VALUES (%s, 1, 'joblib', %b, %s, %s, %s, %s, %s) RETURNING model_id, version",
-                [name, blob, digest, feature_names, Jsonb(saved), Jsonb(metrics or {}), note],
+                "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime,"
+                " compiled, scoring_path, path_note, metrics, note)"
+                " VALUES (%s, 1, 'joblib', %b, %s, %s, %s, %b, %s, %s, %s, %s) RETURNING model_id, version",
+                [name, blob, digest, feature_names, Jsonb(saved), compiled, path, path_note,
+                 Jsonb(metrics or {}), note],
             ).fetchone()
             tested, max_diff = _test_score(conn, estimator, model_id, feature_names, sample_size, origin)
             if activate:
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
-    return PushResult(name, version, model_id, digest, activate, tested, max_diff, notes)
+    return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes)
+
+
+def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str], wanted: str,
+             origin: str) -> tuple[bytes | None, str, str | None]:
+    """(compiled bytes or None, scoring path, why) for a model about to be pushed.
+
+    The compiled form is used only if it matches predict_proba to
+    PARITY_TOLERANCE on real profiles and on edge cases (see
+    :func:`edge_case_rows`). Raises PushError when 'compiled' was forced and
+    is not possible.
+    """
+    from .compile import UnsupportedModel, check_parity, compile_model
+
+    if wanted == "sklearn":
+        return None, "sklearn", "scikit-learn path forced at push"
+    try:
+        compiled = compile_model(estimator)
+        ids = [row[0] for row in conn.execute(
+            "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [COMPILE_CHECK_SIZE])]
+        rows = fetch_feature_rows(conn, feature_names, ids)
+        edges = edge_case_rows(conn, feature_names)
+        worst = max(check_parity(estimator, compiled, rows) if rows else 0.0,
+                    _row_by_row_parity(estimator, compiled, rows[:50] + edges))
+        if not worst <= PARITY_TOLERANCE:
+            raise UnsupportedModel(f"compiled form differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
+    except UnsupportedModel as exc:
+        if wanted == "compiled":
+            raise PushError(f"{origin} cannot use the compiled path: {exc.reason}") from None
+        return None, "sklearn", f"not compiled: {exc.reason}"
+    except Exception as exc:  # the model itself fails on some edge case: scikit-learn decides then
+        if wanted == "compiled":
+            raise PushError(f"{origin} cannot use the compiled path: {type(exc).__name__}: {exc}") from None
+        return None, "sklearn", f"not compiled: checking it raised {type(exc).__name__}: {exc}"
+    return compiled.to_bytes(), "compiled", (
+        f"compiled; max difference {worst:.1e} over {len(rows)} profiles and {len(edges)} edge cases")
+
+
+def _row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
+    """Parity one row at a time (the trigger's usual case): both agree to the
+    returned difference, or both refuse the row; anything else raises
+    UnsupportedModel naming the row."""
+    from .compile import UnsupportedModel, check_parity
+
+    worst = 0.0
+    evaluator = compiled.evaluator()
+    for row in rows:
+        try:
+            worst = max(worst, check_parity(estimator, compiled, [row]))
+            continue
+        except Exception as exc:  # one side refused the row: the other must refuse it too
+            refused = exc
+        try:
+            evaluator.predict([row])
+        except Exception:
+            continue
+        raise UnsupportedModel(f"scikit-learn refuses a row the compiled form scores ({type(refused).__name__}: "
+                               f"{refused}); row: {row}")
+    return worst
+
+
+def edge_case_rows(conn: psycopg.Connection, feature_names: Sequence[str]) -> list[dict]:
+    """Profiles at the edges: zeros, extremes, NULLs where the column allows them.
+
+    Built from one real profile with one feature changed at a time, so each
+    row stays valid for the other features. Categorical values outside the
+    training set are left out: they raise or are ignored as the pipeline
+    says, and both evaluators must then agree, which check_parity covers by
+    raising.
+    """
+    columns = profile_columns(conn)
+    base_ids = [row[0] for row in conn.execute("SELECT customer_id FROM public.customer_profiles LIMIT 1")]
+    base_rows = fetch_feature_rows(conn, feature_names, base_ids)
+    if not base_rows:
+        return []
+    base = {key: value for key, value in base_rows[0].items() if key in feature_names}
+    edges: list[dict] = []
+    for name in feature_names:
+        kind = columns[name]
+        if kind in catalog.INTEGER_TYPES:
+            values: list[Any] = [0, 1, 72, 10**6, None]
+        elif kind in catalog.NUMBER_TYPES:
+            values = [0.0, 0.01, 18.25, 1e6, -1.0, None]
+        elif kind in catalog.BOOLEAN_TYPES:
+            values = [True, False, None]
+        else:
+            values = [None]
+        edges.extend({**base, name: value} for value in values)
+    return edges
 
 
 def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], sample_size: int,
@@ -246,7 +348,7 @@ def list_models(dsn: str | None, name: str | None = None) -> list[dict]:
     with connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute(
             "SELECT m.name, m.version, m.model_id, (a.model_id IS NOT NULL) AS active, m.format,"
-            " m.created_at, m.created_by, m.metrics, m.note, m.sha256"
+            " m.scoring_path, m.path_note, m.created_at, m.created_by, m.metrics, m.note, m.sha256"
             " FROM scoring.models m"
             " LEFT JOIN scoring.active_models a ON a.model_id = m.model_id"
             " WHERE %(name)s::text IS NULL OR m.name = %(name)s"

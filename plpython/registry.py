@@ -3,7 +3,14 @@
 The active model of a name is looked up on every scoring call (one indexed
 read), so an activation or rollback in any session takes effect on the next
 call here. The loaded model is cached by model_id and checked against its
-sha256, which is verified on the blob before anything is unpickled.
+sha256 and scoring path.
+
+Two ways to evaluate a model:
+- 'compiled': the data-only arrays of ``scoring.models.compiled``, evaluated
+  with numpy by :mod:`pgscore_server.compiled`; nothing is unpickled and
+  scikit-learn is never imported.
+- 'sklearn': the pickled blob, sha256-verified before it is unpickled, after
+  checking the scikit-learn/numpy versions it was saved with.
 """
 
 from __future__ import annotations
@@ -31,14 +38,16 @@ from .errors import (
 CACHE_SIZE = 4
 
 ACTIVE_SQL = (
-    "SELECT d.model_id, m.sha256 FROM scoring.deployments d"
+    "SELECT d.model_id, m.sha256, m.scoring_path FROM scoring.deployments d"
     " JOIN scoring.models m USING (model_id)"
     " WHERE d.name = $1 ORDER BY d.deployment_id DESC LIMIT 1"
 )
 MODEL_SQL = (
-    "SELECT model_id, name, version, format, blob, sha256, feature_names, runtime::text AS runtime"
+    "SELECT model_id, name, version, format, sha256, scoring_path, feature_names, runtime::text AS runtime,"
+    " CASE WHEN scoring_path = 'compiled' THEN compiled END AS compiled"
     " FROM scoring.models WHERE model_id = $1"
 )
+BLOB_SQL = "SELECT blob FROM scoring.models WHERE model_id = $1"
 NAME_EXISTS_SQL = "SELECT EXISTS (SELECT FROM scoring.models WHERE name = $1) AS pushed"
 
 
@@ -52,6 +61,7 @@ class LoadedModel:
     sha256: str
     feature_names: list[str]
     estimator: Any
+    scoring_path: str = "sklearn"
     select_list: str = ""
     plan_cache: dict = field(default_factory=dict)
 
@@ -65,8 +75,10 @@ class LoadedModel:
         if not rows:
             return []
         try:
-            frame = features.to_frame(rows, self.feature_names)
-            proba = self.estimator.predict_proba(frame)[:, 1]
+            if self.scoring_path == "compiled":
+                proba = self.estimator.predict(rows)
+            else:
+                proba = self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1]
         except Exception as exc:
             raise as_scoring_error(exc, f"{self.label} failed to score") from None
         scores = [float(p) for p in proba]
@@ -80,12 +92,20 @@ class LoadedModel:
         return scores
 
 
-def active_model_id(plpy: Any, cache: dict, name: str) -> tuple[int, str] | None:
-    """(model_id, sha256) of the active model of ``name``, or None."""
+def active_model_id(plpy: Any, cache: dict, name: str) -> tuple[int, str, str] | None:
+    """(model_id, sha256, scoring_path) of the active model of ``name``, or None."""
     rows = plans.run(plpy, cache, ACTIVE_SQL, ["text"], [name])
     if not rows:
         return None
-    return rows[0]["model_id"], rows[0]["sha256"]
+    return rows[0]["model_id"], rows[0]["sha256"], rows[0]["scoring_path"]
+
+
+def cached(cache: dict, model_id: int, sha256: str, scoring_path: str) -> LoadedModel | None:
+    """The model if this backend has it loaded as it is now recorded, else None."""
+    found = cache.get("pgscore.models", {}).get(model_id)
+    if found is not None and found.sha256 == sha256 and found.scoring_path == scoring_path:
+        return found
+    return None
 
 
 def active_model(plpy: Any, cache: dict, name: str) -> LoadedModel:
@@ -113,17 +133,20 @@ def no_active_model(plpy: Any, cache: dict, name: str) -> ScoringError:
     )
 
 
-def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = None) -> LoadedModel:
+def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = None,
+         expected_path: str | None = None) -> LoadedModel:
     """The model with ``model_id``, from this backend's cache or the models table.
 
-    Raises ScoringError when it does not exist, its blob fails the sha256
-    check, it was saved with another runtime, or it cannot be loaded.
+    Raises ScoringError when it does not exist, its compiled form is
+    unreadable, or (scikit-learn path) its blob fails the sha256 check, it was
+    saved with another runtime, or it cannot be unpickled.
     """
     models: OrderedDict[int, LoadedModel] = cache.setdefault("pgscore.models", OrderedDict())
-    cached = models.get(model_id)
-    if cached is not None and (expected_sha256 is None or cached.sha256 == expected_sha256):
+    found = models.get(model_id)
+    if found is not None and (expected_sha256 is None or found.sha256 == expected_sha256) and (
+            expected_path is None or found.scoring_path == expected_path):
         models.move_to_end(model_id)
-        return cached
+        return found
     rows = plans.run(plpy, cache, MODEL_SQL, ["bigint"], [model_id])
     if not rows:
         raise ScoringError(
@@ -133,26 +156,24 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
         )
     row = rows[0]
     label = f"model {row['name']!r} v{row['version']} (model_id {model_id})"
-    blob = bytes(row["blob"])
-    digest = hashlib.sha256(blob).hexdigest()
-    if digest != row["sha256"] or (expected_sha256 is not None and digest != expected_sha256):
-        raise ScoringError(
-            f"{label}: the blob's sha256 is {digest}, not the recorded {row['sha256']}; refusing to load it",
-            sqlstate=MODEL_LOAD_FAILED,
-            hint=f"push the model again and activate the new version, or roll back: pgscore rollback {row['name']}",
-        )
     feature_names = list(row["feature_names"])
     columns = catalog.profile_columns(plpy, cache)
     catalog.check_features(feature_names, columns, label)
-    runtime.check_compatible(runtime.parse_recorded(row["runtime"]), label)
-    estimator = deserialize(row["format"], blob, label)
+    if row["scoring_path"] == "compiled":
+        estimator = load_compiled(bytes(row["compiled"]), label)
+    else:
+        blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
+        verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
+        runtime.check_compatible(runtime.parse_recorded(row["runtime"]), label)
+        estimator = deserialize(row["format"], blob, label)
     model = LoadedModel(
         model_id=model_id,
         name=row["name"],
         version=row["version"],
-        sha256=digest,
+        sha256=row["sha256"],
         feature_names=feature_names,
         estimator=estimator,
+        scoring_path=row["scoring_path"],
         select_list=catalog.select_list(plpy, feature_names, columns),
     )
     models[model_id] = model
@@ -160,6 +181,31 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     while len(models) > CACHE_SIZE:
         models.popitem(last=False)
     return model
+
+
+def verify_blob(blob: bytes, recorded: str, expected: str | None, label: str, name: str) -> None:
+    """Raises ScoringError unless the blob's sha256 is the recorded (and expected) one."""
+    digest = hashlib.sha256(blob).hexdigest()
+    if digest != recorded or (expected is not None and digest != expected):
+        raise ScoringError(
+            f"{label}: the blob's sha256 is {digest}, not the recorded {recorded}; refusing to load it",
+            sqlstate=MODEL_LOAD_FAILED,
+            hint=f"push the model again and activate the new version, or roll back: pgscore rollback {name}",
+        )
+
+
+def load_compiled(data: bytes, label: str) -> Any:
+    from . import compiled
+
+    try:
+        return compiled.load(data)
+    except ValueError as exc:
+        raise ScoringError(
+            f"{label}: its compiled form cannot be read: {exc}",
+            sqlstate=MODEL_LOAD_FAILED,
+            hint="push the model again, or evaluate it with scikit-learn: "
+                 "SELECT scoring.set_scoring_path(NAME, VERSION, 'sklearn')",
+        ) from None
 
 
 def deserialize(fmt: str, blob: bytes, label: str) -> Any:

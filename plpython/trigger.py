@@ -1,30 +1,33 @@
 """The complaint trigger: counters and fresh scores, once per statement.
 
 Per INSERT or COPY into complaints (statement-level, transition table
-``new_complaints``): lock the affected profiles in customer_id order (so
-concurrent multi-row inserts cannot deadlock), score them all with one
-model call, then write counters and scores with one UPDATE.
+``new_complaints``), with three prepared statements:
+
+1. look up the active model (one indexed read; the loaded model is cached);
+2. count the new rows per customer, lock those profiles in customer_id
+   order (so concurrent multi-row inserts cannot deadlock) and read the
+   model's features, with complaint_count as it will be after this insert;
+3. after one model call for all of them, write counters and scores with one
+   UPDATE.
 
 A scoring failure never loses the complaint: with scoring.on_error = 'keep'
 the counter still grows, the old score stays, and the failure goes to
-scoring.errors and a WARNING; with 'raise' the insert fails.
+scoring.errors and a WARNING; with 'raise' the insert fails. The setting is
+read only when something failed.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import plans, registry, settings
+from . import catalog, plans, registry, settings
 from .errors import ScoringError, as_scoring_error
 
-NEW_COUNTS_SQL = (
-    "SELECT coalesce(array_agg(customer_id ORDER BY customer_id), '{}') AS ids,"
-    " coalesce(array_agg(n ORDER BY customer_id), '{}') AS counts"
-    " FROM (SELECT customer_id, count(*)::int AS n FROM new_complaints GROUP BY customer_id) c"
-)
-LOCK_SQL = (
-    "SELECT p.customer_id FROM public.customer_profiles p"
-    " WHERE p.customer_id = ANY($1) ORDER BY p.customer_id FOR NO KEY UPDATE"
+NEW_COUNTS = "(SELECT customer_id, count(*)::int AS n FROM new_complaints GROUP BY customer_id)"
+LOCK_ONLY_SQL = (
+    "SELECT p.customer_id, c.n AS pgscore_new FROM public.customer_profiles p"
+    f" JOIN {NEW_COUNTS} c USING (customer_id)"
+    " ORDER BY p.customer_id FOR NO KEY UPDATE OF p"
 )
 UPDATE_SQL = (
     "UPDATE public.customer_profiles p"
@@ -43,84 +46,77 @@ RECORD_ERRORS_SQL = (
 
 
 def on_complaints_inserted(plpy: Any, cache: dict, model_name: str) -> None:
-    policy = settings.on_error(plpy, cache)
-    new = plpy.execute(NEW_COUNTS_SQL)[0]
-    ids, counts = list(new["ids"]), list(new["counts"])
-    if not ids:
-        return
-    failures: dict[int, ScoringError] = {}
+    active = registry.active_model_id(plpy, cache, model_name)
     model = None
-    active = None
-    try:
-        # A subtransaction, so that a failed query while loading (a bad blob,
-        # say) does not abort the inserting transaction under 'keep'.
-        with plpy.subtransaction():
-            active = registry.active_model_id(plpy, cache, model_name)
-            if active is not None:
-                model = registry.load(plpy, cache, *active)
-    except Exception as exc:
-        failure = as_scoring_error(exc, f"loading the active {model_name!r} model failed")
-        if policy == "raise":
-            raise failure from None
-        failures = {customer_id: failure for customer_id in ids}
+    load_failure = None
+    if active is not None:
+        model = registry.cached(cache, *active)
+        if model is None:
+            try:
+                # A subtransaction, so that a failed query while loading does
+                # not abort the inserting transaction under 'keep'.
+                with plpy.subtransaction():
+                    model = registry.load(plpy, cache, *active)
+            except Exception as exc:
+                load_failure = as_scoring_error(exc, f"loading the active {model_name!r} model failed")
+                if settings.on_error(plpy, cache) == "raise":
+                    raise load_failure from None
+    rows = plans.run(plpy, cache, LOCK_ONLY_SQL if model is None else _fetch_sql(plpy, cache, model))
+    if rows.nrows() == 0:
+        return
+    ids = [row["customer_id"] for row in rows]
+    counts = [row["pgscore_new"] for row in rows]
     scores: list[float | None] = [None] * len(ids)
-    if model is None:
-        plans.run(plpy, cache, LOCK_SQL, ["bigint[]"], [ids])
-    else:
-        rows = _lock_and_fetch(plpy, cache, model, ids, counts)
+    failures: dict[int, ScoringError] = {}
+    if model is not None:
         scores, failures = _score_each(model, ids, rows)
-        if failures and policy == "raise":
+        if failures and settings.on_error(plpy, cache) == "raise":
             raise next(iter(failures.values()))
-    plans.run(
-        plpy, cache, UPDATE_SQL, ["bigint[]", "int[]", "float8[]", "bigint"],
-        [ids, counts, scores, model.model_id if model is not None else None],
-    )
+    elif load_failure is not None:
+        failures = {customer_id: load_failure for customer_id in ids}
+    plans.run(plpy, cache, UPDATE_SQL, ["bigint[]", "int[]", "float8[]", "bigint"],
+              [ids, counts, scores, model.model_id if model is not None else None])
     if failures:
         _record(plpy, cache, active[0] if active is not None else None, failures)
 
 
-def _lock_and_fetch(plpy: Any, cache: dict, model: registry.LoadedModel, ids: list, counts: list) -> dict[int, Any]:
-    """Locks the profiles in customer_id order and reads the model's features,
-    with complaint_count as it will be after this statement."""
-    key = ("trigger", model.model_id)
-    sql = model.plan_cache.get(key)
+def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel) -> str:
+    """Locks the new complaints' profiles in customer_id order and reads the
+    model's features, complaint_count counting the new rows."""
+    sql = model.plan_cache.get("trigger")
     if sql is None:
-        from . import catalog
-
         columns = catalog.profile_columns(plpy, cache)
         select_list = catalog.select_list(
             plpy, model.feature_names, columns, overrides={"complaint_count": "p.complaint_count + c.n"}
         )
         sql = (
-            f"SELECT p.customer_id, {select_list} FROM public.customer_profiles p"
-            " JOIN unnest($1::bigint[], $2::int[]) AS c(customer_id, n) USING (customer_id)"
+            f"SELECT p.customer_id, c.n AS pgscore_new, {select_list} FROM public.customer_profiles p"
+            f" JOIN {NEW_COUNTS} c USING (customer_id)"
             " ORDER BY p.customer_id FOR NO KEY UPDATE OF p"
         )
-        model.plan_cache[key] = sql
-    rows = plans.run(plpy, cache, sql, ["bigint[]", "int[]"], [ids, counts])
-    return {row["customer_id"]: row for row in rows}
+        model.plan_cache["trigger"] = sql
+    return sql
 
 
-def _score_each(model: registry.LoadedModel, ids: list, rows: dict) -> tuple[list, dict]:
-    """Scores for ``ids`` (None where scoring failed) and the failures by customer.
+def _score_each(model: registry.LoadedModel, ids: list, rows: Any) -> tuple[list, dict]:
+    """Scores in ``ids`` order (None where scoring failed) and the failures by customer.
 
     One model call for all; only if that fails, one call per row, so that
     one bad profile does not cost the others their fresh score.
     """
-    present = [customer_id for customer_id in ids if customer_id in rows]
     try:
-        by_id = dict(zip(present, model.predict([rows[customer_id] for customer_id in present])))
-        return [by_id.get(customer_id) for customer_id in ids], {}
+        return model.predict(rows), {}
     except ScoringError as exc:
-        if len(present) == 1:
-            return [None] * len(ids), {present[0]: exc}
-    by_id, failures = {}, {}
-    for customer_id in present:
+        if len(ids) == 1:
+            return [None], {ids[0]: exc}
+    scores, failures = [], {}
+    for customer_id, row in zip(ids, rows):
         try:
-            by_id[customer_id] = model.predict([rows[customer_id]])[0]
+            scores.append(model.predict([row])[0])
         except ScoringError as exc:
+            scores.append(None)
             failures[customer_id] = exc
-    return [by_id.get(customer_id) for customer_id in ids], failures
+    return scores, failures
 
 
 def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, ScoringError]) -> None:

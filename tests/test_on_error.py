@@ -68,7 +68,8 @@ def test_raise_fails_the_insert_and_writes_nothing(fragile):
 @pytest.mark.parametrize("policy", ["keep", "raise"])
 def test_corrupt_blob(scored, policy):
     with scored.connect() as admin:
-        admin.execute("UPDATE scoring.models SET blob = '\\x0badbeef', sha256 = encode(sha256('\\x0badbeef'), 'hex')")
+        admin.execute("UPDATE scoring.models SET blob = '\\x0badbeef', sha256 = encode(sha256('\\x0badbeef'), 'hex'),"
+                      " scoring_path = 'sklearn'")
     before = state(scored, 5)
     with scored.connect("app") as app:
         app.execute(f"SET scoring.on_error = '{policy}'")
@@ -83,8 +84,42 @@ def test_corrupt_blob(scored, policy):
         assert "could not be loaded" in admin.execute("SELECT message FROM scoring.errors").fetchone()[0]
 
 
-def test_bad_on_error_value_is_named(scored):
-    with scored.connect("app") as app:
+def test_bad_on_error_value_is_named_when_scoring_fails(fragile):
+    with fragile.connect("app") as app:
         app.execute("SET scoring.on_error = 'ignore'")
+        app.execute("INSERT INTO complaints (customer_id) VALUES (41)")  # scoring works: setting not consulted
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="must be 'keep' or 'raise'"):
-            app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
+            app.execute("INSERT INTO complaints (customer_id) VALUES (42)")
+
+
+def test_compiled_model_never_unpickles_its_blob(scored, model_files):
+    """With the compiled path the blob is not even read: a corrupt one changes nothing."""
+    with scored.connect() as admin:
+        assert admin.execute("SELECT scoring_path FROM scoring.models").fetchone()[0] == "compiled"
+        admin.execute("UPDATE scoring.models SET blob = '\\x0badbeef', sha256 = encode(sha256('\\x0badbeef'), 'hex')")
+    with scored.connect("app") as app:
+        app.execute("SET scoring.on_error = 'raise'")
+        app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
+    from tests.conftest import local_scores
+
+    with scored.connect() as admin:
+        score = admin.execute("SELECT churn_score FROM customer_profiles WHERE customer_id = 5").fetchone()[0]
+    assert score == pytest.approx(local_scores(model_files["logreg"], scored, [5])[5], abs=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["keep", "raise"])
+def test_corrupt_compiled_form(scored, policy):
+    with scored.connect() as admin:
+        admin.execute("UPDATE scoring.models SET compiled = '\\x0badbeef'")
+    before = state(scored, 5)
+    with scored.connect("app") as app:
+        app.execute(f"SET scoring.on_error = '{policy}'")
+        if policy == "raise":
+            with pytest.raises(psycopg.errors.ExternalRoutineException, match="compiled form cannot be read"):
+                app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
+            assert state(scored, 5) == before
+            return
+        app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
+    assert state(scored, 5)[0] == before[0] + 1
+    with scored.connect() as admin:
+        assert "compiled form cannot be read" in admin.execute("SELECT message FROM scoring.errors").fetchone()[0]

@@ -69,7 +69,7 @@ def loaded(estimator=None) -> registry.LoadedModel:
 
 
 def test_score_each_isolates_the_failing_row():
-    rows = {1: {"tenure_months": 10}, 2: {"tenure_months": None}, 3: {"tenure_months": 50}}
+    rows = [{"tenure_months": 10}, {"tenure_months": None}, {"tenure_months": 50}]
     scores, failures = trigger._score_each(loaded(), [1, 2, 3], rows)
     assert scores == [0.1, None, 0.5]
     assert list(failures) == [2]
@@ -87,9 +87,9 @@ def test_trigger_keep_records_errors_and_warns():
     cache["pgscore.profile_columns"] = {"tenure_months": "integer"}
     plpy = FakePlpy([
         ("scoring.on_error", [{"v": "keep"}]),
-        ("new_complaints", [{"ids": [1, 2], "counts": [1, 2]}]),
-        ("FROM scoring.deployments", [{"model_id": 7, "sha256": "s"}]),
-        ("FOR NO KEY UPDATE OF p", [{"customer_id": 1, "tenure_months": 10}, {"customer_id": 2, "tenure_months": None}]),
+        ("FROM scoring.deployments", [{"model_id": 7, "sha256": "s", "scoring_path": "sklearn"}]),
+        ("FOR NO KEY UPDATE OF p", [{"customer_id": 1, "pgscore_new": 1, "tenure_months": 10},
+                                    {"customer_id": 2, "pgscore_new": 2, "tenure_months": None}]),
     ])
     trigger.on_complaints_inserted(plpy, cache, "churn")
     update = next(args for sql, args in plpy.executed if sql.startswith("UPDATE public.customer_profiles"))

@@ -11,8 +11,8 @@ GRANT SELECT, INSERT ON public.complaints TO scoring_app;
 -- scoring_analyst: score, read profiles and model metadata, never the blob.
 GRANT USAGE ON SCHEMA scoring TO scoring_analyst;
 GRANT SELECT ON public.customer_profiles TO scoring_analyst;
-GRANT SELECT (model_id, name, version, format, sha256, feature_names, runtime, metrics,
-              note, created_at, created_by) ON scoring.models TO scoring_analyst;
+GRANT SELECT (model_id, name, version, format, sha256, feature_names, runtime, scoring_path, path_note,
+              metrics, note, created_at, created_by) ON scoring.models TO scoring_analyst;
 GRANT SELECT ON scoring.deployments, scoring.active_models, scoring.errors TO scoring_analyst;
 GRANT EXECUTE ON FUNCTION scoring.score(bigint), scoring.score(text, jsonb),
                           scoring.score_many(bigint[], text), scoring.runtime_info(),
@@ -26,6 +26,7 @@ GRANT SELECT ON scoring.active_models, scoring.errors TO scoring_loader;
 GRANT SELECT ON public.customer_profiles TO scoring_loader;
 GRANT UPDATE (churn_score, churn_model_id, churn_scored_at) ON public.customer_profiles TO scoring_loader;
 GRANT EXECUTE ON FUNCTION scoring.activate(text, integer), scoring.rollback(text),
+                          scoring.set_scoring_path(text, integer, text),
                           scoring.score(bigint), scoring.score(text, jsonb),
                           scoring.score_many(bigint[], text), scoring.score_with_model(bigint, bigint[]),
                           scoring.runtime_info(), scoring.warmup(text),

@@ -54,6 +54,12 @@ CREATE TABLE scoring.models (
     sha256         text NOT NULL CHECK (sha256 = encode(sha256(blob), 'hex')),
     feature_names  text[] NOT NULL CHECK (cardinality(feature_names) > 0),
     runtime        jsonb NOT NULL DEFAULT '{}',
+    -- The same model as plain arrays (pgscore.compile), scored with numpy
+    -- alone and never unpickled; NULL when the pipeline is not supported.
+    compiled       bytea,
+    scoring_path   text NOT NULL DEFAULT 'sklearn' CHECK (scoring_path IN ('compiled', 'sklearn')),
+    path_note      text,
+    CHECK (scoring_path <> 'compiled' OR compiled IS NOT NULL),
     metrics        jsonb NOT NULL DEFAULT '{}',
     note           text,
     created_at     timestamptz NOT NULL DEFAULT now(),
