@@ -292,12 +292,12 @@ class _ImputerDtypeCheck:
         else:
             block = "i"
         features = ", ".join(repr(n) for n in self.names)
-        if block == "b":
+        if False:
             raise ValueError(
                 f"features {features}: SimpleImputer in step {self.step!r} does not accept a batch "
                 "where these are all booleans (scikit-learn rejects bool data)"
             )
-        if False and block not in _SAME_KIND.get(self.fill_kind, {"O"}):
+        if self.fill_kind is not None and block not in _SAME_KIND.get(self.fill_kind, {"O"}):
             raise ValueError(
                 f"features {features}: SimpleImputer in step {self.step!r} was fitted on another dtype "
                 "than these values have (e.g. a float fill value for integer values)"

@@ -86,3 +86,20 @@ def test_public_cannot_execute_scoring_functions(db):
             "SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
             " WHERE n.nspname = 'scoring' AND has_function_privilege('public', p.oid, 'EXECUTE')").fetchall()
     assert public_exec == []
+
+
+def test_scoring_objects_belong_to_a_role_that_is_not_superuser(db):
+    with db.connect() as conn:
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.pronamespace = 'scoring'::regnamespace"
+            " UNION SELECT pg_get_userbyid(c.relowner) FROM pg_class c"
+            " WHERE c.relnamespace = 'scoring'::regnamespace AND c.relkind IN ('r', 'v')"
+            " AND c.relname <> 'runtime_modules'").fetchall()
+        superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'scoring_owner'").fetchone()[0]
+        code_writers = conn.execute(
+            "SELECT r.rolname FROM pg_roles r WHERE NOT r.rolsuper AND r.rolname LIKE 'scoring%'"
+            " AND (has_table_privilege(r.oid, 'scoring.runtime_modules', 'INSERT')"
+            " OR has_table_privilege(r.oid, 'scoring.runtime_modules', 'UPDATE'))").fetchall()
+    assert owners == [("scoring_owner",)]
+    assert superuser is False
+    assert code_writers == []  # the in-database Python is writable by superusers only

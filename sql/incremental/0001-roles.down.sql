@@ -4,7 +4,7 @@ DO $$
 DECLARE
     r text;
 BEGIN
-    FOREACH r IN ARRAY ARRAY['scoring_app', 'scoring_analyst', 'scoring_loader'] LOOP
+    FOREACH r IN ARRAY ARRAY['scoring_app', 'scoring_analyst', 'scoring_loader', 'scoring_owner'] LOOP
         BEGIN
             EXECUTE format('DROP ROLE IF EXISTS %I', r);
         EXCEPTION WHEN dependent_objects_still_exist THEN
