@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--path", choices=models.SCORING_PATHS, default="auto",
                       help="how the server evaluates it: compiled (numpy, nothing unpickled), sklearn, "
                            "or auto (compiled when supported and exact; default)")
+    push.add_argument("--format", choices=("skops", "joblib"), default="skops",
+                      help="how the blob is stored: skops (default; only trusted types are rebuilt) or "
+                           "joblib (a pickle: loading it runs code; push only models you trust)")
 
     listing = command("models", cmd_models, "list model versions, which is active, metrics")
     listing.add_argument("--name", help="only this model name")
@@ -133,10 +136,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     result = models.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
-                               scoring_path=args.path)
+                               scoring_path=args.path, format=args.format)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
-    print(f"scoring path: {result.scoring_path} ({result.path_note})")
+    print(f"stored as {args.format}; scoring path: {result.scoring_path} ({result.path_note})")
     if result.sample_size:
         print(f"test-scored {result.sample_size} profiles in the database: max difference {result.max_abs_diff:.2g}")
     for note in result.notes:

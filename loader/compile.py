@@ -75,8 +75,16 @@ class CompiledModel:
         return buffer.getvalue()
 
     def evaluator(self) -> _server.Evaluator:
-        """The server-side evaluator of these bytes (what the database will run)."""
-        return _server.load(self.to_bytes())
+        """The server-side evaluator of these bytes (what the database will run).
+
+        Built once per CompiledModel (parity checks call this per row); the
+        evaluator holds no per-call state, so sharing it is safe.
+        """
+        cached = self.__dict__.get("_evaluator")
+        if cached is None:
+            cached = _server.load(self.to_bytes())
+            object.__setattr__(self, "_evaluator", cached)  # frozen dataclass: a cache, not a field
+        return cached
 
 
 def compile_model(model: Any) -> CompiledModel:

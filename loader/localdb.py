@@ -16,6 +16,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +71,11 @@ class LocalDatabase:
         return result.returncode == 0
 
     def start(self, port: int | None = None) -> str:
-        """Starts the server (initialising it on first use) and returns its DSN."""
-        if self.is_running():
-            return self.dsn()
+        """Starts the server (initialising it on first use) and returns its DSN.
+
+        A running server is left alone, unless the pinned runtime changed
+        since it started: then it restarts on the new one.
+        """
         bindir = self._bindir()
         plpython = bindir.parent / "lib" / "plpython3.so"
         if not plpython.exists():
@@ -85,6 +88,11 @@ class LocalDatabase:
         self.dir.chmod(0o755)
         runtime_dir = runtime.install(self.dir / "runtime", runtime.server_python_version(plpython))
         state = self.state()
+        if self.is_running():
+            if state.get("runtime") == str(runtime_dir.resolve()):
+                return self.dsn()
+            print("pgscore: the pinned runtime changed; restarting the local server on it", file=sys.stderr)
+            self.stop()
         if not (self.data / "PG_VERSION").exists():
             state = self._initdb(port or state.get("port") or _free_port(DEFAULT_PORT))
         elif port and port != state.get("port"):

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgscore_server import catalog, features
+from pgscore_server import catalog, features, formats
 from pgscore_server import runtime as server_runtime
 
 from .connection import connect
@@ -139,6 +139,7 @@ def push_model(
     metrics: dict | None = None,
     sample_size: int = SAMPLE_SIZE,
     scoring_path: str = "auto",
+    format: str = "skops",
 ) -> PushResult:
     """Validates, uploads and test-scores a model; activates it if asked.
 
@@ -146,25 +147,28 @@ def push_model(
     ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
     unpickled in the server) when the pipeline compiles and matches
     predict_proba to 1e-9, else scikit-learn; 'compiled' or 'sklearn' force one.
+    ``format``: how the blob is stored: 'skops' (default; the server rebuilds
+    only trusted types) or 'joblib' (a pickle: loading it runs code; only on
+    explicit request).
     Raises PushError (nothing written) when the model is refused, and
     psycopg errors for connection or permission problems.
     """
     if scoring_path not in SCORING_PATHS:
         raise PushError(f"scoring path must be one of {', '.join(SCORING_PATHS)}, not {scoring_path!r}")
+    if format not in formats.FORMATS:
+        raise PushError(f"model format must be one of {', '.join(formats.FORMATS)}, not {format!r}")
     if isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
         estimator, blob, saved = load_model_file(model_or_path)
         if metrics is None:
             metrics = _sidecar_metrics(Path(model_or_path))
     else:
-        import joblib
-
         origin = f"{type(model_or_path).__name__} object"
-        buffer = io.BytesIO()
-        joblib.dump(model_or_path, buffer)
-        blob = buffer.getvalue()
         estimator, saved = model_or_path, dict(server_runtime.versions())
+        blob = formats.dumps(estimator, "joblib")
     feature_names = check_estimator(estimator, origin)
+    if format == "skops":
+        blob = _skops_blob(estimator, origin)
     local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
     if local_problems:
         raise PushError(
@@ -195,8 +199,8 @@ def push_model(
             model_id, version = conn.execute(
                 "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime,"
                 " compiled, scoring_path, path_note, metrics, note)"
-                " VALUES (%s, 1, 'joblib', %b, %s, %s, %s, %b, %s, %s, %s, %s) RETURNING model_id, version",
-                [name, blob, digest, feature_names, Jsonb(saved), compiled, path, path_note,
+                " VALUES (%s, 1, %s, %b, %s, %s, %s, %b, %s, %s, %s, %s) RETURNING model_id, version",
+                [name, format, blob, digest, feature_names, Jsonb(saved), compiled, path, path_note,
                  Jsonb(metrics or {}), note],
             ).fetchone()
             tested, max_diff = _test_score(conn, estimator, model_id, feature_names, sample_size, origin)
@@ -204,6 +208,22 @@ def push_model(
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes)
+
+
+def _skops_blob(estimator: Any, origin: str) -> bytes:
+    """The estimator in skops format; raises PushError if it needs untrusted types."""
+    try:
+        blob = formats.dumps(estimator, "skops")
+    except Exception as exc:
+        raise PushError(f"{origin} cannot be saved in skops format: {type(exc).__name__}: {exc}; "
+                        "push it with --format joblib if you trust it") from None
+    refused = formats.untrusted_types(blob)
+    if refused:
+        raise PushError(
+            f"{origin} needs types pgscore does not trust in skops format: {', '.join(refused)}; "
+            "use scikit-learn estimators only, or push it with --format joblib (a pickle, which runs code "
+            "when loaded) if you trust it")
+    return blob
 
 
 def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str], wanted: str,

@@ -29,7 +29,9 @@ def sql_errors(func: F) -> F:
             return func(plpy, *args, **kwargs)
         except ScoringError as exc:
             failure = exc
-        plpy.error(failure.message, detail=failure.detail, hint=failure.hint, sqlstate=failure.sqlstate)
+        # PL/Python would print a None detail or hint as the word "None".
+        extra = {key: value for key, value in (("detail", failure.detail), ("hint", failure.hint)) if value}
+        plpy.error(failure.message, sqlstate=failure.sqlstate, **extra)
 
     return wrapper  # type: ignore[return-value]
 

@@ -292,7 +292,7 @@ class _ImputerDtypeCheck:
         else:
             block = "i"
         features = ", ".join(repr(n) for n in self.names)
-        if False:
+        if block == "b":
             raise ValueError(
                 f"features {features}: SimpleImputer in step {self.step!r} does not accept a batch "
                 "where these are all booleans (scikit-learn rejects bool data)"

@@ -16,7 +16,6 @@ Two ways to evaluate a model:
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -80,7 +79,10 @@ class LoadedModel:
             else:
                 proba = self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1]
         except Exception as exc:
-            raise as_scoring_error(exc, f"{self.label} failed to score") from None
+            # The compiled evaluator names the feature itself; scikit-learn often does not.
+            cause = "" if self.scoring_path == "compiled" else explain_failure(self.estimator, rows, self.feature_names)
+            context = f"{self.label} failed to score" + (f" ({cause})" if cause else "")
+            raise as_scoring_error(exc, context) from None
         scores = [float(p) for p in proba]
         for score in scores:
             if not (math.isfinite(score) and 0.0 <= score <= 1.0):
@@ -90,6 +92,36 @@ class LoadedModel:
                     hint="check the model's input features for NULLs or out-of-range values",
                 )
         return scores
+
+
+def explain_failure(estimator: Any, rows: Sequence[Any], feature_names: Sequence[str]) -> str:
+    """Which feature a scikit-learn failure is about, where that can be told:
+    NULL features, and categories a OneHotEncoder(handle_unknown='error') never saw."""
+    nulls = [name for name in feature_names if any(row[name] is None for row in rows)]
+    if nulls:
+        return "NULL " + ", ".join(f"feature {name!r}" for name in nulls)
+    unknown = []
+    for columns, categories in _strict_encoders(estimator):
+        for name, known in zip(columns, categories):
+            seen = {value for value in known if isinstance(value, str)}
+            unknown += [f"feature {name!r}: unknown category {row[name]!r}" for row in rows
+                        if name in row and isinstance(row[name], str) and row[name] not in seen]
+    return "; ".join(dict.fromkeys(unknown))
+
+
+def _strict_encoders(estimator: Any) -> list[tuple[list[str], list[Any]]]:
+    """(input columns, learned categories) of each OneHotEncoder(handle_unknown='error')
+    inside a pipeline's ColumnTransformer."""
+    found = []
+    steps = getattr(estimator, "steps", [("", estimator)])
+    for _, step in steps:
+        for _, transformer, columns in getattr(step, "transformers_", []):
+            parts = getattr(transformer, "steps", [("", transformer)])
+            for _, part in parts:
+                if type(part).__name__ == "OneHotEncoder" and part.handle_unknown == "error" and \
+                        isinstance(columns, (list, tuple)) and all(isinstance(c, str) for c in columns):
+                    found.append((list(columns), list(part.categories_)))
+    return found
 
 
 def active_model_id(plpy: Any, cache: dict, name: str) -> tuple[int, str, str] | None:
@@ -210,16 +242,16 @@ def load_compiled(data: bytes, label: str) -> Any:
 
 def deserialize(fmt: str, blob: bytes, label: str) -> Any:
     """The estimator in ``blob``. Only called on a blob whose sha256 was verified."""
-    if fmt != "joblib":
-        raise ScoringError(
-            f"{label} is in format {fmt!r}, which this server cannot load yet",
-            sqlstate=MODEL_LOAD_FAILED,
-            hint="push it in joblib format",
-        )
-    try:
-        import joblib
+    from . import formats
 
-        estimator = joblib.load(io.BytesIO(blob))
+    try:
+        estimator = formats.loads(blob, fmt)
+    except formats.UntrustedTypes as exc:
+        raise ScoringError(
+            f"{label} needs types pgscore does not trust: {', '.join(exc.types)}; refusing to load it",
+            sqlstate=MODEL_LOAD_FAILED,
+            hint="push a model built from scikit-learn estimators only",
+        ) from None
     except Exception as exc:
         raise ScoringError(
             f"{label} could not be loaded: {runtime.describe_load_error(exc)}",

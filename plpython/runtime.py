@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from .errors import MODEL_LOAD_FAILED, ScoringError, describe
 
 # Distributions whose versions decide whether a pickled model loads.
-PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "pandas", "threadpoolctl")
+PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "pandas", "threadpoolctl", "skops")
 
 
 def versions() -> dict[str, str | None]:

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import subprocess
@@ -25,7 +26,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
 )
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
@@ -331,12 +332,6 @@ def messy_training_frame(rows: list[Row]) -> Any:
     return to_frame(rows, FEATURES)
 
 
-def _sgd() -> Any:
-    from sklearn.linear_model import SGDClassifier
-
-    return SGDClassifier(loss="log_loss", random_state=0)
-
-
 VARIANTS = {
     # Value-level imputers: strings before the encoder, numbers before scaling.
     "constant_imputer_then_onehot_drop_first": lambda: Pipeline([
@@ -375,7 +370,7 @@ VARIANTS = {
             ("codes", OneHotEncoder(handle_unknown="ignore"), ["complaint_count", "senior_citizen", "contract"]),
             ("numeric", make_pipeline(SimpleImputer(), StandardScaler()), ["monthly_charges", "total_charges"]),
         ])),
-        ("clf", _sgd()),
+        ("clf", SGDClassifier(loss="log_loss", random_state=0)),
     ]),
 }
 
@@ -476,7 +471,7 @@ def test_bytes_are_safe_and_stable(pipelines: dict[str, Pipeline]) -> None:
     assert isinstance(first, CompiledModel)
     assert first.feature_names == FEATURES
     assert data == compile_model(model).to_bytes()  # same model, same bytes (stable sha256)
-    archive = np.load(__import__("io").BytesIO(data), allow_pickle=False)
+    archive = np.load(io.BytesIO(data), allow_pickle=False)
     assert all(archive[name].dtype != object for name in archive.files)
     manifest = json.loads(archive["manifest"].tobytes())
     assert manifest["format"] == compiled.FORMAT and manifest["model"]["kind"] == "trees"

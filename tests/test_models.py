@@ -109,3 +109,59 @@ def test_database_refuses_a_blob_whose_sha256_is_not_the_recorded_one(seeded):
         with pytest.raises(psycopg.errors.CheckViolation):
             loader.execute("INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names)"
                            " VALUES ('churn', 1, 'joblib', 'abc', repeat('0', 64), '{tenure_months}')")
+
+
+def test_push_stores_skops_by_default_and_the_server_loads_it(seeded, model_files):
+    from tests.conftest import local_scores
+
+    result = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="sklearn")
+    with seeded.connect() as admin:
+        fmt, path = admin.execute("SELECT format, scoring_path FROM scoring.models WHERE model_id = %s",
+                                  [result.model_id]).fetchone()
+    with seeded.connect("analyst") as analyst:
+        score = analyst.execute("SELECT scoring.score(3::bigint)").fetchone()[0]
+    assert (fmt, path) == ("skops", "sklearn")
+    assert score == pytest.approx(local_scores(model_files["gbm"], seeded, [3])[3], abs=1e-9)
+
+
+def test_joblib_only_on_request(seeded, model_files):
+    result = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", format="joblib")
+    with seeded.connect() as admin:
+        assert admin.execute("SELECT format FROM scoring.models WHERE model_id = %s",
+                             [result.model_id]).fetchone()[0] == "joblib"
+
+
+def log_pipeline():
+    """Fitted on profile columns, but with a FunctionTransformer of a function skops does not trust."""
+    import operator
+
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    frame = pd.DataFrame({"tenure_months": [1.0, 5, 30, 60], "monthly_charges": [20.0, 50, 80, 100]})
+    return make_pipeline(FunctionTransformer(operator.neg), LogisticRegression()).fit(frame, [1, 1, 0, 0])
+
+
+def test_push_refuses_untrusted_types_in_skops_and_names_them(seeded):
+    with pytest.raises(PushError, match=r"types pgscore does not trust in skops format: _operator.neg"):
+        push_model(seeded.dsn("loader"), log_pipeline(), name="churn")
+    assert model_count(seeded) == 0
+
+
+def test_server_refuses_a_skops_blob_with_untrusted_types(seeded, model_files):
+    """Planted by a superuser past push's check: the server refuses it too, naming the types."""
+    import skops.io
+
+    model = log_pipeline()
+    blob = skops.io.dumps(model)
+    with seeded.connect() as admin:
+        admin.execute(
+            "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime)"
+            " VALUES ('churn', 1, 'skops', %b, encode(sha256(%b), 'hex'), '{tenure_months,monthly_charges}',"
+            " scoring.runtime_info())", [blob, blob])
+        admin.execute("SELECT scoring.activate('churn', 1)")
+    with seeded.connect("analyst") as analyst:
+        with pytest.raises(psycopg.errors.ExternalRoutineException, match="does not trust: _operator.neg"):
+            analyst.execute("SELECT scoring.score(3::bigint)")

@@ -73,7 +73,7 @@ def test_score_each_isolates_the_failing_row():
     scores, failures = trigger._score_each(loaded(), [1, 2, 3], rows)
     assert scores == [0.1, None, 0.5]
     assert list(failures) == [2]
-    assert "failed to score: ValueError: Input X contains NaN." in failures[2].message
+    assert "failed to score (NULL feature 'tenure_months'): ValueError: Input X contains NaN." in failures[2].message
 
 
 def test_predict_refuses_values_that_are_not_probabilities():
