@@ -1,13 +1,14 @@
 """The complaint trigger: counters and fresh scores, once per statement.
 
 Per INSERT or COPY into complaints (statement-level, transition table
-``new_complaints``), with three prepared statements:
+``new_complaints``), usually with two prepared statements:
 
-1. look up the active model (one indexed read; the loaded model is cached);
-2. count the new rows per customer, lock those profiles in customer_id
-   order (so concurrent multi-row inserts cannot deadlock) and read the
-   model's features, with complaint_count as it will be after this insert;
-3. after one model call for all of them, write counters and scores with one
+1. count the new rows per customer, lock those profiles in customer_id
+   order (so concurrent multi-row inserts cannot deadlock), read the
+   features of the model the previous statement used, with complaint_count
+   as it will be after this insert, and which model is active now; only
+   when that changed, load the active model and read again;
+2. after one model call for all of them, write counters and scores with one
    UPDATE.
 
 A scoring failure never loses the complaint: with scoring.on_error = 'keep'
@@ -38,6 +39,16 @@ UPDATE_SQL = (
     " FROM unnest($1::bigint[], $2::int[], $3::float8[]) AS u(customer_id, n, score)"
     " WHERE p.customer_id = u.customer_id"
 )
+# The usual statement inserts complaints for one customer: an index lookup,
+# where the generic plan of the unnest() join above may scan the table.
+UPDATE_ONE_SQL = (
+    "UPDATE public.customer_profiles p"
+    " SET complaint_count = p.complaint_count + $2,"
+    "     churn_score = coalesce($3, p.churn_score),"
+    "     churn_model_id = CASE WHEN $3::float8 IS NULL THEN p.churn_model_id ELSE $4 END,"
+    "     churn_scored_at = CASE WHEN $3::float8 IS NULL THEN p.churn_scored_at ELSE now() END"
+    " WHERE p.customer_id = $1"
+)
 RECORD_ERRORS_SQL = (
     "INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message)"
     " SELECT $1, e.customer_id, e.sqlstate, e.message"
@@ -46,22 +57,33 @@ RECORD_ERRORS_SQL = (
 
 
 def on_complaints_inserted(plpy: Any, cache: dict, model_name: str) -> None:
-    active = registry.active_model_id(plpy, cache, model_name)
-    model = None
+    guesses = cache.setdefault("pgscore.trigger_models", {})
+    model = guesses.get(model_name)
+    rows = None
+    if model is not None:
+        # The model the last statement used, checked against the active one
+        # inside the same query that locks and reads the profiles.
+        rows = plans.run(plpy, cache, _fetch_sql(plpy, cache, model, model_name))
+        if rows.nrows() and rows[0]["pgscore_active"] != _active_key(model):
+            model, rows = None, None
     load_failure = None
-    if active is not None:
-        model = registry.cached(cache, *active)
-        if model is None:
-            try:
-                # A subtransaction, so that a failed query while loading does
-                # not abort the inserting transaction under 'keep'.
-                with plpy.subtransaction():
-                    model = registry.load(plpy, cache, *active)
-            except Exception as exc:
-                load_failure = as_scoring_error(exc, f"loading the active {model_name!r} model failed")
-                if settings.on_error(plpy, cache) == "raise":
-                    raise load_failure from None
-    rows = plans.run(plpy, cache, LOCK_ONLY_SQL if model is None else _fetch_sql(plpy, cache, model))
+    active = None
+    if rows is None:
+        active = registry.active_model_id(plpy, cache, model_name)
+        if active is not None:
+            model = registry.cached(cache, *active)
+            if model is None:
+                try:
+                    # A subtransaction, so that a failed query while loading does
+                    # not abort the inserting transaction under 'keep'.
+                    with plpy.subtransaction():
+                        model = registry.load(plpy, cache, *active)
+                except Exception as exc:
+                    load_failure = as_scoring_error(exc, f"loading the active {model_name!r} model failed")
+                    if settings.on_error(plpy, cache) == "raise":
+                        raise load_failure from None
+        guesses[model_name] = model
+        rows = plans.run(plpy, cache, LOCK_ONLY_SQL if model is None else _fetch_sql(plpy, cache, model, model_name))
     if rows.nrows() == 0:
         return
     ids = [row["customer_id"] for row in rows]
@@ -74,27 +96,41 @@ def on_complaints_inserted(plpy: Any, cache: dict, model_name: str) -> None:
             raise next(iter(failures.values()))
     elif load_failure is not None:
         failures = {customer_id: load_failure for customer_id in ids}
-    plans.run(plpy, cache, UPDATE_SQL, ["bigint[]", "int[]", "float8[]", "bigint"],
-              [ids, counts, scores, model.model_id if model is not None else None])
+    model_id = model.model_id if model is not None else None
+    if len(ids) == 1:
+        plans.run(plpy, cache, UPDATE_ONE_SQL, ["bigint", "int", "float8", "bigint"],
+                  [ids[0], counts[0], scores[0], model_id])
+    else:
+        plans.run(plpy, cache, UPDATE_SQL, ["bigint[]", "int[]", "float8[]", "bigint"], [ids, counts, scores, model_id])
     if failures:
-        _record(plpy, cache, active[0] if active is not None else None, failures)
+        _record(plpy, cache, model_id if model is not None else (active[0] if active else None), failures)
 
 
-def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel) -> str:
+def _active_key(model: registry.LoadedModel) -> str:
+    return f"{model.model_id}:{model.sha256}:{model.scoring_path}"
+
+
+def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel, model_name: str) -> str:
     """Locks the new complaints' profiles in customer_id order and reads the
-    model's features, complaint_count counting the new rows."""
-    sql = model.plan_cache.get("trigger")
+    model's features, complaint_count counting the new rows, and which model
+    is active now (as model_id:sha256:scoring_path)."""
+    sql = model.plan_cache.get(("trigger", model_name))
     if sql is None:
         columns = catalog.profile_columns(plpy, cache)
         select_list = catalog.select_list(
             plpy, model.feature_names, columns, overrides={"complaint_count": "p.complaint_count + c.n"}
         )
+        active = (
+            "(SELECT d.model_id || ':' || m.sha256 || ':' || m.scoring_path FROM scoring.deployments d"
+            f" JOIN scoring.models m USING (model_id) WHERE d.name = {plpy.quote_literal(model_name)}"
+            " ORDER BY d.deployment_id DESC LIMIT 1)"
+        )
         sql = (
-            f"SELECT p.customer_id, c.n AS pgscore_new, {select_list} FROM public.customer_profiles p"
-            f" JOIN {NEW_COUNTS} c USING (customer_id)"
+            f"SELECT p.customer_id, c.n AS pgscore_new, {active} AS pgscore_active, {select_list}"
+            f" FROM public.customer_profiles p JOIN {NEW_COUNTS} c USING (customer_id)"
             " ORDER BY p.customer_id FOR NO KEY UPDATE OF p"
         )
-        model.plan_cache["trigger"] = sql
+        model.plan_cache[("trigger", model_name)] = sql
     return sql
 
 

@@ -37,6 +37,9 @@ class FakePlpy:
                 return Result(rows(args) if callable(rows) else rows)
         return Result()
 
+    def quote_literal(self, value: str) -> str:
+        return "'" + value.replace("'", "''") + "'"
+
     def quote_ident(self, name: str) -> str:
         return '"' + name.replace('"', '""') + '"'
 

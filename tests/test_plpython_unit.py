@@ -87,9 +87,11 @@ def test_trigger_keep_records_errors_and_warns():
     cache["pgscore.profile_columns"] = {"tenure_months": "integer"}
     plpy = FakePlpy([
         ("scoring.on_error", [{"v": "keep"}]),
+        ("FOR NO KEY UPDATE OF p", [{"customer_id": 1, "pgscore_new": 1, "tenure_months": 10,
+                                     "pgscore_active": "7:s:sklearn"},
+                                    {"customer_id": 2, "pgscore_new": 2, "tenure_months": None,
+                                     "pgscore_active": "7:s:sklearn"}]),
         ("FROM scoring.deployments", [{"model_id": 7, "sha256": "s", "scoring_path": "sklearn"}]),
-        ("FOR NO KEY UPDATE OF p", [{"customer_id": 1, "pgscore_new": 1, "tenure_months": 10},
-                                    {"customer_id": 2, "pgscore_new": 2, "tenure_months": None}]),
     ])
     trigger.on_complaints_inserted(plpy, cache, "churn")
     update = next(args for sql, args in plpy.executed if sql.startswith("UPDATE public.customer_profiles"))
@@ -97,6 +99,10 @@ def test_trigger_keep_records_errors_and_warns():
     recorded = next(args for sql, args in plpy.executed if sql.startswith("INSERT INTO scoring.errors"))
     assert recorded[:2] == [7, [2]]
     assert plpy.messages[0][0] == "WARNING" and "customer_id 2" in plpy.messages[0][1]
+    # The next statement reuses that model, checked inside the locking query: no separate lookup.
+    before = len(plpy.executed)
+    trigger.on_complaints_inserted(plpy, cache, "churn")
+    assert not any(sql.startswith("SELECT d.model_id") for sql, _ in plpy.executed[before:])
 
 
 def test_describe_has_no_traceback():
