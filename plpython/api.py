@@ -81,7 +81,8 @@ def score_with_model(plpy: Any, cache: dict, model_id: int, customer_ids: list[i
 
 
 def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[tuple[int, float]]:
-    """Scores in input order, one model call per chunk of distinct ids."""
+    """Scores in input order, one model call per chunk of distinct ids, each
+    feature read as one array."""
     if not customer_ids:
         return []
     if any(customer_id is None for customer_id in customer_ids):
@@ -89,14 +90,19 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
             "customer_ids contains NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="remove NULLs, e.g. array_remove(ids, NULL)"
         )
     distinct = list(dict.fromkeys(customer_ids))
+    sql = (
+        f"SELECT array_agg(p.customer_id) AS pgscore_ids, {model.array_list}"
+        " FROM public.customer_profiles p WHERE p.customer_id = ANY($1)"
+    )
     scores: dict[int, float] = {}
     for start in range(0, len(distinct), batch.CHUNK):
         chunk = distinct[start : start + batch.CHUNK]
-        rows = fetch_profiles(plpy, cache, model, chunk)
-        missing = [customer_id for customer_id in chunk if customer_id not in rows]
-        if missing:
-            raise unknown_customers(missing)
-        scores.update(zip(chunk, model.predict([rows[customer_id] for customer_id in chunk])))
+        found = plans.run(plpy, cache, sql, ["bigint[]"], [chunk])[0]
+        ids = found["pgscore_ids"] or []
+        if len(ids) < len(chunk):
+            present = set(ids)
+            raise unknown_customers([customer_id for customer_id in chunk if customer_id not in present])
+        scores.update(zip(ids, model.predict_columns([found[name] for name in model.feature_names])))
     return [(customer_id, scores[customer_id]) for customer_id in customer_ids]
 
 

@@ -42,20 +42,21 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
         _pin_search_path(plpy)
         model = registry.active_model(plpy, cache, model_name)
         sql = (
-            f"SELECT p.customer_id, {model.select_list} FROM public.customer_profiles p"
-            " WHERE p.customer_id > $1"
-            " ORDER BY p.customer_id LIMIT $2 FOR NO KEY UPDATE"
+            f"SELECT array_agg(p.customer_id) AS pgscore_ids, {model.array_list} FROM ("
+            " SELECT * FROM public.customer_profiles WHERE customer_id > $1"
+            " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) p"
         )
-        rows = plans.run(plpy, cache, sql, ["bigint", "int"], [last_id, batch_size])
-        if rows.nrows() == 0:
+        found = plans.run(plpy, cache, sql, ["bigint", "int"], [last_id, batch_size])[0]
+        ids = found["pgscore_ids"]
+        if not ids:
             break
-        ids = [row["customer_id"] for row in rows]
+        columns = [found[name] for name in model.feature_names]
         scores = []
         for start in range(0, len(ids), CHUNK):
-            scores.extend(model.predict(rows[start : start + CHUNK]))
+            scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns]))
         plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint"], [ids, scores, model.model_id])
         done += len(ids)
-        last_id = ids[-1]
+        last_id = max(ids)
         plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
         _commit(plpy)
 

@@ -64,12 +64,15 @@ def select_list(
     columns: Mapping[str, str],
     alias: str = "p",
     overrides: Mapping[str, str] | None = None,
+    aggregate: str | None = None,
 ) -> str:
     """``p.a AS a, p.b::float8 AS b, ...``: the features as plain Python values.
 
     ``quoter`` has ``quote_ident`` (plpy, or the loader's stand-in).
     ``overrides`` replaces a column's expression (the trigger reads
-    complaint_count as the count after the new complaints).
+    complaint_count as the count after the new complaints). ``aggregate``
+    wraps each expression (``array_agg``: one array per feature, in the
+    same row order for all of them).
     """
     items = []
     for name in feature_names:
@@ -77,5 +80,7 @@ def select_list(
         expr = (overrides or {}).get(name, f"{alias}.{ident}")
         if columns[name] in NUMBER_TYPES - INTEGER_TYPES:
             expr = f"({expr})::float8"
+        if aggregate:
+            expr = f"{aggregate}({expr})"
         items.append(f"{expr} AS {ident}")
     return ", ".join(items)

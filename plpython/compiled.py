@@ -747,6 +747,10 @@ class Evaluator:
                 if len(r) != width:
                     raise ValueError(f"row has {len(r)} values, the model expects {width} features")
             columns = list(zip(*rows)) if n else [()] * width
+        return self.features_from_columns(columns, n)
+
+    def features_from_columns(self, columns: Sequence[Sequence[Any]], n: int) -> np.ndarray:
+        """:meth:`features` from one sequence of ``n`` values per feature, in feature_names order."""
         X = np.zeros((n, self.n_outputs), dtype=np.float64)
         if n == 0:
             return X
@@ -778,3 +782,13 @@ class Evaluator:
         if not rows:
             return np.empty(0, dtype=np.float64)
         return self.model.predict_batch(self.features(rows))
+
+    def predict_columns(self, columns: Sequence[Sequence[Any]]) -> np.ndarray:
+        """P(class 1) from column sequences in feature_names order: the batch
+        paths read each feature as one array, which skips building row objects."""
+        if len(columns) != len(self.feature_names):
+            raise ValueError(f"{len(columns)} columns given, the model expects {len(self.feature_names)} features")
+        n = len(columns[0]) if columns else 0
+        if n == 0:
+            return np.empty(0, dtype=np.float64)
+        return self.model.predict_batch(self.features_from_columns(columns, n))

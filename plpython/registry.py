@@ -19,7 +19,7 @@ import hashlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import catalog, features, plans, runtime
 from .errors import (
@@ -62,28 +62,40 @@ class LoadedModel:
     estimator: Any
     scoring_path: str = "sklearn"
     select_list: str = ""
+    array_list: str = ""
     plan_cache: dict = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return f"model {self.name!r} v{self.version} (model_id {self.model_id})"
 
+    def predict_columns(self, columns: Sequence[Sequence[Any]]) -> list[float]:
+        """:meth:`predict` from one list per feature (feature_names order)."""
+        if not columns or not len(columns[0]):
+            return []
+        if self.scoring_path == "compiled":
+            return self._checked(lambda: self.estimator.predict_columns(columns), [])
+        return self.predict(list(zip(*columns)))
+
     def predict(self, rows: Sequence[Any]) -> list[float]:
         """P(churn) for each row; raises ScoringError if the model fails or
         returns anything but a probability for any row."""
         if not rows:
             return []
+        if self.scoring_path == "compiled":
+            return self._checked(lambda: self.estimator.predict(rows), rows)
+        return self._checked(
+            lambda: self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1], rows)
+
+    def _checked(self, call: Any, rows: Sequence[Any]) -> list[float]:
         try:
-            if self.scoring_path == "compiled":
-                proba = self.estimator.predict(rows)
-            else:
-                proba = self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1]
+            proba = call()
         except Exception as exc:
             # The compiled evaluator names the feature itself; scikit-learn often does not.
             cause = "" if self.scoring_path == "compiled" else explain_failure(self.estimator, rows, self.feature_names)
             context = f"{self.label} failed to score" + (f" ({cause})" if cause else "")
             raise as_scoring_error(exc, context) from None
-        scores = [float(p) for p in proba]
+        scores = proba.tolist() if hasattr(proba, "tolist") else [float(p) for p in proba]
         for score in scores:
             if not (math.isfinite(score) and 0.0 <= score <= 1.0):
                 raise ScoringError(
@@ -97,6 +109,7 @@ class LoadedModel:
 def explain_failure(estimator: Any, rows: Sequence[Any], feature_names: Sequence[str]) -> str:
     """Which feature a scikit-learn failure is about, where that can be told:
     NULL features, and categories a OneHotEncoder(handle_unknown='error') never saw."""
+    rows = [row if isinstance(row, Mapping) else dict(zip(feature_names, row)) for row in rows]
     nulls = [name for name in feature_names if any(row[name] is None for row in rows)]
     if nulls:
         return "NULL " + ", ".join(f"feature {name!r}" for name in nulls)
@@ -207,6 +220,7 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
         estimator=estimator,
         scoring_path=row["scoring_path"],
         select_list=catalog.select_list(plpy, feature_names, columns),
+        array_list=catalog.select_list(plpy, feature_names, columns, aggregate="array_agg"),
     )
     models[model_id] = model
     models.move_to_end(model_id)
