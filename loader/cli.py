@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     rollback = command("rollback", cmd_rollback, "re-activate the previous deployment")
     rollback.add_argument("name")
 
+    export = command("export-sql", cmd_export_sql,
+                     "print a model version as a plain-SQL function (for servers without plpython3u)")
+    export.add_argument("name")
+    export.add_argument("version", type=int)
+    export.add_argument("--function", help="function name in schema scoring (default: NAME_vVERSION_sql)")
+
     rescore = command("rescore", cmd_rescore, "rescore every profile with the active model")
     rescore.add_argument("name", nargs="?", default="churn")
     rescore.add_argument("--batch-size", type=int, default=10000)
@@ -167,6 +173,10 @@ def cmd_activate(args: argparse.Namespace) -> None:
 def cmd_rollback(args: argparse.Namespace) -> None:
     model_id, version = models.rollback(args.dsn, args.name)
     print(f"rolled back: {args.name} v{version} (model_id {model_id}) is active")
+
+
+def cmd_export_sql(args: argparse.Namespace) -> None:
+    print(models.export_sql(args.dsn, args.name, args.version, args.function))
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:

@@ -74,6 +74,14 @@ class CompiledModel:
                     np.lib.format.write_array(member, np.ascontiguousarray(entries[name]), allow_pickle=False)
         return buffer.getvalue()
 
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "CompiledModel":
+        """The model :meth:`to_bytes` wrote (as stored in scoring.models.compiled)."""
+        archive = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
+        arrays = {name: archive[name] for name in archive.files}
+        manifest = json.loads(arrays.pop("manifest").tobytes().decode("utf-8"))
+        return cls(manifest, arrays)
+
     def evaluator(self) -> _server.Evaluator:
         """The server-side evaluator of these bytes (what the database will run).
 

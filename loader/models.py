@@ -376,3 +376,43 @@ def list_models(dsn: str | None, name: str | None = None) -> list[dict]:
             {"name": name},
         )
         return cur.fetchall()
+
+
+def export_sql(dsn: str | None, name: str, version: int, function_name: str | None = None,
+               sample_size: int = 2000) -> str:
+    """``CREATE FUNCTION scoring.<function_name>(p public.customer_profiles)``:
+    NAME's VERSION as plain SQL, for servers without plpython3u.
+
+    Checked first in this database: on a sample of profiles the SQL must
+    equal the in-database score to PARITY_TOLERANCE. Raises PushError when
+    the version has no compiled form, SQL cannot express it, or the check fails.
+    """
+    from .compile import CompiledModel
+    from .sqlgen import SqlUnsupported, sql_function, to_sql
+
+    with connect(dsn) as conn:
+        found = conn.execute("SELECT model_id, compiled, path_note FROM scoring.models WHERE name = %s AND version = %s",
+                             [name, version]).fetchone()
+        if found is None:
+            raise PushError(f"model {name!r} has no version {version}; list them with: pgscore models --name {name}")
+        model_id, data, note = found
+        if data is None:
+            raise PushError(f"model {name!r} v{version} has no compiled form ({note}); plain SQL needs one")
+        compiled = CompiledModel.from_bytes(data)
+        try:
+            expression = to_sql(compiled, "p")
+            statement = sql_function(compiled, function_name or f"{name}_v{version}_sql")
+        except SqlUnsupported as exc:
+            raise PushError(f"model {name!r} v{version} cannot be written as plain SQL: {exc}") from None
+        ids = [row[0] for row in conn.execute(
+            "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [sample_size])]
+        in_sql = dict(conn.execute(
+            f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
+            [ids]).fetchall())
+        in_db = dict(conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s)",
+                                  [model_id, ids]).fetchall())
+    worst = max((abs(in_sql[c] - in_db[c]) for c in ids if in_sql[c] is not None), default=0.0)
+    if not worst <= PARITY_TOLERANCE:
+        raise PushError(f"the SQL form of {name!r} v{version} differs from its scores by {worst:.3g}; not exported")
+    return f"-- {name} v{version} (model_id {model_id}); checked on {len(ids)} profiles: max difference {worst:.1e}\n" \
+        + statement

@@ -153,7 +153,7 @@ def sql_function(
     *,
     column_types: Mapping[str, str] | None = None,
     invalid: str = "null",
-    pin_search_path: bool = True,
+    pin_search_path: bool = False,
 ) -> str:
     """``CREATE OR REPLACE FUNCTION scoring.<name>(p public.customer_profiles)`` for :func:`to_sql`.
 

@@ -175,7 +175,7 @@ def test_demo_pipeline_parity_without_plpython(db, demo_models, kind):
         _drop_text_checks(conn)
         _insert(conn, _edge_rows())
 
-        pinned = sql_function(compiled, f"churn_{kind}")
+        pinned = sql_function(compiled, f"churn_{kind}", pin_search_path=True)
         inlined = sql_function(compiled, f"churn_{kind}_inline", pin_search_path=False)
         _insert(conn, _boundary_rows(conn, pinned))
         _create(conn, pinned)
@@ -461,7 +461,7 @@ def test_timings_against_score_many(db, demo_models):
             compiled = compile_model(model)
             result = push_model(db.dsn("loader"), model, name=f"bench_{kind}", activate=True)
             assert result.scoring_path == "compiled"
-            _create(conn, sql_function(compiled, f"bench_{kind}"))
+            _create(conn, sql_function(compiled, f"bench_{kind}", pin_search_path=True))
             _create(conn, sql_function(compiled, f"bench_{kind}_inline", pin_search_path=False))
             conn.execute("SELECT scoring.warmup(%s)", [f"bench_{kind}"])
             many = _best_of(
@@ -481,3 +481,16 @@ def test_timings_against_score_many(db, demo_models):
                 f"(x10 from 300 rows)"
             )
     print(f"\nscoring {N_PROFILES} profiles in one SELECT, jit off, best of 3:\n" + "\n".join(lines))
+
+
+def test_export_sql_checks_parity_in_the_database_and_runs_without_plpython(scored):
+    from pgscore.models import export_sql
+
+    statement = export_sql(scored.dsn("loader"), "churn", 1)
+    assert "LANGUAGE sql" in statement and "plpython" not in statement
+    with scored.connect() as admin:
+        admin.execute(statement)
+        via_sql = dict(admin.execute("SELECT customer_id, scoring.churn_v1_sql(p) FROM customer_profiles p").fetchall())
+        via_py = dict(admin.execute("SELECT customer_id, score FROM scoring.score_many("
+                                    "(SELECT array_agg(customer_id) FROM customer_profiles))").fetchall())
+    assert max(abs(via_sql[c] - via_py[c]) for c in via_py) <= 1e-9
