@@ -65,23 +65,31 @@ def test_raise_fails_the_insert_and_writes_nothing(fragile):
         assert admin.execute("SELECT count(*) FROM scoring.errors").fetchone()[0] == 0
 
 
+CORRUPTIONS = {
+    "blob": ("UPDATE scoring.models SET blob = '\\x0badbeef', sha256 = encode(sha256('\\x0badbeef'), 'hex'),"
+             " scoring_path = 'sklearn'", "could not be loaded"),
+    "compiled": ("UPDATE scoring.models SET compiled = '\\x0badbeef'", "compiled form cannot be read"),
+}
+
+
 @pytest.mark.parametrize("policy", ["keep", "raise"])
-def test_corrupt_blob(scored, policy):
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_corrupt_model(scored, corruption, policy):
+    plant, message = CORRUPTIONS[corruption]
     with scored.connect() as admin:
-        admin.execute("UPDATE scoring.models SET blob = '\\x0badbeef', sha256 = encode(sha256('\\x0badbeef'), 'hex'),"
-                      " scoring_path = 'sklearn'")
+        admin.execute(plant)
     before = state(scored, 5)
     with scored.connect("app") as app:
         app.execute(f"SET scoring.on_error = '{policy}'")
         if policy == "raise":
-            with pytest.raises(psycopg.errors.ExternalRoutineException, match="could not be loaded"):
+            with pytest.raises(psycopg.errors.ExternalRoutineException, match=message):
                 app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
             assert state(scored, 5) == before
             return
         app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
     assert state(scored, 5)[0] == before[0] + 1
     with scored.connect() as admin:
-        assert "could not be loaded" in admin.execute("SELECT message FROM scoring.errors").fetchone()[0]
+        assert message in admin.execute("SELECT message FROM scoring.errors").fetchone()[0]
 
 
 def test_bad_on_error_value_is_named_when_scoring_fails(fragile):
@@ -105,21 +113,3 @@ def test_compiled_model_never_unpickles_its_blob(scored, model_files):
     with scored.connect() as admin:
         score = admin.execute("SELECT churn_score FROM customer_profiles WHERE customer_id = 5").fetchone()[0]
     assert score == pytest.approx(local_scores(model_files["logreg"], scored, [5])[5], abs=1e-9)
-
-
-@pytest.mark.parametrize("policy", ["keep", "raise"])
-def test_corrupt_compiled_form(scored, policy):
-    with scored.connect() as admin:
-        admin.execute("UPDATE scoring.models SET compiled = '\\x0badbeef'")
-    before = state(scored, 5)
-    with scored.connect("app") as app:
-        app.execute(f"SET scoring.on_error = '{policy}'")
-        if policy == "raise":
-            with pytest.raises(psycopg.errors.ExternalRoutineException, match="compiled form cannot be read"):
-                app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
-            assert state(scored, 5) == before
-            return
-        app.execute("INSERT INTO complaints (customer_id) VALUES (5)")
-    assert state(scored, 5)[0] == before[0] + 1
-    with scored.connect() as admin:
-        assert "compiled form cannot be read" in admin.execute("SELECT message FROM scoring.errors").fetchone()[0]
