@@ -157,18 +157,20 @@ def push_model(
         raise PushError(f"scoring path must be one of {', '.join(SCORING_PATHS)}, not {scoring_path!r}")
     if format not in formats.FORMATS:
         raise PushError(f"model format must be one of {', '.join(formats.FORMATS)}, not {format!r}")
+    file_bytes = None
     if isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
-        estimator, blob, saved = load_model_file(model_or_path)
+        estimator, file_bytes, saved = load_model_file(model_or_path)
         if metrics is None:
             metrics = _sidecar_metrics(Path(model_or_path))
     else:
         origin = f"{type(model_or_path).__name__} object"
         estimator, saved = model_or_path, dict(server_runtime.versions())
-        blob = formats.dumps(estimator, "joblib")
     feature_names = check_estimator(estimator, origin)
     if format == "skops":
         blob = _skops_blob(estimator, origin)
+    else:  # a joblib file is uploaded as it is
+        blob = file_bytes if file_bytes is not None else formats.dumps(estimator, "joblib")
     local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
     if local_problems:
         raise PushError(
@@ -185,7 +187,7 @@ def push_model(
                 + ", ".join(unknown)
                 + "; train it on profile columns only"
             )
-        server = json.loads(json.dumps(conn.execute("SELECT scoring.runtime_info()").fetchone()[0]))
+        server = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
         server_problems = server_runtime.incompatibilities(saved, server)
         if server_problems:
             raise PushError(
