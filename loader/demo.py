@@ -70,6 +70,7 @@ def _flow(dsn: str, profiles: int) -> None:
     v1 = models.push_model(dsn, v1_path, name="churn", activate=True, note="demo logreg", metrics=metrics)
     print(f"churn v{v1.version} (model_id {v1.model_id}) active; test-scored {v1.sample_size} profiles in the "
           f"database, max difference from local predict_proba {v1.max_abs_diff:.1e}")
+    print(f"scoring path: {v1.scoring_path} ({v1.path_note})")
 
     step("scoring every profile (pgscore rescore churn)")
     started = time.perf_counter()
@@ -131,9 +132,9 @@ def _flow(dsn: str, profiles: int) -> None:
     print(f"churn v{version} (model_id {model_id}) is active again")
     step("the model registry (pgscore models)")
     rows = models.list_models(dsn, "churn")
-    print_table(["name", "version", "model_id", "active", "note", "roc_auc"],
-                [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["note"],
-                  f"{r['metrics'].get('roc_auc', float('nan')):.3f}"] for r in rows])
+    print_table(["name", "version", "model_id", "active", "path", "format", "note", "roc_auc"],
+                [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["scoring_path"], r["format"],
+                  r["note"], f"{r['metrics'].get('roc_auc', float('nan')):.3f}"] for r in rows])
     print("\ndemo complete")
 
 
