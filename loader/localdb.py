@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,16 +213,3 @@ def _free_port(preferred: int) -> int:
 
 def local_database(directory: str | os.PathLike | None = None) -> LocalDatabase:
     return LocalDatabase((Path(directory) if directory else DEFAULT_DIR).resolve())
-
-
-def wait_until_ready(dsn: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            psycopg.connect(dsn, connect_timeout=2).close()
-            return
-        except psycopg.OperationalError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-

@@ -90,19 +90,15 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
             "customer_ids contains NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="remove NULLs, e.g. array_remove(ids, NULL)"
         )
     distinct = list(dict.fromkeys(customer_ids))
-    sql = (
-        f"SELECT array_agg(p.customer_id) AS pgscore_ids, {model.array_list}"
-        " FROM public.customer_profiles p WHERE p.customer_id = ANY($1)"
-    )
     scores: dict[int, float] = {}
     for start in range(0, len(distinct), batch.CHUNK):
         chunk = distinct[start : start + batch.CHUNK]
-        found = plans.run(plpy, cache, sql, ["bigint[]"], [chunk])[0]
-        ids = found["pgscore_ids"] or []
+        ids, columns = model.read_columns(
+            plpy, cache, "public.customer_profiles p WHERE p.customer_id = ANY($1)", ["bigint[]"], [chunk])
         if len(ids) < len(chunk):
             present = set(ids)
             raise unknown_customers([customer_id for customer_id in chunk if customer_id not in present])
-        scores.update(zip(ids, model.predict_columns([found[name] for name in model.feature_names])))
+        scores.update(zip(ids, model.predict_columns(columns)))
     return [(customer_id, scores[customer_id]) for customer_id in customer_ids]
 
 

@@ -39,18 +39,14 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
     done = 0
     last_id = -(2**63)  # below every bigint: keyset pagination starts at the first id
     while True:
-        _pin_search_path(plpy)
         model = registry.active_model(plpy, cache, model_name)
-        sql = (
-            f"SELECT array_agg(p.customer_id) AS pgscore_ids, {model.array_list} FROM ("
-            " SELECT * FROM public.customer_profiles WHERE customer_id > $1"
-            " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) p"
-        )
-        found = plans.run(plpy, cache, sql, ["bigint", "int"], [last_id, batch_size])[0]
-        ids = found["pgscore_ids"]
+        ids, columns = model.read_columns(
+            plpy, cache,
+            "(SELECT * FROM public.customer_profiles WHERE customer_id > $1"
+            " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) p",
+            ["bigint", "int"], [last_id, batch_size])
         if not ids:
             break
-        columns = [found[name] for name in model.feature_names]
         scores = []
         for start in range(0, len(ids), CHUNK):
             scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns]))
@@ -59,6 +55,7 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
         last_id = max(ids)
         plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
         _commit(plpy)
+        _pin_search_path(plpy)  # SET LOCAL ended with the committed transaction
 
 
 def _pin_search_path(plpy: Any) -> None:

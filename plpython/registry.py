@@ -69,6 +69,15 @@ class LoadedModel:
     def label(self) -> str:
         return f"model {self.name!r} v{self.version} (model_id {self.model_id})"
 
+    def read_columns(self, plpy: Any, cache: dict, source: str, types: Sequence[str],
+                     args: Sequence[Any]) -> tuple[list[int], list[list]]:
+        """(customer_ids, one list per feature) of the profiles ``source`` (a
+        FROM clause aliased ``p``) yields; all arrays come from one aggregate
+        pass, so they are in the same row order."""
+        sql = f"SELECT array_agg(p.customer_id) AS pgscore_ids, {self.array_list} FROM {source}"
+        row = plans.run(plpy, cache, sql, types, args)[0]
+        return list(row["pgscore_ids"] or []), [row[name] or [] for name in self.feature_names]
+
     def predict_columns(self, columns: Sequence[Sequence[Any]]) -> list[float]:
         """:meth:`predict` from one list per feature (feature_names order)."""
         if not columns or not len(columns[0]):
