@@ -119,6 +119,7 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
             pipeline, metrics = train_demo_model(rows=5000, seed=0, kind=family)
             result = push_model(target, pipeline, name="churn", metrics=metrics, note=f"bench {family}")
             models[family] = (pipeline, result)
+            print(f"{family}: scoring path {result.scoring_path} ({result.path_note})", flush=True)
         report = Report()
         print(f"{'fig':<3} {'family':<7} {'measured':<34} {'baseline':<34} {'ratio':>9} {'target':<10} met")
         bench = _Bench(target, sizes, report, models, workdir, server_pid_of)

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--activate", action="store_true", help="make it the active version")
     push.add_argument("--note", help="free text kept with the version")
     push.add_argument("--path", choices=models.SCORING_PATHS, default="auto",
-                      help="how the server evaluates it: compiled (numpy, nothing unpickled), sklearn, "
-                           "or auto (compiled when supported and exact; default)")
+                      help="how the server evaluates it: sql (generated SQL in the trigger and score(); "
+                           "compiled elsewhere), compiled (numpy, nothing unpickled), sklearn, or auto "
+                           "(sql or compiled when supported and exact, sql only when short; default)")
     push.add_argument("--format", choices=("skops", "joblib"), default="skops",
                       help="how the blob is stored: skops (default; only trusted types are rebuilt) or "
                            "joblib (a pickle: loading it runs code; push only models you trust)")

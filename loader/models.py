@@ -33,7 +33,12 @@ SAMPLE_SIZE = 200
 PARITY_TOLERANCE = 1e-9
 # Profiles the compiled form is checked on, locally, before it may be used.
 COMPILE_CHECK_SIZE = 2000
-SCORING_PATHS = ("auto", "compiled", "sklearn")
+SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
+# 'auto' puts a model on the sql path only when its SQL is at most this long:
+# PostgreSQL sets the expression up in every statement (about 4 ns per
+# character measured here), so a 100-tree GBM (68 kB) inserts faster on the
+# compiled Python path. Same figure as pgscore_server.sqlpath.
+SQL_PATH_MAX_CHARS = 16_000
 
 
 class PushError(Exception):
@@ -146,7 +151,10 @@ def push_model(
     ``model_or_path`` is a joblib file or a fitted estimator.
     ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
     unpickled in the server) when the pipeline compiles and matches
-    predict_proba to 1e-9, else scikit-learn; 'compiled' or 'sklearn' force one.
+    predict_proba to 1e-9, else scikit-learn; and of a compiled model whose
+    server-generated SQL is short and passes the same check, the 'sql' path
+    (no Python in the complaint trigger and score(bigint)). 'sql',
+    'compiled' or 'sklearn' force one.
     ``format``: how the blob is stored: 'skops' (default; the server rebuilds
     only trusted types) or 'joblib' (a pickle: loading it runs code; only on
     explicit request).
@@ -206,6 +214,8 @@ def push_model(
                  Jsonb(metrics or {}), note],
             ).fetchone()
             tested, max_diff = _test_score(conn, estimator, model_id, feature_names, sample_size, origin)
+            if path == "compiled" and scoring_path in ("auto", "sql"):
+                path, path_note = _sql_path(conn, estimator, model_id, feature_names, scoring_path, origin, path_note)
             if activate:
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
@@ -241,6 +251,7 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
 
     if wanted == "sklearn":
         return None, "sklearn", "scikit-learn path forced at push"
+    forced = wanted in ("compiled", "sql")
     try:
         compiled = compile_model(estimator)
         ids = [row[0] for row in conn.execute(
@@ -252,15 +263,69 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
         if not worst <= PARITY_TOLERANCE:
             raise UnsupportedModel(f"compiled form differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
     except UnsupportedModel as exc:
-        if wanted == "compiled":
+        if forced:
             raise PushError(f"{origin} cannot use the compiled path: {exc.reason}") from None
         return None, "sklearn", f"not compiled: {exc.reason}"
     except Exception as exc:  # the model itself fails on some edge case: scikit-learn decides then
-        if wanted == "compiled":
+        if forced:
             raise PushError(f"{origin} cannot use the compiled path: {type(exc).__name__}: {exc}") from None
         return None, "sklearn", f"not compiled: checking it raised {type(exc).__name__}: {exc}"
     return compiled.to_bytes(), "compiled", (
         f"compiled; max difference {worst:.1e} over {len(rows)} profiles and {len(edges)} edge cases")
+
+
+def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], wanted: str,
+              origin: str, compiled_note: str | None) -> tuple[str, str | None]:
+    """('sql', note) when the SQL the server generates for ``model_id`` equals
+    predict_proba to PARITY_TOLERANCE on real profiles and edge cases (and,
+    under 'auto', is short enough to pay off); else ('compiled', why not).
+    Raises PushError when 'sql' was forced and is not possible."""
+    def refuse(reason: str) -> tuple[str, str | None]:
+        if wanted == "sql":
+            raise PushError(f"{origin} cannot use the sql path: {reason}")
+        return "compiled", f"{compiled_note}; not sql: {reason}"
+
+    try:
+        with conn.transaction():
+            expression = conn.execute("SELECT scoring.sql_expression(%s)", [model_id]).fetchone()[0]
+    except psycopg.Error as exc:
+        return refuse(exc.diag.message_primary or str(exc))
+    if wanted == "auto" and len(expression) > SQL_PATH_MAX_CHARS:
+        return refuse(f"its SQL is {len(expression):,} characters (> {SQL_PATH_MAX_CHARS:,}), "
+                      "slower per statement than the compiled path")
+    ids = [row[0] for row in conn.execute(
+        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [COMPILE_CHECK_SIZE])]
+    rows = fetch_feature_rows(conn, feature_names, ids)
+    in_sql = dict(conn.execute(
+        f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
+        [ids]).fetchall())
+    pairs = [(in_sql[row["customer_id"]], row) for row in rows]
+    edges = edge_case_rows(conn, feature_names)
+    for row in edges:
+        with conn.transaction():  # a value the profile table refuses (CHECK) is no edge case of the SQL
+            try:
+                pairs.append((conn.execute(
+                    f"SELECT {expression} FROM jsonb_populate_record(NULL::public.customer_profiles, %s) p",  # noqa: S608
+                    [Jsonb(row)]).fetchone()[0], row))
+            except psycopg.errors.DataException:
+                continue
+    worst = 0.0
+    for in_db, row in pairs:
+        try:
+            local = float(estimator.predict_proba(features.to_frame([row], feature_names))[:, 1][0])
+        except Exception:
+            local = None
+        if (in_db is None) != (local is None):
+            return refuse(f"SQL {'rejects' if in_db is None else 'scores'} a row scikit-learn "
+                          f"{'scores' if in_db is None else 'refuses'}: {row}")
+        if in_db is not None:
+            worst = max(worst, abs(in_db - local))
+    if not worst <= PARITY_TOLERANCE:
+        return refuse(f"SQL differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
+    note = (f"sql ({len(expression):,} characters); max difference {worst:.1e} over {len(rows)} profiles "
+            f"and {len(pairs) - len(rows)} edge cases")
+    conn.execute("UPDATE scoring.models SET scoring_path = 'sql', path_note = %s WHERE model_id = %s", [note, model_id])
+    return "sql", note
 
 
 def _row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
@@ -390,7 +455,7 @@ def export_sql(dsn: str | None, name: str, version: int, function_name: str | No
     the version has no compiled form, SQL cannot express it, or the check fails.
     """
     from .compile import CompiledModel
-    from .sqlgen import SqlUnsupported, sql_function, to_sql
+    from pgscore_server.sqlgen import SqlUnsupported, sql_function, to_sql
 
     with connect(dsn) as conn:
         found = conn.execute("SELECT model_id, compiled, path_note FROM scoring.models WHERE name = %s AND version = %s",

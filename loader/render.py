@@ -65,6 +65,13 @@ def runtime_shim(sha: str) -> str:
     )
 
 
+def frozen(revision: str) -> str:
+    """sql/idempotent/ and plpython/ exactly as ``revision`` rendered them
+    (migrations/rendered/), so that downgrading to it restores its code."""
+    return resources.files("pgscore.migrations").joinpath("rendered", f"{revision}-idempotent.sql").read_text(
+        encoding="utf-8")
+
+
 def render_idempotent() -> str:
     """All of sql/idempotent/, in file order, with the runtime rendered in."""
     sources = runtime_sources()

@@ -12,7 +12,7 @@ import functools
 import json
 from typing import Any, Callable, Sequence, TypeVar
 
-from . import batch, catalog, features, plans, registry, runtime, trigger
+from . import batch, catalog, features, plans, registry, runtime, sqlpath, trigger
 from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,10 +49,12 @@ def fetch_profiles(plpy: Any, cache: dict, model: registry.LoadedModel, customer
 @sql_errors
 def score_customer(plpy: Any, cache: dict, customer_id: int) -> float:
     model = registry.active_model(plpy, cache, DEFAULT_MODEL)
-    rows = fetch_profiles(plpy, cache, model, [customer_id])
-    if customer_id not in rows:
+    # A scalar parameter, not ANY($1): a plan over an array is planned at every call.
+    sql = f"SELECT {model.select_list} FROM public.customer_profiles p WHERE p.customer_id = $1"
+    rows = plans.run(plpy, cache, sql, ["bigint"], [customer_id])
+    if not rows.nrows():
         raise unknown_customers([customer_id])
-    return model.predict([rows[customer_id]])[0]
+    return model.predict([rows[0]])[0]
 
 
 @sql_errors
@@ -114,8 +116,18 @@ def unknown_customers(customer_ids: Sequence[int]) -> ScoringError:
 
 
 @sql_errors
-def on_complaints_inserted(plpy: Any, cache: dict) -> None:
-    trigger.on_complaints_inserted(plpy, cache, DEFAULT_MODEL)
+def on_complaints_inserted(plpy: Any, cache: dict, new_ids: list[int]) -> None:
+    trigger.on_complaints_inserted(plpy, cache, DEFAULT_MODEL, new_ids)
+
+
+@sql_errors
+def install_sql_scoring(plpy: Any, cache: dict, model_id: int) -> str:
+    return sqlpath.install(plpy, cache, model_id)
+
+
+@sql_errors
+def sql_expression(plpy: Any, cache: dict, model_id: int) -> str:
+    return sqlpath.expression_for(plpy, cache, model_id)
 
 
 @sql_errors

@@ -679,6 +679,7 @@ class Evaluator:
 
     def __init__(self, manifest: Mapping[str, Any], arrays: Mapping[str, np.ndarray]):
         self.manifest = manifest
+        self.arrays = arrays  # kept for pgscore_server.sqlgen, which writes the same model as SQL
         self.feature_names: list[str] = [str(n) for n in manifest["feature_names"]]
         n_inputs = len(self.feature_names)
         transform = manifest["transform"]

@@ -36,6 +36,11 @@ from .errors import (
 # (rollback, score_with_model) without holding every version in memory.
 CACHE_SIZE = 4
 
+# Paths evaluated here with the compiled arrays. A 'sql' model is scored by
+# generated SQL in the trigger and score(bigint) (pgscore_server.sqlpath);
+# everything else that scores it in Python uses the same arrays.
+COMPILED_PATHS = ("compiled", "sql")
+
 ACTIVE_SQL = (
     "SELECT d.model_id, m.sha256, m.scoring_path FROM scoring.deployments d"
     " JOIN scoring.models m USING (model_id)"
@@ -43,7 +48,7 @@ ACTIVE_SQL = (
 )
 MODEL_SQL = (
     "SELECT model_id, name, version, format, sha256, scoring_path, feature_names, runtime::text AS runtime,"
-    " CASE WHEN scoring_path = 'compiled' THEN compiled END AS compiled"
+    " CASE WHEN scoring_path IN ('compiled', 'sql') THEN compiled END AS compiled"
     " FROM scoring.models WHERE model_id = $1"
 )
 BLOB_SQL = "SELECT blob FROM scoring.models WHERE model_id = $1"
@@ -82,7 +87,7 @@ class LoadedModel:
         """:meth:`predict` from one list per feature (feature_names order)."""
         if not columns or not len(columns[0]):
             return []
-        if self.scoring_path == "compiled":
+        if self.scoring_path in COMPILED_PATHS:
             return self._checked(lambda: self.estimator.predict_columns(columns), [])
         return self.predict(list(zip(*columns)))
 
@@ -91,7 +96,7 @@ class LoadedModel:
         returns anything but a probability for any row."""
         if not rows:
             return []
-        if self.scoring_path == "compiled":
+        if self.scoring_path in COMPILED_PATHS:
             return self._checked(lambda: self.estimator.predict(rows), rows)
         return self._checked(
             lambda: self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1], rows)
@@ -101,7 +106,7 @@ class LoadedModel:
             proba = call()
         except Exception as exc:
             # The compiled evaluator names the feature itself; scikit-learn often does not.
-            cause = "" if self.scoring_path == "compiled" else explain_failure(self.estimator, rows, self.feature_names)
+            cause = "" if self.scoring_path in COMPILED_PATHS else explain_failure(self.estimator, rows, self.feature_names)
             context = f"{self.label} failed to score" + (f" ({cause})" if cause else "")
             raise as_scoring_error(exc, context) from None
         scores = proba.tolist() if hasattr(proba, "tolist") else [float(p) for p in proba]
@@ -213,7 +218,7 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     feature_names = list(row["feature_names"])
     columns = catalog.profile_columns(plpy, cache)
     catalog.check_features(feature_names, columns, label)
-    if row["scoring_path"] == "compiled":
+    if row["scoring_path"] in COMPILED_PATHS:
         estimator = load_compiled(bytes(row["compiled"]), label)
     else:
         blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])

@@ -1,7 +1,9 @@
-"""The complaint trigger: counters and fresh scores, once per statement.
+"""The complaint trigger's Python path: counters and fresh scores, once per statement.
 
-Per INSERT or COPY into complaints (statement-level, transition table
-``new_complaints``), usually with two prepared statements:
+Per INSERT or COPY into complaints, the statement-level trigger passes the
+customer_id of every new row (transition table ``new_complaints``) here,
+unless the active model is scored by generated SQL (pgscore_server.sqlpath).
+Usually two prepared statements:
 
 1. count the new rows per customer, lock those profiles in customer_id
    order (so concurrent multi-row inserts cannot deadlock), read the
@@ -19,15 +21,20 @@ read only when something failed.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from . import catalog, plans, registry, settings
 from .errors import ScoringError, as_scoring_error
 
-NEW_COUNTS = "(SELECT customer_id, count(*)::int AS n FROM new_complaints GROUP BY customer_id)"
+# New rows per customer. One customer (the usual statement) comes as scalar
+# parameters: an array's length changes the planner's estimates, so a plan
+# over an array parameter is planned again at every call.
+ONE_CUSTOMER = ("(SELECT $1::bigint AS customer_id, $2::int AS n)", ["bigint", "int"])
+MANY_CUSTOMERS = ("unnest($1::bigint[], $2::int[])", ["bigint[]", "int[]"])
 LOCK_ONLY_SQL = (
     "SELECT p.customer_id, c.n AS pgscore_new FROM public.customer_profiles p"
-    f" JOIN {NEW_COUNTS} c USING (customer_id)"
+    " JOIN {source} AS c(customer_id, n) USING (customer_id)"
     " ORDER BY p.customer_id FOR NO KEY UPDATE OF p"
 )
 UPDATE_SQL = (
@@ -56,14 +63,20 @@ RECORD_ERRORS_SQL = (
 )
 
 
-def on_complaints_inserted(plpy: Any, cache: dict, model_name: str) -> None:
+def on_complaints_inserted(plpy: Any, cache: dict, model_name: str, new_ids: list[int]) -> None:
+    per_customer = Counter(new_ids)
+    if not per_customer:
+        return
+    (source, types), args = (
+        (ONE_CUSTOMER, list(per_customer.items())[0]) if len(per_customer) == 1
+        else (MANY_CUSTOMERS, [list(per_customer), list(per_customer.values())]))
     guesses = cache.setdefault("pgscore.trigger_models", {})
     model = guesses.get(model_name)
     rows = None
     if model is not None:
         # The model the last statement used, checked against the active one
         # inside the same query that locks and reads the profiles.
-        rows = plans.run(plpy, cache, _fetch_sql(plpy, cache, model, model_name))
+        rows = plans.run(plpy, cache, _fetch_sql(plpy, cache, model, model_name, source), types, args)
         if rows.nrows() and rows[0]["pgscore_active"] != _active_key(model):
             model, rows = None, None
     load_failure = None
@@ -83,7 +96,9 @@ def on_complaints_inserted(plpy: Any, cache: dict, model_name: str) -> None:
                     if settings.on_error(plpy, cache) == "raise":
                         raise load_failure from None
         guesses[model_name] = model
-        rows = plans.run(plpy, cache, LOCK_ONLY_SQL if model is None else _fetch_sql(plpy, cache, model, model_name))
+        sql = LOCK_ONLY_SQL.format(source=source) if model is None else _fetch_sql(plpy, cache, model, model_name,
+                                                                                      source)
+        rows = plans.run(plpy, cache, sql, types, args)
     if rows.nrows() == 0:
         return
     ids = [row["customer_id"] for row in rows]
@@ -110,11 +125,11 @@ def _active_key(model: registry.LoadedModel) -> str:
     return f"{model.model_id}:{model.sha256}:{model.scoring_path}"
 
 
-def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel, model_name: str) -> str:
+def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel, model_name: str, source: str) -> str:
     """Locks the new complaints' profiles in customer_id order and reads the
     model's features, complaint_count counting the new rows, and which model
     is active now (as model_id:sha256:scoring_path)."""
-    sql = model.plan_cache.get(("trigger", model_name))
+    sql = model.plan_cache.get(("trigger", model_name, source))
     if sql is None:
         columns = catalog.profile_columns(plpy, cache)
         select_list = catalog.select_list(
@@ -127,10 +142,10 @@ def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel, model_name: 
         )
         sql = (
             f"SELECT p.customer_id, c.n AS pgscore_new, {active} AS pgscore_active, {select_list}"
-            f" FROM public.customer_profiles p JOIN {NEW_COUNTS} c USING (customer_id)"
+            f" FROM public.customer_profiles p JOIN {source} AS c(customer_id, n) USING (customer_id)"
             " ORDER BY p.customer_id FOR NO KEY UPDATE OF p"
         )
-        model.plan_cache[("trigger", model_name)] = sql
+        model.plan_cache[("trigger", model_name, source)] = sql
     return sql
 
 

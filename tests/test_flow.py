@@ -9,6 +9,16 @@ from pgscore import push_model
 from tests.conftest import local_scores
 
 
+@pytest.fixture(params=["sql", "compiled"])
+def scored(seeded, model_files, request):
+    """The demo logreg pushed and active, on the sql path (auto's choice for
+    it: generated PL/pgSQL) and on the compiled Python path."""
+    result = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True,
+                        scoring_path=request.param)
+    assert result.scoring_path == request.param, result.path_note
+    return seeded
+
+
 def profile(conn, customer_id):
     return conn.execute(
         "SELECT complaint_count, churn_score, churn_model_id, churn_scored_at FROM customer_profiles"

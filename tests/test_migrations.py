@@ -44,14 +44,37 @@ def test_upgrade_downgrade_upgrade(empty_db):
     migrate(empty_db)
     assert schema_objects(empty_db) == installed
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0001"
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0002"
+
+
+def function_definitions(dsn):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid) FROM pg_proc p"
+            " WHERE p.pronamespace = 'scoring'::regnamespace ORDER BY 1").fetchall()
+
+
+def test_downgrading_0002_restores_0001_exactly(empty_db):
+    migrate(empty_db, "0001")
+    objects, definitions = schema_objects(empty_db), function_definitions(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        checks = conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                              " WHERE conrelid = 'scoring.models'::regclass ORDER BY 1").fetchall()
+    migrate(empty_db)
+    assert ("scoring.sql_expression(model_id bigint)",) in schema_objects(empty_db)
+    downgrade(empty_db, "0001")
+    assert schema_objects(empty_db) == objects
+    assert function_definitions(empty_db) == definitions
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                            " WHERE conrelid = 'scoring.models'::regclass ORDER BY 1").fetchall() == checks
 
 
 def test_running_migrations_twice_is_harmless(empty_db):
     migrate(empty_db)
     migrate(empty_db)
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0001",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
 
 
 def test_offline_sql_is_reviewable_without_a_database():

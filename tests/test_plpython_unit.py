@@ -93,7 +93,7 @@ def test_trigger_keep_records_errors_and_warns():
                                      "pgscore_active": "7:s:sklearn"}]),
         ("FROM scoring.deployments", [{"model_id": 7, "sha256": "s", "scoring_path": "sklearn"}]),
     ])
-    trigger.on_complaints_inserted(plpy, cache, "churn")
+    trigger.on_complaints_inserted(plpy, cache, "churn", [1, 2, 2])
     update = next(args for sql, args in plpy.executed if sql.startswith("UPDATE public.customer_profiles"))
     assert update == [[1, 2], [1, 2], [0.1, None], 7]
     recorded = next(args for sql, args in plpy.executed if sql.startswith("INSERT INTO scoring.errors"))
@@ -101,7 +101,7 @@ def test_trigger_keep_records_errors_and_warns():
     assert plpy.messages[0][0] == "WARNING" and "customer_id 2" in plpy.messages[0][1]
     # The next statement reuses that model, checked inside the locking query: no separate lookup.
     before = len(plpy.executed)
-    trigger.on_complaints_inserted(plpy, cache, "churn")
+    trigger.on_complaints_inserted(plpy, cache, "churn", [1, 2, 2])
     assert not any(sql.startswith("SELECT d.model_id") for sql, _ in plpy.executed[before:])
 
 

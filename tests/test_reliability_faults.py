@@ -180,8 +180,7 @@ def plant_other_sklearn(db, admin, tmp_path, monkeypatch) -> Fault:
 
 
 def _push(db, model, path: str) -> int:
-    result = push_model(db.dsn("loader"), model, name="churn", activate=True,
-                        scoring_path="auto" if path == "compiled" else "sklearn")
+    result = push_model(db.dsn("loader"), model, name="churn", activate=True, scoring_path=path)
     assert result.scoring_path == path, result.path_note
     return result.model_id
 
@@ -230,8 +229,10 @@ FAULTS = {
     "sha256_mismatch": plant_sha256_mismatch,
     "missing_module": plant_missing_module,
     "other_sklearn_version": plant_other_sklearn,
+    "null_feature-sql": plant_null_feature("sql"),
     "null_feature-compiled": plant_null_feature("compiled"),
     "null_feature-sklearn": plant_null_feature("sklearn"),
+    "unknown_category-sql": plant_unknown_category("sql"),
     "unknown_category-compiled": plant_unknown_category("compiled"),
     "unknown_category-sklearn": plant_unknown_category("sklearn"),
     "nan_output-compiled": plant_nan_output_compiled,

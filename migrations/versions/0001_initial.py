@@ -18,7 +18,8 @@ def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0001-roles.sql"))
     run_sql(render.sql_file("incremental", "0001-tables.sql"))
     run_sql("CREATE EXTENSION IF NOT EXISTS plpython3u;")
-    run_sql(render.render_idempotent())
+    # As 0001 shipped it: later revisions change the working files.
+    run_sql(render.frozen("0001"))
 
 
 def downgrade() -> None:

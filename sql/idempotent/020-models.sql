@@ -93,8 +93,10 @@ $$;
 COMMENT ON FUNCTION scoring.rollback(text) IS 're-activates the deployment before the latest one of a model name';
 
 -- scoring.set_scoring_path: force how a model version is evaluated in the
--- database: 'compiled' (numpy on the data-only arrays) or 'sklearn'
--- (unpickle the blob). Takes effect on the next scoring call everywhere.
+-- database: 'sql' (generated SQL in the complaint trigger and score(bigint),
+-- the compiled arrays elsewhere), 'compiled' (numpy on the data-only arrays)
+-- or 'sklearn' (unpickle the blob). Takes effect on the next scoring call
+-- everywhere.
 CREATE OR REPLACE FUNCTION scoring.set_scoring_path(model_name text, version integer, path text)
 RETURNS bigint
 LANGUAGE plpgsql
@@ -105,8 +107,8 @@ DECLARE
     found_id bigint;
     has_compiled boolean;
 BEGIN
-    IF path IS NULL OR path NOT IN ('compiled', 'sklearn') THEN
-        RAISE EXCEPTION 'scoring path must be ''compiled'' or ''sklearn'', not %', coalesce(quote_literal(path), 'NULL')
+    IF path IS NULL OR path NOT IN ('sql', 'compiled', 'sklearn') THEN
+        RAISE EXCEPTION 'scoring path must be ''sql'', ''compiled'' or ''sklearn'', not %', coalesce(quote_literal(path), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT m.model_id, m.compiled IS NOT NULL INTO found_id, has_compiled
@@ -116,10 +118,14 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = format('list the versions with: pgscore models --name %s', model_name);
     END IF;
-    IF path = 'compiled' AND NOT has_compiled THEN
+    IF path IN ('sql', 'compiled') AND NOT has_compiled THEN
         RAISE EXCEPTION 'model % v% has no compiled form', quote_literal(model_name), version
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'see path_note in pgscore models for why it could not be compiled';
+    END IF;
+    IF path = 'sql' THEN
+        -- Raises, naming the reason, when plain SQL cannot express the model exactly.
+        PERFORM scoring.sql_expression(found_id);
     END IF;
     UPDATE scoring.models m SET scoring_path = path,
            path_note = concat_ws('; ', m.path_note, format('set to %s by %s at %s', path, session_user, now()))
@@ -127,4 +133,4 @@ BEGIN
     RETURN found_id;
 END
 $$;
-COMMENT ON FUNCTION scoring.set_scoring_path(text, integer, text) IS 'forces the compiled or the scikit-learn evaluation of a model version';
+COMMENT ON FUNCTION scoring.set_scoring_path(text, integer, text) IS 'forces the sql, compiled or scikit-learn evaluation of a model version';

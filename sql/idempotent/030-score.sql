@@ -1,7 +1,9 @@
 -- What analysts call. Each runs as the schema owner (it reads model blobs
 -- that analysts may not read) and only reads.
 
-CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)
+-- scoring.score(bigint) itself is written by scoring._install_scoring_functions()
+-- (050-complaint-trigger.sql): generated SQL for a 'sql' model, else this.
+CREATE OR REPLACE FUNCTION scoring._score_customer_py(customer_id bigint)
 RETURNS double precision
 LANGUAGE plpython3u
 STABLE STRICT
@@ -11,7 +13,7 @@ AS $python$
 #pgscore:runtime
 return api.score_customer(plpy, GD, customer_id)
 $python$;
-COMMENT ON FUNCTION scoring.score(bigint) IS 'fresh churn probability of one customer with the active churn model';
+COMMENT ON FUNCTION scoring._score_customer_py(bigint) IS 'internal: scoring.score(bigint) in Python, for models not on the sql path';
 
 CREATE OR REPLACE FUNCTION scoring.score(model_name text, features jsonb)
 RETURNS double precision

@@ -3,17 +3,159 @@
 -- rows and rescore the profile with the active churn model, in the
 -- inserting transaction. Runs as the owner: the application role may only
 -- insert complaints.
-CREATE OR REPLACE FUNCTION scoring._on_complaints_inserted()
-RETURNS trigger
+--
+-- Two paths, chosen by the active churn model's scoring_path:
+--   'sql'      generated PL/pgSQL with the model's SQL expression written in
+--              (pgscore_server.sqlpath), no Python in the inserting backend;
+--   otherwise  the new rows' customer ids go to scoring._score_new_complaints
+--              (Python: compiled numpy evaluator or scikit-learn).
+-- scoring._install_scoring_functions() writes the trigger function and
+-- scoring.score(bigint) for the active model; the triggers at the end of
+-- this file run it whenever the active model or its path changes.
+
+CREATE OR REPLACE FUNCTION scoring._score_new_complaints(customer_ids bigint[])
+RETURNS void
 LANGUAGE plpython3u
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 #pgscore:runtime
-api.on_complaints_inserted(plpy, GD)
+api.on_complaints_inserted(plpy, GD, customer_ids or [])
 $python$;
+COMMENT ON FUNCTION scoring._score_new_complaints(bigint[]) IS 'internal: the complaint trigger''s Python path';
+
+-- A row the 'sql' path cannot score (the same rows the Python evaluator
+-- rejects): with scoring.on_error = 'keep' (or mode NULL and no setting)
+-- the complaint stays and the old score too, the failure goes to
+-- scoring.errors and a WARNING; with 'raise' the statement fails.
+CREATE OR REPLACE FUNCTION scoring._score_rejected(model_id bigint, customer_id bigint, message text, mode text)
+RETURNS double precision
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    setting text := lower(btrim(coalesce(mode, nullif(current_setting('scoring.on_error', true), ''), 'keep')));
+    label text;
+BEGIN
+    SELECT format('model %L v%s (model_id %s)', m.name, m.version, m.model_id) INTO label
+      FROM scoring.models m WHERE m.model_id = _score_rejected.model_id;
+    message := format('%s failed to score: %s', label, regexp_replace(message, '^pgscore: ', ''));
+    IF setting NOT IN ('keep', 'raise') THEN
+        RAISE EXCEPTION 'scoring.on_error is %; it must be ''keep'' or ''raise''', quote_literal(setting)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'SET scoring.on_error = ''keep''  -- or ''raise''';
+    END IF;
+    IF setting = 'raise' THEN
+        RAISE EXCEPTION '%', message USING ERRCODE = 'external_routine_invocation_exception';
+    END IF;
+    INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message)
+    VALUES (_score_rejected.model_id, _score_rejected.customer_id, '39000', message);
+    RAISE WARNING 'complaint saved but not scored for customer_id %: %', customer_id, message
+        USING HINT = 'see scoring.errors; SET scoring.on_error = ''raise'' to make such inserts fail instead';
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION scoring._score_rejected(bigint, bigint, text, text) IS 'internal: a profile the sql scoring path rejects';
+
+CREATE OR REPLACE FUNCTION scoring.sql_expression(model_id bigint)
+RETURNS text
+LANGUAGE plpython3u
+STABLE STRICT
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.sql_expression(plpy, GD, model_id)
+$python$;
+COMMENT ON FUNCTION scoring.sql_expression(bigint) IS 'the model as one SQL expression over p (public.customer_profiles), NULL for rows it rejects; what the sql path runs';
+
+CREATE OR REPLACE FUNCTION scoring._install_sql_scoring(model_id bigint)
+RETURNS text
+LANGUAGE plpython3u
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.install_sql_scoring(plpy, GD, model_id)
+$python$;
+COMMENT ON FUNCTION scoring._install_sql_scoring(bigint) IS 'internal: writes a sql-path model into the complaint trigger and score(bigint)';
+
+CREATE OR REPLACE FUNCTION scoring._install_scoring_functions()
+RETURNS text
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $install$
+DECLARE
+    active record;
+BEGIN
+    -- One writer at a time: CREATE OR REPLACE of one function in two
+    -- transactions at once fails with "tuple concurrently updated".
+    PERFORM pg_advisory_xact_lock(hashtext('scoring._install_scoring_functions'));
+    SELECT d.model_id, m.scoring_path INTO active
+      FROM scoring.deployments d JOIN scoring.models m USING (model_id)
+     WHERE d.name = 'churn' ORDER BY d.deployment_id DESC LIMIT 1;
+    IF active.scoring_path = 'sql' THEN
+        RETURN scoring._install_sql_scoring(active.model_id);
+    END IF;
+    CREATE OR REPLACE FUNCTION scoring._on_complaints_inserted()
+    RETURNS trigger
+    LANGUAGE plpgsql
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $body$
+    BEGIN
+        PERFORM scoring._score_new_complaints(array_agg(customer_id)) FROM new_complaints;
+        RETURN NULL;
+    END
+    $body$;
+    CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)
+    RETURNS double precision
+    LANGUAGE plpgsql
+    STABLE STRICT
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $body$
+    BEGIN
+        RETURN scoring._score_customer_py($1);
+    END
+    $body$;
+    RETURN 'scored in Python';
+END
+$install$;
+COMMENT ON FUNCTION scoring._install_scoring_functions() IS 'internal: writes the complaint trigger and score(bigint) for the active churn model';
+
+SELECT scoring._install_scoring_functions();
+COMMENT ON FUNCTION scoring.score(bigint) IS 'fresh churn probability of one customer with the active churn model';
+COMMENT ON FUNCTION scoring._on_complaints_inserted() IS 'internal: the complaint trigger, written for the active churn model';
 
 CREATE OR REPLACE TRIGGER complaints_rescore
     AFTER INSERT ON public.complaints
     REFERENCING NEW TABLE AS new_complaints
     FOR EACH STATEMENT EXECUTE FUNCTION scoring._on_complaints_inserted();
+
+-- Whatever changes the active churn model or its path rewrites the two
+-- functions in the same transaction (activate, rollback, set_scoring_path,
+-- or a row written directly).
+CREATE OR REPLACE FUNCTION scoring._reinstall_scoring_functions()
+RETURNS trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM scoring._install_scoring_functions();
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION scoring._reinstall_scoring_functions() IS 'internal: reinstalls the scoring functions after a deployment or a path change';
+
+CREATE OR REPLACE TRIGGER churn_deployed
+    AFTER INSERT ON scoring.deployments
+    FOR EACH ROW WHEN (NEW.name = 'churn')
+    EXECUTE FUNCTION scoring._reinstall_scoring_functions();
+
+CREATE OR REPLACE TRIGGER churn_path_changed
+    AFTER UPDATE OF scoring_path ON scoring.models
+    FOR EACH ROW WHEN (NEW.name = 'churn' AND NEW.scoring_path IS DISTINCT FROM OLD.scoring_path)
+    EXECUTE FUNCTION scoring._reinstall_scoring_functions();

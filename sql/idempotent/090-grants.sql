@@ -21,6 +21,8 @@ GRANT EXECUTE ON FUNCTION scoring.score(bigint), scoring.score(text, jsonb),
 -- scoring_loader: push models, activate, roll back, rescore.
 GRANT USAGE ON SCHEMA scoring TO scoring_loader;
 GRANT SELECT, INSERT ON scoring.models TO scoring_loader;
+-- push records the sql path after checking the server's SQL against the model.
+GRANT UPDATE (scoring_path, path_note) ON scoring.models TO scoring_loader;
 GRANT SELECT, INSERT ON scoring.deployments TO scoring_loader;
 GRANT SELECT ON scoring.active_models, scoring.errors TO scoring_loader;
 GRANT SELECT ON public.customer_profiles TO scoring_loader;
@@ -30,5 +32,5 @@ GRANT EXECUTE ON FUNCTION scoring.activate(text, integer), scoring.rollback(text
                           scoring.score(bigint), scoring.score(text, jsonb),
                           scoring.score_many(bigint[], text), scoring.score_with_model(bigint, bigint[]),
                           scoring.runtime_info(), scoring.warmup(text),
-                          scoring._load_runtime() TO scoring_loader;
+                          scoring.sql_expression(bigint), scoring._load_runtime() TO scoring_loader;
 GRANT EXECUTE ON PROCEDURE scoring.rescore(text, integer) TO scoring_loader;

@@ -1,6 +1,7 @@
 """Plain-SQL scoring of compiled linear and tree models: no plpython3u needed.
 
-:func:`to_sql` turns a :class:`pgscore.compile.CompiledModel` into one SQL
+:func:`to_sql` turns a compiled model (:class:`pgscore.compile.CompiledModel`
+or the server's :class:`pgscore_server.compiled.Evaluator`) into one SQL
 expression of type double precision, P(class 1), over the columns
 ``alias.<feature>`` of ``public.customer_profiles``; :func:`sql_function`
 wraps it in ``CREATE OR REPLACE FUNCTION scoring.<name>(p public.customer_profiles)``,
@@ -78,7 +79,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pgscore_server.compiled import NAN_KEY, decode_value
+from .compiled import NAN_KEY, decode_value
 
 __all__ = ["SqlUnsupported", "PROFILE_COLUMN_TYPES", "to_sql", "sql_function"]
 
@@ -131,6 +132,8 @@ def to_sql(
     *,
     column_types: Mapping[str, str] | None = None,
     invalid: str = "null",
+    reject: str | None = None,
+    overrides: Mapping[str, str] | None = None,
 ) -> str:
     """One SQL expression (double precision): P(class 1) of the row ``alias``.
 
@@ -138,13 +141,22 @@ def to_sql(
     ``format_type(atttypid, atttypmod)`` spells them (default: the
     reference table, :data:`PROFILE_COLUMN_TYPES`); numeric typmods make
     tree splits plain numeric comparisons. ``invalid`` is 'null' or
-    'raise': what a row gets that the Python evaluator rejects.
+    'raise': what a row gets that the Python evaluator rejects. ``reject``,
+    when given, replaces both: a SQL template with a ``{message}``
+    placeholder (a text expression naming the feature and the value), e.g.
+    ``scoring._score_rejected(7, p.customer_id, {message}, 'raise')``.
+    ``overrides`` maps a feature to the SQL that stands for it instead of
+    ``alias.feature`` (the complaint trigger scores complaint_count as it
+    will be after the insert).
 
     Raises SqlUnsupported for anything it cannot express exactly.
     """
     if invalid not in ("null", "raise"):
         raise ValueError(f"invalid must be 'null' or 'raise', not {invalid!r}")
-    return _Generator(compiled.manifest, compiled.arrays, alias, column_types or PROFILE_COLUMN_TYPES, invalid).build()
+    if reject is not None and "{message}" not in reject:
+        raise ValueError("reject must contain a {message} placeholder")
+    return _Generator(compiled.manifest, compiled.arrays, alias, column_types or PROFILE_COLUMN_TYPES, invalid,
+                      reject, overrides or {}).build()
 
 
 def sql_function(
@@ -294,8 +306,8 @@ class _Column:
         return f"{self.ref}::float8"
 
 
-def _parse_column(name: str, type_name: str, alias: str) -> _Column:
-    ref = f"{alias}.{_quote_ident(name)}"
+def _parse_column(name: str, type_name: str, alias: str, ref: str | None = None) -> _Column:
+    ref = ref or f"{alias}.{_quote_ident(name)}"
     t = type_name.strip().lower()
     if t in ("text", "character varying") or t.startswith("character varying("):
         return _Column(name, ref, "text")
@@ -460,20 +472,23 @@ _LEFT, _RIGHT, _ANY = "L", "R", "X"
 
 class _Generator:
     def __init__(self, manifest: Mapping[str, Any], arrays: Mapping[str, np.ndarray], alias: str,
-                 column_types: Mapping[str, str], invalid: str):
+                 column_types: Mapping[str, str], invalid: str, reject: str | None = None,
+                 overrides: Mapping[str, str] | None = None):
         if manifest.get("format") != "pgscore-compiled":
             raise SqlUnsupported(f"not a compiled pgscore model: format {manifest.get('format')!r}")
         if manifest.get("format_version") != 1:
             raise SqlUnsupported(f"compiled format version {manifest.get('format_version')!r} is not known here")
         self.arrays = arrays
         self.invalid = invalid
+        self.reject = reject
         self.alias = _quote_ident(alias)
+        overrides = overrides or {}
         names = [str(n) for n in manifest["feature_names"]]
         columns = []
         for name in names:
             if name not in column_types:
                 raise SqlUnsupported(f"feature {name!r} is not a column of public.customer_profiles")
-            columns.append(_parse_column(name, column_types[name], self.alias))
+            columns.append(_parse_column(name, column_types[name], self.alias, overrides.get(name)))
         transform = manifest["transform"]
         if transform.get("dtype_checks"):
             raise SqlUnsupported(
@@ -573,7 +588,7 @@ class _Generator:
             else:
                 cond = "true"
             message = (
-                f"'pgscore: feature {_quote_literal(hot.column.name)[1:-1]}: unknown category ' || "
+                f"'pgscore: feature ''{_quote_literal(hot.column.name)[1:-1]}'': unknown category ' || "
                 f"pg_catalog.quote_nullable({ref}::text) || "
                 f"' (OneHotEncoder in step {_quote_literal(hot.step)[1:-1]}: handle_unknown=''error'')'"
             )
@@ -585,7 +600,7 @@ class _Generator:
             if status == "invalid":
                 guards.append((
                     column.missing_sql,
-                    f"'pgscore: feature {name}: value ' || pg_catalog.quote_nullable({column.ref}::text) || "
+                    f"'pgscore: feature ''{name}'': value ' || pg_catalog.quote_nullable({column.ref}::text) || "
                     f"' is missing and {self.estimator} does not accept missing values here'",
                 ))
             if self.allow_inf:
@@ -594,7 +609,7 @@ class _Generator:
                 if feature.ops and column.kind == "num" and column.precision is None:
                     guards.append((
                         f"({column.ref} = 'Infinity' OR {column.ref} = '-Infinity')",
-                        f"'pgscore: feature {name}: value ' || pg_catalog.quote_nullable({column.ref}::text) || "
+                        f"'pgscore: feature ''{name}'': value ' || pg_catalog.quote_nullable({column.ref}::text) || "
                         "' is infinite, which the pipeline''s SimpleImputer/StandardScaler refuses'",
                     ))
                 continue
@@ -616,7 +631,7 @@ class _Generator:
             if conds:
                 guards.append((
                     " OR ".join(f"({c})" for c in conds),
-                    f"'pgscore: feature {name}: value ' || pg_catalog.quote_nullable({column.ref}::text) || "
+                    f"'pgscore: feature ''{name}'': value ' || pg_catalog.quote_nullable({column.ref}::text) || "
                     f"' is infinite or too large for {self.estimator}'",
                 ))
         return guards
@@ -626,6 +641,9 @@ class _Generator:
         guards = self._guards()
         if not guards:
             return body
+        if self.reject is not None:
+            whens = "\n".join(f"  WHEN {c}\n    THEN {self.reject.format(message=m)}" for c, m in guards)
+            return f"CASE\n{whens}\nELSE\n{body}\nEND"
         if self.invalid == "null":
             conds = "\n  OR ".join(f"({c})" for c, _ in guards)
             return f"CASE WHEN {conds}\n  THEN NULL::float8\nELSE\n{body}\nEND"

@@ -1,0 +1,131 @@
+"""The 'sql' scoring path: chosen at push, written into the complaint trigger and
+score(bigint) by the server from the compiled arrays, switched on activation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import psycopg
+import pytest
+from sklearn.compose import make_column_transformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from pgscore import push_model
+from pgscore.models import PushError, fetch_feature_rows
+from pgscore_server.features import to_frame
+from tests.conftest import local_scores
+
+EVIL = "Two year'); DROP TABLE public.complaints; --$$ $body$ $install$"
+
+
+def trigger_source(db):
+    with db.connect() as conn:
+        return conn.execute("SELECT prosrc FROM pg_proc WHERE oid = 'scoring._on_complaints_inserted'::regproc"
+                            ).fetchone()[0]
+
+
+def test_auto_puts_a_short_exact_model_on_the_sql_path(seeded, model_files):
+    result = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
+    assert result.scoring_path == "sql"
+    assert "max difference" in result.path_note and "edge cases" in result.path_note
+    assert f"for model_id {result.model_id} (scoring_path 'sql')" in trigger_source(seeded)
+    with seeded.connect() as admin:
+        definition = admin.execute("SELECT prosrc FROM pg_proc WHERE oid = 'scoring.score(bigint)'::regprocedure"
+                                   ).fetchone()[0]
+    assert "_score_customer_py" not in definition  # no Python at all for score()
+
+
+def test_a_long_model_stays_compiled_with_the_reason(seeded, model_files):
+    result = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    assert result.scoring_path == "compiled"
+    assert "not sql" in result.path_note and "characters" in result.path_note
+    assert "_score_new_complaints" in trigger_source(seeded)
+
+
+def test_activation_switches_the_trigger_and_rollback_switches_back(seeded, model_files):
+    with seeded.connect() as admin:
+        before = dict(admin.execute("SELECT customer_id, complaint_count FROM customer_profiles").fetchall())
+    logreg = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
+    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    assert "_score_new_complaints" in trigger_source(seeded)
+    with seeded.connect("app") as app:
+        app.execute("INSERT INTO complaints (customer_id) VALUES (11), (12), (11)")
+    with seeded.connect("loader") as loader:
+        loader.execute("SELECT scoring.rollback('churn')")
+    assert f"model_id {logreg.model_id}" in trigger_source(seeded)
+    with seeded.connect("app") as app:
+        app.execute("INSERT INTO complaints (customer_id) VALUES (11)")
+        app.execute("INSERT INTO complaints (customer_id) VALUES (12), (13), (12)")
+    expected = local_scores(model_files["logreg"], seeded, [11, 12, 13])
+    with seeded.connect() as admin:
+        rows = admin.execute("SELECT customer_id, complaint_count, churn_score, churn_model_id,"
+                             " scoring.score(customer_id) FROM customer_profiles"
+                             " WHERE customer_id IN (11, 12, 13) ORDER BY 1").fetchall()
+        # set_scoring_path of the active version rewrites the trigger too.
+        admin.execute("SELECT scoring.set_scoring_path('churn', %s, 'compiled')", [logreg.version])
+    assert [(r[0], r[1] - before[r[0]]) for r in rows] == [(11, 3), (12, 3), (13, 1)]
+    for customer_id, _, score, model_id, fresh in rows:
+        assert model_id == logreg.model_id and model_id != gbm.model_id
+        assert score == pytest.approx(expected[customer_id], abs=1e-9)
+        assert fresh == pytest.approx(expected[customer_id], abs=1e-9)
+    assert "_score_new_complaints" in trigger_source(seeded)
+
+
+def test_forcing_sql_on_a_model_sql_cannot_express_names_the_reason(seeded):
+    frame = pd.DataFrame({"tenure_months": [1, 5, 30, 60], "contract": ["Month-to-month", "One year"] * 2})
+    from sklearn.impute import SimpleImputer
+
+    model = make_pipeline(make_column_transformer(
+        (make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder()), ["contract"]),
+        ("passthrough", ["tenure_months"])), LogisticRegression()).fit(frame, [1, 0, 0, 1])
+    with pytest.raises(PushError, match="cannot use the (sql|compiled) path"):
+        push_model(seeded.dsn("loader"), model, name="churn", scoring_path="sql")
+    with seeded.connect() as admin:
+        assert admin.execute("SELECT count(*) FROM scoring.models").fetchone()[0] == 0
+
+
+def test_categories_are_literals_in_the_generated_trigger(seeded):
+    """A category carrying quotes and dollar tags is data in the generated code, never code."""
+    frame = pd.DataFrame({"tenure_months": [1, 5, 30, 60, 2, 70],
+                          "contract": ["Month-to-month", EVIL, "One year", EVIL, "Month-to-month", "One year"]})
+    model = make_pipeline(make_column_transformer(
+        (OneHotEncoder(handle_unknown="ignore"), ["contract"]), (StandardScaler(), ["tenure_months"])),
+        LogisticRegression()).fit(frame, [1, 0, 0, 0, 1, 0])
+    result = push_model(seeded.dsn("loader"), model, name="churn", activate=True, scoring_path="sql")
+    assert result.scoring_path == "sql"
+    with seeded.connect("app") as app:
+        app.execute("INSERT INTO complaints (customer_id) VALUES (21)")
+    with seeded.connect() as admin:
+        score = admin.execute("SELECT churn_score FROM customer_profiles WHERE customer_id = 21").fetchone()[0]
+        rows = fetch_feature_rows(admin, ["tenure_months", "contract"], [21])
+        assert admin.execute("SELECT count(*) FROM complaints").fetchone()[0] == 1
+    assert score == pytest.approx(model.predict_proba(to_frame(rows, ["tenure_months", "contract"]))[0, 1], abs=1e-9)
+
+
+def test_sql_path_rejection_raises_from_score_and_names_the_feature(seeded):
+    frame = pd.DataFrame({"tenure_months": [1, 5, 30, 60], "contract": ["Month-to-month", "One year"] * 2})
+    model = make_pipeline(make_column_transformer(
+        (OneHotEncoder(handle_unknown="error"), ["contract"]), ("passthrough", ["tenure_months"])),
+        LogisticRegression()).fit(frame, [1, 0, 0, 1])
+    with seeded.connect() as admin:
+        admin.execute("UPDATE customer_profiles SET contract = 'One year' WHERE contract = 'Two year'")
+    push_model(seeded.dsn("loader"), model, name="churn", activate=True, scoring_path="sql")
+    with seeded.connect() as admin:
+        admin.execute("UPDATE customer_profiles SET contract = 'Two year' WHERE customer_id = 9")
+    with seeded.connect("analyst") as analyst:
+        with pytest.raises(psycopg.errors.ExternalRoutineInvocationException, match="'contract'.*Two year"):
+            analyst.execute("SELECT scoring.score(9::bigint)")
+        with pytest.raises(psycopg.errors.NoDataFound, match="customer_id 99999"):
+            analyst.execute("SELECT scoring.score(99999::bigint)")
+
+
+def test_rescore_on_the_sql_path_equals_predict_proba(seeded, model_files):
+    push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
+    with psycopg.connect(seeded.dsn("loader"), autocommit=True) as loader:
+        loader.execute("CALL scoring.rescore('churn', 70)")
+    with seeded.connect() as admin:
+        stored = dict(admin.execute("SELECT customer_id, churn_score FROM customer_profiles").fetchall())
+    expected = local_scores(model_files["logreg"], seeded, list(stored))
+    assert len(stored) == 300
+    assert max(abs(stored[c] - expected[c]) for c in stored) <= 1e-9
