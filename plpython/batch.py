@@ -77,6 +77,8 @@ def _rescore_in_sql(plpy: Any, cache: dict, model: registry.LoadedModel, last_id
         expression = sqlpath.expression_for(
             plpy, cache, model.model_id, reject=sqlpath.REJECT.format(model_id=int(model.model_id), mode="'raise'"))
         sql = (
+            # Locked in customer_id order first, as the complaint trigger
+            # locks: the two cannot deadlock.
             "WITH batch AS (SELECT customer_id FROM public.customer_profiles WHERE customer_id > $1"
             " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE),"
             " done AS (UPDATE public.customer_profiles p"

@@ -129,3 +129,21 @@ def test_rescore_on_the_sql_path_equals_predict_proba(seeded, model_files):
     expected = local_scores(model_files["logreg"], seeded, list(stored))
     assert len(stored) == 300
     assert max(abs(stored[c] - expected[c]) for c in stored) <= 1e-9
+
+
+def test_score_many_on_the_sql_path_is_plain_sql_with_the_same_contract(seeded, model_files):
+    push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
+    expected = local_scores(model_files["logreg"], seeded, [4, 9, 2])
+    with seeded.connect("analyst") as analyst:
+        rows = analyst.execute("SELECT * FROM scoring.score_many(ARRAY[9, 4, 9, 2]::bigint[])").fetchall()
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="contains NULL"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY[1, NULL]::bigint[])")
+        with pytest.raises(psycopg.errors.NoDataFound, match=r"customer_ids 1001, .*, 1010 and 2 more"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY[3] || ARRAY(SELECT generate_series(1001, 1012)))")
+        assert analyst.execute("SELECT count(*) FROM scoring.score_many(NULL)").fetchone()[0] == 0
+    with seeded.connect() as admin:
+        source = admin.execute("SELECT prosrc FROM pg_proc WHERE oid = 'scoring.score_many'::regproc").fetchone()[0]
+    assert "_score_many_py(customer_ids, model_name)" in source and "WITH ORDINALITY" in source
+    assert [r[0] for r in rows] == [9, 4, 9, 2]
+    for customer_id, score in rows:
+        assert score == pytest.approx(expected[customer_id], abs=1e-9)

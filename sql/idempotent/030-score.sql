@@ -27,7 +27,9 @@ return api.score_features(plpy, GD, model_name, features)
 $python$;
 COMMENT ON FUNCTION scoring.score(text, jsonb) IS 'probability for an arbitrary feature record (what-if analysis) with the active model of a name';
 
-CREATE OR REPLACE FUNCTION scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')
+-- scoring.score_many itself is written by scoring._install_scoring_functions()
+-- too: plain SQL for the churn model on the sql path, else this.
+CREATE OR REPLACE FUNCTION scoring._score_many_py(customer_ids bigint[], model_name text)
 RETURNS TABLE (customer_id bigint, score double precision)
 LANGUAGE plpython3u
 STABLE
@@ -37,7 +39,7 @@ AS $python$
 #pgscore:runtime
 return api.score_many(plpy, GD, customer_ids, model_name)
 $python$;
-COMMENT ON FUNCTION scoring.score_many(bigint[], text) IS 'scores many customers with one model call per batch; rows come back in input order';
+COMMENT ON FUNCTION scoring._score_many_py(bigint[], text) IS 'internal: scoring.score_many in Python, one model call per batch';
 
 -- Internal: score customers with one given model version, active or not.
 -- `pgscore push` uses it to test a model in the database before activation.

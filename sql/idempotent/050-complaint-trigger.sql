@@ -9,8 +9,8 @@
 --              (pgscore_server.sqlpath), no Python in the inserting backend;
 --   otherwise  the new rows' customer ids go to scoring._score_new_complaints
 --              (Python: compiled numpy evaluator or scikit-learn).
--- scoring._install_scoring_functions() writes the trigger function and
--- scoring.score(bigint) for the active model; the triggers at the end of
+-- scoring._install_scoring_functions() writes the trigger function,
+-- scoring.score(bigint) and scoring.score_many for the active model; the triggers at the end of
 -- this file run it whenever the active model or its path changes.
 
 CREATE OR REPLACE FUNCTION scoring._score_new_complaints(customer_ids bigint[])
@@ -120,6 +120,17 @@ BEGIN
         RETURN scoring._score_customer_py($1);
     END
     $body$;
+    CREATE OR REPLACE FUNCTION scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')
+    RETURNS TABLE (customer_id bigint, score double precision)
+    LANGUAGE plpgsql
+    STABLE
+    SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $body$
+    BEGIN
+        RETURN QUERY SELECT * FROM scoring._score_many_py(customer_ids, model_name);
+    END
+    $body$;
     RETURN 'scored in Python';
 END
 $install$;
@@ -127,6 +138,7 @@ COMMENT ON FUNCTION scoring._install_scoring_functions() IS 'internal: writes th
 
 SELECT scoring._install_scoring_functions();
 COMMENT ON FUNCTION scoring.score(bigint) IS 'fresh churn probability of one customer with the active churn model';
+COMMENT ON FUNCTION scoring.score_many(bigint[], text) IS 'scores many customers, set-based; rows come back in input order';
 COMMENT ON FUNCTION scoring._on_complaints_inserted() IS 'internal: the complaint trigger, written for the active churn model';
 
 CREATE OR REPLACE TRIGGER complaints_rescore

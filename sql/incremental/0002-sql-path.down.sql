@@ -16,3 +16,4 @@ DROP FUNCTION scoring.sql_expression(bigint);
 DROP FUNCTION scoring._score_rejected(bigint, bigint, text, text);
 DROP FUNCTION scoring._score_new_complaints(bigint[]);
 DROP FUNCTION scoring._score_customer_py(bigint);
+DROP FUNCTION scoring._score_many_py(bigint[], text);
