@@ -34,11 +34,12 @@ PARITY_TOLERANCE = 1e-9
 # Profiles the compiled form is checked on, locally, before it may be used.
 COMPILE_CHECK_SIZE = 2000
 SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
-# 'auto' puts a model on the sql path only when its SQL is at most this long:
-# PostgreSQL sets the expression up in every statement (about 4 ns per
-# character measured here), so a 100-tree GBM (68 kB) inserts faster on the
-# compiled Python path. Same figure as pgscore_server.sqlpath.
-SQL_PATH_MAX_CHARS = 16_000
+# 'auto' puts a model on the sql path only when its SQL is at most this long.
+# PostgreSQL sets the expression up again in every statement (about 4 ns per
+# character measured here): the 100-tree demo GBM (68 kB) still beats the
+# compiled Python path on every `pgscore bench` figure, a 100-tree random
+# forest (1.4 MB) loses on all of them.
+SQL_PATH_MAX_CHARS = 200_000
 
 
 class PushError(Exception):

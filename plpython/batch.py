@@ -11,11 +11,19 @@ from .errors import INVALID_PARAMETER_VALUE, ScoringError
 # Largest number of rows handed to one model call by the set-based paths.
 CHUNK = 50_000
 
+# The batch's id range lets the planner read only the batch's profiles
+# (without it, a hash join scans the whole table once per batch).
 UPDATE_SCORES_SQL = (
     "UPDATE public.customer_profiles p"
     " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
     " FROM unnest($1::bigint[], $2::float8[]) AS u(customer_id, score)"
-    " WHERE p.customer_id = u.customer_id"
+    " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5"
+)
+# A batch of the sql path: lock it in customer_id order (as the complaint
+# trigger locks, so the two cannot deadlock), then one UPDATE over its range.
+LOCK_BATCH_SQL = (
+    "SELECT count(*)::int AS n, max(customer_id) AS last_id FROM (SELECT customer_id FROM public.customer_profiles"
+    " WHERE customer_id > $1 ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) b"
 )
 
 
@@ -59,7 +67,8 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
         scores = []
         for start in range(0, len(ids), CHUNK):
             scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns]))
-        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint"], [ids, scores, model.model_id])
+        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
+                  [ids, scores, model.model_id, min(ids), max(ids)])
         done += len(ids)
         last_id = max(ids)
         plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
@@ -72,23 +81,21 @@ def _rescore_in_sql(plpy: Any, cache: dict, model: registry.LoadedModel, last_id
     """One batch of a 'sql' model as one UPDATE, no data through Python:
     (profiles rescored, last customer_id). A profile the model rejects
     raises, naming the feature, as the Python path does."""
+    locked = plans.run(plpy, cache, LOCK_BATCH_SQL, ["bigint", "int"], [last_id, batch_size])[0]
+    if not locked["n"]:
+        return 0, last_id
     sql = model.plan_cache.get("rescore")
     if sql is None:
         expression = sqlpath.expression_for(
             plpy, cache, model.model_id, reject=sqlpath.REJECT.format(model_id=int(model.model_id), mode="'raise'"))
         sql = (
-            # Locked in customer_id order first, as the complaint trigger
-            # locks: the two cannot deadlock.
-            "WITH batch AS (SELECT customer_id FROM public.customer_profiles WHERE customer_id > $1"
-            " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE),"
-            " done AS (UPDATE public.customer_profiles p"
+            "UPDATE public.customer_profiles p"
             f" SET churn_score = {expression}, churn_model_id = {int(model.model_id)}, churn_scored_at = now()"
-            " FROM batch b WHERE p.customer_id = b.customer_id RETURNING p.customer_id)"
-            " SELECT count(*)::int AS n, max(customer_id) AS last_id FROM done"
+            " WHERE p.customer_id > $1 AND p.customer_id <= $2"
         )
         model.plan_cache["rescore"] = sql
-    row = plans.run(plpy, cache, sql, ["bigint", "int"], [last_id, batch_size])[0]
-    return row["n"], row["last_id"] if row["n"] else last_id
+    plans.run(plpy, cache, sql, ["bigint", "bigint"], [last_id, locked["last_id"]])
+    return locked["n"], locked["last_id"]
 
 
 def _pin_search_path(plpy: Any) -> None:

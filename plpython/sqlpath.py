@@ -30,12 +30,6 @@ from typing import Any
 from . import catalog, plans, registry, sqlgen
 from .errors import NOT_IN_PREREQUISITE_STATE, ScoringError
 
-# The SQL path is chosen for a model only when its expression is at most
-# this long: PostgreSQL sets an expression up again in every statement,
-# which measured about 4 ns per character here (the 100-tree demo GBM, 68 kB,
-# cost more per single-row insert than the compiled Python path).
-TRIGGER_BUDGET_CHARS = 16_000
-
 REJECT = "scoring._score_rejected({model_id}, p.customer_id, {{message}}, {mode})"
 
 TRIGGER_SQL = """

@@ -43,7 +43,8 @@ def two_models(db, model_files):
     with db.connect() as admin:
         seed_profiles(admin, PROFILES, seed=5)
     first = push_model(db.dsn("loader"), model_files["logreg"], name="churn", activate=True)
-    second = push_model(db.dsn("loader"), model_files["gbm"], name="churn", activate=False)
+    # logreg on the sql path, gbm on the compiled one: every switch rewrites the trigger.
+    second = push_model(db.dsn("loader"), model_files["gbm"], name="churn", activate=False, scoring_path="compiled")
     assert (first.version, second.version) == (1, 2)
     return db, {first.model_id: model_files["logreg"], second.model_id: model_files["gbm"]}
 
@@ -187,7 +188,7 @@ def test_rollback_racing_an_uncommitted_activation_keeps_history_consistent(scor
     the history as rollback replays it, so that the next rollback undoes
     something instead of re-activating what is already active."""
     loader = scored.dsn("loader")
-    push_model(loader, model_files["gbm"], name="churn", activate=True)  # v2; v1 came with `scored`
+    push_model(loader, model_files["gbm"], name="churn", activate=True, scoring_path="compiled")  # v2; v1 came with `scored`
     push_model(loader, model_files["logreg"], name="churn", activate=False)  # v3
     result: dict = {}
 

@@ -36,7 +36,10 @@ def test_auto_puts_a_short_exact_model_on_the_sql_path(seeded, model_files):
     assert "_score_customer_py" not in definition  # no Python at all for score()
 
 
-def test_a_long_model_stays_compiled_with_the_reason(seeded, model_files):
+def test_a_long_model_stays_compiled_with_the_reason(seeded, model_files, monkeypatch):
+    from pgscore import models
+
+    monkeypatch.setattr(models, "SQL_PATH_MAX_CHARS", 10_000)  # the demo GBM's SQL is ~68 kB
     result = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
     assert result.scoring_path == "compiled"
     assert "not sql" in result.path_note and "characters" in result.path_note
@@ -47,7 +50,7 @@ def test_activation_switches_the_trigger_and_rollback_switches_back(seeded, mode
     with seeded.connect() as admin:
         before = dict(admin.execute("SELECT customer_id, complaint_count FROM customer_profiles").fetchall())
     logreg = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
-    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="compiled")
     assert "_score_new_complaints" in trigger_source(seeded)
     with seeded.connect("app") as app:
         app.execute("INSERT INTO complaints (customer_id) VALUES (11), (12), (11)")
