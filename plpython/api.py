@@ -36,16 +36,6 @@ def sql_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def fetch_profiles(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: Sequence[int]) -> dict[int, Any]:
-    """customer_id -> feature row, for the ids that exist."""
-    sql = (
-        f"SELECT p.customer_id, {model.select_list} FROM public.customer_profiles p"
-        " WHERE p.customer_id = ANY($1)"
-    )
-    rows = plans.run(plpy, cache, sql, ["bigint[]"], [list(customer_ids)])
-    return {row["customer_id"]: row for row in rows}
-
-
 @sql_errors
 def score_customer(plpy: Any, cache: dict, customer_id: int) -> float:
     model = registry.active_model(plpy, cache, DEFAULT_MODEL)

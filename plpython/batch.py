@@ -48,32 +48,32 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
     last_id = -(2**63)  # below every bigint: keyset pagination starts at the first id
     while True:
         model = registry.active_model(plpy, cache, model_name)
-        if model.scoring_path == "sql":
-            rows, last_id = _rescore_in_sql(plpy, cache, model, last_id, batch_size)
-            if not rows:
-                break
-            done += rows
-            plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
-            _commit(plpy)
-            _pin_settings(plpy)
-            continue
-        ids, columns = model.read_columns(
-            plpy, cache,
-            "(SELECT * FROM public.customer_profiles WHERE customer_id > $1"
-            " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) p",
-            ["bigint", "int"], [last_id, batch_size])
-        if not ids:
+        rescore_batch = _rescore_in_sql if model.scoring_path == "sql" else _rescore_in_python
+        rows, last_id = rescore_batch(plpy, cache, model, last_id, batch_size)
+        if not rows:
             break
-        scores = []
-        for start in range(0, len(ids), CHUNK):
-            scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns]))
-        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
-                  [ids, scores, model.model_id, min(ids), max(ids)])
-        done += len(ids)
-        last_id = max(ids)
+        done += rows
         plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
         _commit(plpy)
         _pin_settings(plpy)  # SET LOCAL ended with the committed transaction
+
+
+def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last_id: int,
+                       batch_size: int) -> tuple[int, int]:
+    """One batch through the model in Python: (profiles rescored, last customer_id)."""
+    ids, columns = model.read_columns(
+        plpy, cache,
+        "(SELECT * FROM public.customer_profiles WHERE customer_id > $1"
+        " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) p",
+        ["bigint", "int"], [last_id, batch_size])
+    if not ids:
+        return 0, last_id
+    scores = []
+    for start in range(0, len(ids), CHUNK):
+        scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns]))
+    plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
+              [ids, scores, model.model_id, min(ids), max(ids)])
+    return len(ids), max(ids)
 
 
 def _rescore_in_sql(plpy: Any, cache: dict, model: registry.LoadedModel, last_id: int,
