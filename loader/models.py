@@ -118,7 +118,7 @@ class _Quoter:
 
 
 def profile_columns(conn: psycopg.Connection) -> dict[str, str]:
-    return {name: type_ for name, type_ in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+    return {name: type_ for name, type_, _declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
 
 
 def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], customer_ids: Sequence[int]) -> list[dict]:

@@ -23,7 +23,8 @@ SUPPORTED_TYPES = NUMBER_TYPES | BOOLEAN_TYPES | TEXT_TYPES
 
 
 PROFILE_COLUMNS_SQL = (
-    "SELECT attname::text AS name, format_type(atttypid, NULL) AS type"
+    "SELECT attname::text AS name, format_type(atttypid, NULL) AS type,"
+    " format_type(atttypid, atttypmod) AS declared"
     " FROM pg_catalog.pg_attribute"
     " WHERE attrelid = 'public.customer_profiles'::regclass AND attnum > 0 AND NOT attisdropped"
     " ORDER BY attnum"
@@ -32,12 +33,22 @@ PROFILE_COLUMNS_SQL = (
 
 def profile_columns(plpy: Any, cache: dict) -> dict[str, str]:
     """Column name -> type name of public.customer_profiles (cached per backend)."""
-    columns = cache.get("pgscore.profile_columns")
-    if columns is None:
+    return _profile_columns(plpy, cache)[0]
+
+
+def declared_types(plpy: Any, cache: dict) -> dict[str, str]:
+    """Column name -> type with its modifier (``numeric(10,2)``), which lets
+    generated SQL compare tree splits as decimals."""
+    return _profile_columns(plpy, cache)[1]
+
+
+def _profile_columns(plpy: Any, cache: dict) -> tuple[dict[str, str], dict[str, str]]:
+    found = cache.get("pgscore.profile_columns")
+    if found is None:
         rows = plans.run(plpy, cache, PROFILE_COLUMNS_SQL)
-        columns = {row["name"]: row["type"] for row in rows}
-        cache["pgscore.profile_columns"] = columns
-    return columns
+        found = ({row["name"]: row["type"] for row in rows}, {row["name"]: row["declared"] for row in rows})
+        cache["pgscore.profile_columns"] = found
+    return found
 
 
 def check_features(feature_names: Sequence[str], columns: Mapping[str, str], model_label: str) -> None:

@@ -153,39 +153,23 @@ def expression_for(plpy: Any, cache: dict, model_id: int, *, reject: str | None 
     Raises ScoringError when the model has no compiled form or SQL cannot
     express it exactly (the reason from the generator).
     """
-    rows = plans.run(plpy, cache, COMPILED_SQL, ["bigint"], [model_id])
-    if not rows:
-        raise ScoringError(f"no model with model_id {model_id}", sqlstate="42704",
-                           hint="list the models with: pgscore models")
-    if rows[0]["compiled"] is None:
-        raise ScoringError(f"model_id {model_id} has no compiled form, which the SQL path is written from",
-                           sqlstate=NOT_IN_PREREQUISITE_STATE,
-                           hint="see path_note in pgscore models for why it could not be compiled")
-    label = f"model_id {model_id}"
-    evaluator = registry.load_compiled(bytes(rows[0]["compiled"]), label)
-    columns = _column_types(plpy, cache)
-    catalog.check_features(evaluator.feature_names, catalog.profile_columns(plpy, cache), label)
-    try:
-        return sqlgen.to_sql(evaluator, "p", column_types=columns, reject=reject, overrides=overrides)
-    except sqlgen.SqlUnsupported as exc:
-        raise ScoringError(f"{label} cannot be scored by plain SQL: {exc.reason}",
-                           sqlstate=NOT_IN_PREREQUISITE_STATE,
-                           hint="keep its scoring_path 'compiled'") from None
+    return _to_sql(plpy, cache, model_id, _compiled_model(plpy, cache, model_id), reject=reject, overrides=overrides)
 
 
 def install(plpy: Any, cache: dict, model_id: int) -> str:
-    """Writes ``model_id`` into the complaint trigger and score(bigint)."""
+    """Writes ``model_id`` into the complaint trigger, score(bigint) and score_many."""
     model_id = int(model_id)
+    evaluator = _compiled_model(plpy, cache, model_id)
 
     def assignments(new_count: str) -> str:
-        expression = expression_for(plpy, cache, model_id, reject=REJECT.format(model_id=model_id, mode="NULL"),
-                                    overrides={"complaint_count": new_count})
+        expression = _to_sql(plpy, cache, model_id, evaluator, reject=REJECT.format(model_id=model_id, mode="NULL"),
+                             overrides={"complaint_count": new_count})
         form = ASSIGN_GUARDED if "scoring._score_rejected(" in expression else ASSIGN_TOTAL
         return form.format(expression=expression, model_id=model_id)
 
     trigger_body = TRIGGER_BODY.format(model_id=model_id, one=assignments("(p.complaint_count + v_rows)"),
                                        many=assignments("(p.complaint_count + c.n)"))
-    raising = expression_for(plpy, cache, model_id, reject=REJECT.format(model_id=model_id, mode="'raise'"))
+    raising = _to_sql(plpy, cache, model_id, evaluator, reject=REJECT.format(model_id=model_id, mode="'raise'"))
     score_body = SCORE_BODY.format(model_id=model_id, expression=raising)
     score_many_body = SCORE_MANY_BODY.format(model_id=model_id, expression=raising)
     for signature, body in ((TRIGGER_SIGNATURE, trigger_body), (SCORE_SIGNATURE, score_body),
@@ -195,13 +179,25 @@ def install(plpy: Any, cache: dict, model_id: int) -> str:
     return f"model_id {model_id} scored by generated SQL"
 
 
-def _column_types(plpy: Any, cache: dict) -> dict[str, str]:
-    """Column -> type with typmod (numeric(10,2)), which lets tree splits compare decimals."""
-    found = cache.get("pgscore.profile_column_typmods")
-    if found is None:
-        rows = plpy.execute(
-            "SELECT attname::text AS name, format_type(atttypid, atttypmod) AS type FROM pg_catalog.pg_attribute"
-            " WHERE attrelid = 'public.customer_profiles'::regclass AND attnum > 0 AND NOT attisdropped"
-        )
-        found = cache["pgscore.profile_column_typmods"] = {row["name"]: row["type"] for row in rows}
-    return found
+def _compiled_model(plpy: Any, cache: dict, model_id: int) -> Any:
+    """The model's compiled arrays, read and checked against the profile table."""
+    rows = plans.run(plpy, cache, COMPILED_SQL, ["bigint"], [model_id])
+    if not rows:
+        raise ScoringError(f"no model with model_id {model_id}", sqlstate="42704",
+                           hint="list the models with: pgscore models")
+    if rows[0]["compiled"] is None:
+        raise ScoringError(f"model_id {model_id} has no compiled form, which the SQL path is written from",
+                           sqlstate=NOT_IN_PREREQUISITE_STATE,
+                           hint="see path_note in pgscore models for why it could not be compiled")
+    evaluator = registry.load_compiled(bytes(rows[0]["compiled"]), f"model_id {model_id}")
+    catalog.check_features(evaluator.feature_names, catalog.profile_columns(plpy, cache), f"model_id {model_id}")
+    return evaluator
+
+
+def _to_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any, **options: Any) -> str:
+    try:
+        return sqlgen.to_sql(evaluator, "p", column_types=catalog.declared_types(plpy, cache), **options)
+    except sqlgen.SqlUnsupported as exc:
+        raise ScoringError(f"model_id {model_id} cannot be scored by plain SQL: {exc.reason}",
+                           sqlstate=NOT_IN_PREREQUISITE_STATE,
+                           hint="keep its scoring_path 'compiled'") from None
