@@ -259,7 +259,7 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
             "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [COMPILE_CHECK_SIZE])]
         rows = fetch_feature_rows(conn, feature_names, ids)
         edges = edge_case_rows(conn, feature_names)
-        worst = max(check_parity(estimator, compiled, rows) if rows else 0.0,
+        worst = max(_batch_parity(estimator, compiled, rows) if rows else 0.0,
                     _row_by_row_parity(estimator, compiled, rows[:50] + edges))
         if not worst <= PARITY_TOLERANCE:
             raise UnsupportedModel(f"compiled form differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
@@ -329,26 +329,50 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
     return "sql", note
 
 
+def _batch_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
+    """Parity over real profiles in batches. A batch one side refuses (a
+    profile the pipeline rejects, e.g. infinity before a StandardScaler) is
+    halved until the refused rows stand alone; each of those must be refused
+    by both sides, the others must agree (a few calls per refused row)."""
+    from .compile import check_parity
+
+    try:
+        return check_parity(estimator, compiled, rows)
+    except Exception:
+        if len(rows) == 1:
+            return _row_by_row_parity(estimator, compiled, rows)
+    middle = len(rows) // 2
+    return max(_batch_parity(estimator, compiled, rows[:middle]), _batch_parity(estimator, compiled, rows[middle:]))
+
+
 def _row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
     """Parity one row at a time (the trigger's usual case): both agree to the
     returned difference, or both refuse the row; anything else raises
     UnsupportedModel naming the row."""
-    from .compile import UnsupportedModel, check_parity
+    from .compile import UnsupportedModel
 
     worst = 0.0
     evaluator = compiled.evaluator()
     for row in rows:
-        try:
-            worst = max(worst, check_parity(estimator, compiled, [row]))
+        outcomes = []
+        for score in (lambda: estimator.predict_proba(features.to_frame([row], compiled.feature_names))[0, 1],
+                      lambda: evaluator.predict([row])[0]):
+            try:
+                outcomes.append(float(score()))
+            except Exception as exc:
+                outcomes.append(exc)
+        expected, got = outcomes
+        refused = [isinstance(outcome, Exception) for outcome in outcomes]
+        if refused == [True, True]:
             continue
-        except Exception as exc:  # one side refused the row: the other must refuse it too
-            refused = exc
-        try:
-            evaluator.predict([row])
-        except Exception:
-            continue
-        raise UnsupportedModel(f"scikit-learn refuses a row the compiled form scores ({type(refused).__name__}: "
-                               f"{refused}); row: {row}")
+        if refused == [True, False]:
+            raise UnsupportedModel(f"scikit-learn refuses a row the compiled form scores "
+                                   f"({type(expected).__name__}: {expected}); row: {row}")
+        if refused == [False, True]:
+            raise UnsupportedModel(f"the compiled form refuses a row scikit-learn scores "
+                                   f"({type(got).__name__}: {got}); row: {row}")
+        difference = abs(expected - got)
+        worst = math.inf if math.isnan(difference) else max(worst, difference)
     return worst
 
 

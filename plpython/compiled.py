@@ -33,6 +33,7 @@ FORMAT = "pgscore-compiled"
 FORMAT_VERSION = 1
 
 _NAN = float("nan")
+_INF = float("inf")
 _NONE_TYPE = type(None)
 # Rows processed per vectorised tree-traversal chunk: bounds the
 # (rows x trees) index matrices to about a million entries.
@@ -191,6 +192,10 @@ class _NumericBlock:
             if values.shape != (len(self.inputs),):
                 raise ValueError(f"array {array_name!r} has the wrong shape")
             self.ops.append((code, values))
+        # SimpleImputer and StandardScaler check their input with
+        # ensure_all_finite='allow-nan': infinity is refused before any model
+        # sees it, even one that accepts infinity itself (HistGradientBoosting).
+        self.refuses_inf = bool(self.ops)
         # Per column, as Python floats: the single-row path avoids numpy calls.
         self._columns_one = [
             (
@@ -215,6 +220,10 @@ class _NumericBlock:
                     column = [fill if v is NAN_KEY else v for v in column]
                 column = [_NAN if v is NAN_KEY else v for v in column]
             block[k] = _column_to_float(column, self.names[k])
+            if self.refuses_inf:
+                infinite = np.isinf(block[k])
+                if infinite.any():
+                    raise self._infinite(self.names[k], float(block[k][infinite.argmax()]))
         for code, values in self.ops:
             if code == "fill":
                 np.copyto(block, values[:, None], where=np.isnan(block))
@@ -236,6 +245,8 @@ class _NumericBlock:
                     if v is NAN_KEY:
                         v = fill
             f = v if v.__class__ is float else _to_float(v, name)
+            if self.refuses_inf and (f == _INF or f == -_INF):
+                raise self._infinite(name, f)
             for code, c in ops:
                 if code == "fill":
                     if f != f:
@@ -245,6 +256,12 @@ class _NumericBlock:
                 else:
                     f = f / c
             x[out] = f
+
+    def _infinite(self, name: str, value: float) -> ValueError:
+        return ValueError(
+            f"feature {name!r}: value {value} is infinite, which the pipeline's "
+            f"SimpleImputer/StandardScaler in step {self.step!r} refuses"
+        )
 
 
 def _kind_one(value: Any) -> str:

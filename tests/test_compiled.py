@@ -322,6 +322,38 @@ def test_missing_value_reaching_a_model_without_imputer(train: tuple[list[Row], 
         evaluator.predict_one({**rows[0], "tenure_months": "twelve"})
 
 
+@pytest.mark.parametrize("numeric, refused", [
+    (StandardScaler(), True),
+    (SimpleImputer(strategy="median"), True),
+    ("passthrough", False),
+], ids=["scaler", "imputer", "passthrough"])
+def test_infinity_is_refused_by_imputer_and_scaler_even_before_a_model_that_accepts_it(
+        numeric: Any, refused: bool, train: tuple[list[Row], np.ndarray]) -> None:
+    """HistGradientBoosting routes +-inf, but SimpleImputer and StandardScaler
+    in front of it refuse it (ensure_all_finite='allow-nan')."""
+    rows, y = train
+    features = list(TEXT) + NUMBERS
+    prep = ColumnTransformer([("text", OneHotEncoder(handle_unknown="ignore"), list(TEXT)),
+                              ("numeric", numeric, NUMBERS)])
+    model = Pipeline([("prep", prep), ("clf", HistGradientBoostingClassifier(max_iter=20, random_state=0))])
+    model.fit(to_frame([{k: r[k] for k in features} for r in rows], features), y)
+    evaluator = roundtrip(model)
+    ordinary = [{k: r[k] for k in features} for r in rows[:3]]
+    for value in (math.inf, -math.inf):
+        odd = {**ordinary[0], "monthly_charges": value}
+        if refused:
+            with pytest.raises(ValueError, match="infinity"):
+                reference(model, [odd], features)
+            with pytest.raises(ValueError, match="'monthly_charges': value -?inf is infinite"):
+                evaluator.predict_one(odd)
+            with pytest.raises(ValueError, match="'monthly_charges': value -?inf is infinite"):
+                evaluator.predict(ordinary + [odd])
+        else:
+            expected = reference(model, ordinary + [odd], features)
+            assert abs(evaluator.predict_one(odd) - expected[-1]) <= TOLERANCE
+            assert np.max(np.abs(evaluator.predict(ordinary + [odd]) - expected)) <= TOLERANCE
+
+
 def messy_training_frame(rows: list[Row]) -> Any:
     """Training rows with gaps: None in a text column and in a boolean column."""
     rows = [

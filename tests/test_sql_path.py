@@ -76,7 +76,8 @@ def test_activation_switches_the_trigger_and_rollback_switches_back(seeded, mode
 
 
 def test_forcing_sql_on_a_model_sql_cannot_express_names_the_reason(seeded):
-    frame = pd.DataFrame({"tenure_months": [1, 5, 30, 60], "contract": ["Month-to-month", "One year"] * 2})
+    frame = pd.DataFrame({"tenure_months": [1, 5, 30, 60],
+                          "contract": ["Month-to-month", "One year", "Two year", "One year"]})
     from sklearn.impute import SimpleImputer
 
     model = make_pipeline(make_column_transformer(
@@ -150,3 +151,48 @@ def test_score_many_on_the_sql_path_is_plain_sql_with_the_same_contract(seeded, 
     assert [r[0] for r in rows] == [9, 4, 9, 2]
     for customer_id, score in rows:
         assert score == pytest.approx(expected[customer_id], abs=1e-9)
+
+
+@pytest.mark.parametrize("path", ["sql", "compiled"])
+def test_infinity_is_refused_where_a_scaler_sees_it_and_routed_where_none_does(seeded, path):
+    """A double precision feature holding +-Infinity: StandardScaler refuses it
+    in scikit-learn, so both paths must refuse it (naming the feature), even
+    for HistGradientBoosting, which itself accepts infinity and routes it."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    names = ["usage_ratio", "contract"]
+    with seeded.connect() as admin:
+        admin.execute("ALTER TABLE customer_profiles ADD COLUMN usage_ratio double precision")
+        admin.execute("UPDATE customer_profiles SET usage_ratio = (customer_id % 37) / 7.0")
+        rows = fetch_feature_rows(admin, names, list(range(1, 301)))
+    frame = to_frame(rows, names)
+    labels = [int(r["usage_ratio"] > 2.5) for r in rows]
+    infinite = [{**rows[6], "usage_ratio": float("inf")}, {**rows[7], "usage_ratio": float("-inf")}]
+
+    def hgb(numeric):
+        return make_pipeline(make_column_transformer((OneHotEncoder(handle_unknown="ignore"), ["contract"]),
+                                                     (numeric, ["usage_ratio"])),
+                             HistGradientBoostingClassifier(max_iter=15, random_state=0)).fit(frame, labels)
+
+    scaled = hgb(StandardScaler())
+    with pytest.raises(ValueError, match="infinity"):
+        scaled.predict_proba(to_frame(infinite[:1], names))
+    # Pushed while every profile is finite: push test-scores real profiles and
+    # refuses a model that cannot score them.
+    push_model(seeded.dsn("loader"), scaled, name="churn", activate=True, scoring_path=path)
+    with seeded.connect() as admin:
+        admin.execute("UPDATE customer_profiles SET usage_ratio = 'Infinity' WHERE customer_id = 7")
+        admin.execute("UPDATE customer_profiles SET usage_ratio = '-Infinity' WHERE customer_id = 8")
+    with seeded.connect("analyst") as analyst:
+        for customer_id in (7, 8):
+            with pytest.raises(psycopg.errors.ExternalRoutineInvocationException, match="'usage_ratio'.*infinite"):
+                analyst.execute("SELECT scoring.score(%s::bigint)", [customer_id])
+        assert analyst.execute("SELECT scoring.score(9::bigint)").fetchone()[0] == pytest.approx(
+            scaled.predict_proba(to_frame([rows[8]], names))[0, 1], abs=1e-9)
+
+    passthrough = hgb("passthrough")
+    push_model(seeded.dsn("loader"), passthrough, name="churn", activate=True, scoring_path=path)
+    expected = passthrough.predict_proba(to_frame(infinite, names))[:, 1]
+    with seeded.connect("analyst") as analyst:
+        got = [analyst.execute("SELECT scoring.score(%s::bigint)", [c]).fetchone()[0] for c in (7, 8)]
+    assert got == pytest.approx(list(expected), abs=1e-9)
