@@ -111,7 +111,13 @@ def on_complaints_inserted(plpy: Any, cache: dict, new_ids: list[int]) -> None:
 
 
 @sql_errors
-def install_sql_scoring(plpy: Any, cache: dict, model_id: int) -> str:
+def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,
+                  floats: list | None, ints: list | None, flags: list | None, texts: list | None) -> float | None:
+    return trigger.score_profile(plpy, cache, model_id, customer_id, layout, (floats, ints, flags, texts))
+
+
+@sql_errors
+def install_generated_scoring(plpy: Any, cache: dict, model_id: int) -> str:
     return sqlpath.install(plpy, cache, model_id)
 
 

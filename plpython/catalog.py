@@ -69,6 +69,19 @@ def check_features(feature_names: Sequence[str], columns: Mapping[str, str], mod
             )
 
 
+# Letter per column type: which array of scoring._score_profile carries the
+# feature (pgscore_server.trigger.ROW_ARRAYS), holding the value as
+# select_list reads it. character(n) has none: a cast to text drops padding.
+ROW_LETTERS = {**{t: "f" for t in NUMBER_TYPES - INTEGER_TYPES}, **{t: "i" for t in INTEGER_TYPES},
+               **{t: "b" for t in BOOLEAN_TYPES}, "text": "t", "character varying": "t"}
+
+
+def row_layout(feature_names: Sequence[str], columns: Mapping[str, str]) -> str | None:
+    """One letter per feature (see ROW_LETTERS), or None if a column has no array form."""
+    letters = [ROW_LETTERS.get(columns[name]) for name in feature_names]
+    return None if None in letters else "".join(letters)  # type: ignore[arg-type]
+
+
 def select_list(
     quoter: Any,
     feature_names: Sequence[str],

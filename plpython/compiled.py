@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from array import array
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -524,6 +525,9 @@ class _Trees:
         self.n_trees = roots.shape[0]
         path_steps = self._leaf_depth_total(is_leaf, left, right)
         self.python_one = path_steps <= self._LEVEL_COST * self.max_depth
+        small = n_nodes <= _RowCode.MAX_NODES and self.max_depth <= _RowCode.MAX_DEPTH
+        self.row_code = (_RowCode(self, feature, threshold, left, right, value, roots)
+                         if small and not np.isnan(threshold[inner]).any() else None)
         if self.python_one:
             self.l_feature = feature.tolist()
             self.l_threshold = threshold.tolist()
@@ -664,6 +668,10 @@ class _Trees:
         return leaves
 
     def predict_one(self, x: list[float]) -> float:
+        if self.row_code is not None:
+            raw = self.row_code.raw(x)
+            if raw is not None:
+                return raw / self.n_trees if self.combine == "average" else _expit(raw)
         xa = self._prepare(np.array([x], dtype=np.float64))[0]
         if self.python_one:
             leaves = self._walk_python(xa.tolist())
@@ -684,6 +692,69 @@ class _Trees:
             for v in leaves:
                 raw += v
         return _expit(raw)
+
+
+class _RowCode:
+    """One row through a small ensemble as generated Python: the trees as
+    nested ifs with the thresholds and leaf contributions written in, about
+    three times faster than the numpy walk (no numpy call at all).
+
+    The source holds only integers (feature positions) and floats (repr,
+    which round-trips exactly), generated here from the arrays; it is
+    compiled on the first row, about 10 ms per 1,000 nodes. Rows with NaN or
+    infinity (after the float32 cast) return None: the general path checks
+    them and routes missing values.
+    """
+
+    MAX_NODES = 4096
+    MAX_DEPTH = 64  # Python's tokenizer allows 100 levels of indentation
+
+    def __init__(self, trees: "_Trees", feature: np.ndarray, threshold: np.ndarray, left: np.ndarray,
+                 right: np.ndarray, value: np.ndarray, roots: np.ndarray):
+        self.cast_float32 = trees.cast_float32
+        self._arrays = (feature.tolist(), threshold.tolist(), left.tolist(), right.tolist(), value.tolist(),
+                        roots.tolist())
+        # What raw() starts from and what each leaf adds: the operations of _Trees.predict_one.
+        self._start = 0.0 if trees.combine == "average" else trees.init
+        self._scale = trees.learning_rate if trees.combine == "boosting" else None
+        self._function: Any = None
+
+    def raw(self, x: list[float]) -> float | None:
+        """The leaves' sum (from init for boosting), or None for a non-finite row."""
+        values = array("f", x).tolist() if self.cast_float32 else x
+        total = sum(values)
+        if total - total != 0.0:
+            return None
+        if self._function is None:
+            namespace: dict[str, Any] = {}
+            exec(compile(self.source(), "<pgscore compiled trees>", "exec"), namespace)  # noqa: S102
+            self._function = namespace["raw"]
+        return self._function(values)
+
+    def source(self) -> str:
+        feature, threshold, left, right, value, roots = self._arrays
+        lines = ["def raw(x):", f"    s = {self._start!r}"]
+
+        def emit(node: int, indent: str) -> None:
+            if feature[node] < 0:
+                leaf = value[node] if self._scale is None else self._scale * value[node]
+                lines.append(f"{indent}s += {_float_literal(leaf)}")
+                return
+            lines.append(f"{indent}if x[{int(feature[node])}] <= {_float_literal(threshold[node])}:")
+            emit(left[node], indent + "    ")
+            lines.append(f"{indent}else:")
+            emit(right[node], indent + "    ")
+
+        for root in roots:
+            emit(root, "    ")
+        lines.append("    return s")
+        return "\n".join(lines) + "\n"
+
+
+def _float_literal(value: float) -> str:
+    if math.isfinite(value):
+        return repr(float(value))
+    return "float('nan')" if value != value else ("float('inf')" if value > 0 else "-float('inf')")
 
 
 class Evaluator:

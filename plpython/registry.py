@@ -101,6 +101,12 @@ class LoadedModel:
         return self._checked(
             lambda: self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1], rows)
 
+    def predict_one(self, row: Sequence[Any]) -> float:
+        """:meth:`predict` of one row, without the batch's arrays on the compiled paths."""
+        if self.scoring_path in COMPILED_PATHS:
+            return self._checked(lambda: (self.estimator.predict_one(row),), (row,))[0]
+        return self.predict([row])[0]
+
     def _checked(self, call: Any, rows: Sequence[Any]) -> list[float]:
         try:
             proba = call()

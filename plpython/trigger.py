@@ -17,6 +17,10 @@ A scoring failure never loses the complaint: with scoring.on_error = 'keep'
 the counter still grows, the old score stays, and the failure goes to
 scoring.errors and a WARNING; with 'raise' the insert fails. The setting is
 read only when something failed.
+
+:func:`score_profile` is the other entry: the generated PL/pgSQL trigger
+(pgscore_server.sqlpath) locks and updates the profile itself and calls it
+from inside its UPDATE for one customer's profile, so Python only scores.
 """
 
 from __future__ import annotations
@@ -183,3 +187,61 @@ def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, Sc
         f"complaint saved but not scored for customer_id {customer_ids[0]}{more}: {first}",
         hint="see scoring.errors; SET scoring.on_error = 'raise' to make such inserts fail instead",
     )
+
+
+# scoring._score_profile's arrays, by the layout letter the generated trigger writes per feature.
+ROW_ARRAYS = "fibt"  # float8[], bigint[], boolean[], text[]
+
+
+def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,
+                  arrays: tuple[list | None, ...]) -> float | None:
+    """P(churn) of one profile, its features passed as arrays by kind, each
+    in feature order; ``layout`` says per feature which array holds it.
+
+    A failure follows scoring.on_error: 'keep' records it and returns None
+    (the trigger then keeps the old score), 'raise' raises.
+    """
+    try:
+        model = _profile_model(plpy, cache, model_id)
+        slots = _slots(cache, layout)
+        if len(slots) != len(model.feature_names):
+            raise ScoringError(
+                f"{model.label} has {len(model.feature_names)} features, the complaint trigger passed {len(slots)}",
+                hint="rewrite the trigger: SELECT scoring._install_scoring_functions()",
+            )
+        return model.predict_one([arrays[k][i] for k, i in slots])
+    except ScoringError as exc:
+        if settings.on_error(plpy, cache) == "raise":
+            raise
+        _record(plpy, cache, model_id, {customer_id: exc})
+        return None
+
+
+def _profile_model(plpy: Any, cache: dict, model_id: int) -> registry.LoadedModel:
+    # What a model_id scores never changes: once loaded here, no query at all.
+    model = cache.get("pgscore.models", {}).get(model_id)
+    if model is not None:
+        return model
+    try:
+        # A subtransaction, so that a failed query while loading does not
+        # abort the inserting transaction under 'keep'.
+        with plpy.subtransaction():
+            return registry.load(plpy, cache, model_id)
+    except Exception as exc:
+        raise as_scoring_error(exc, f"loading model_id {model_id} failed") from None
+
+
+def _slots(cache: dict, layout: str) -> list[tuple[int, int]]:
+    """(array, position) per feature for a layout such as 'tifb'."""
+    known = cache.setdefault("pgscore.row_layouts", {})
+    slots = known.get(layout)
+    if slots is None:
+        seen = [0] * len(ROW_ARRAYS)
+        slots = []
+        for letter in layout:
+            k = ROW_ARRAYS.index(letter)
+            slots.append((k, seen[k]))
+            seen[k] += 1
+        known[layout] = slots
+    return slots
+

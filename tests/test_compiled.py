@@ -223,6 +223,21 @@ def test_parity_with_predict_proba(family: str, pipelines: dict[str, Pipeline], 
         assert abs(evaluator.predict([row])[0] - expected_one) <= TOLERANCE
 
 
+@pytest.mark.parametrize("family", ["gbm", "hgb", "tree", "rf", "extra_trees"])
+def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, Pipeline],
+                                             score_rows: list[Row]) -> None:
+    """predict_one (generated Python for small ensembles, the numpy walk for
+    large ones and for rows with NaN) gives the batch's bits, edge rows included."""
+    model = pipelines[family]
+    evaluator = roundtrip(model)
+    small = family in ("gbm", "hgb", "tree")
+    assert (evaluator.model.row_code is not None) == small
+    rows = score_rows[:1500] + edge_rows(model)
+    batch = evaluator.predict(rows)
+    one = np.array([evaluator.predict_one(row) for row in rows])
+    assert np.array_equal(one, batch)
+
+
 def numeric_frame_rows(n: int, seed: int) -> list[Row]:
     return [{k: r[k] for k in BOOLS + NUMBERS} for r in telco_rows(n, seed)]
 

@@ -44,7 +44,7 @@ def test_upgrade_downgrade_upgrade(empty_db):
     migrate(empty_db)
     assert schema_objects(empty_db) == installed
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0002"
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0003"
 
 
 def function_definitions(dsn):
@@ -54,15 +54,20 @@ def function_definitions(dsn):
             " WHERE p.pronamespace = 'scoring'::regnamespace ORDER BY 1").fetchall()
 
 
-def test_downgrading_0002_restores_0001_exactly(empty_db):
-    migrate(empty_db, "0001")
+@pytest.mark.parametrize("revision, later_function", [
+    ("0001", "scoring.sql_expression(model_id bigint)"),
+    ("0002", "scoring._install_generated_scoring(model_id bigint)"),
+])
+def test_downgrading_to_a_revision_restores_it_exactly(empty_db, revision, later_function):
+    migrate(empty_db, revision)
     objects, definitions = schema_objects(empty_db), function_definitions(empty_db)
     with psycopg.connect(empty_db) as conn:
         checks = conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
                               " WHERE conrelid = 'scoring.models'::regclass ORDER BY 1").fetchall()
+    assert (later_function,) not in objects
     migrate(empty_db)
-    assert ("scoring.sql_expression(model_id bigint)",) in schema_objects(empty_db)
-    downgrade(empty_db, "0001")
+    assert (later_function,) in schema_objects(empty_db)
+    downgrade(empty_db, revision)
     assert schema_objects(empty_db) == objects
     assert function_definitions(empty_db) == definitions
     with psycopg.connect(empty_db) as conn:
@@ -74,7 +79,7 @@ def test_running_migrations_twice_is_harmless(empty_db):
     migrate(empty_db)
     migrate(empty_db)
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0002",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
 
 
 def test_offline_sql_is_reviewable_without_a_database():

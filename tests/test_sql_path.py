@@ -196,3 +196,39 @@ def test_infinity_is_refused_where_a_scaler_sees_it_and_routed_where_none_does(s
     with seeded.connect("analyst") as analyst:
         got = [analyst.execute("SELECT scoring.score(%s::bigint)", [c]).fetchone()[0] for c in (7, 8)]
     assert got == pytest.approx(list(expected), abs=1e-9)
+
+
+def test_one_customer_of_a_long_model_is_scored_by_python_inside_the_generated_trigger(seeded, model_files):
+    """The demo GBM's SQL (~68 kB) would be set up anew in every statement: one
+    customer goes through scoring._score_profile, several through the SQL."""
+    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    assert gbm.scoring_path == "sql"
+    source = trigger_source(seeded)
+    one, many = source.split("ELSIF v_rows > 0 THEN")
+    assert "scoring._score_profile(" in one and "scoring._score_profile(" not in many
+    with seeded.connect("app") as app:
+        app.execute("INSERT INTO complaints (customer_id) VALUES (31)")
+        app.execute("INSERT INTO complaints (customer_id) VALUES (32), (33), (32)")
+    expected = local_scores(model_files["gbm"], seeded, [31, 32, 33])
+    with seeded.connect() as admin:
+        rows = admin.execute("SELECT customer_id, churn_score, churn_model_id FROM customer_profiles"
+                             " WHERE customer_id IN (31, 32, 33) ORDER BY 1").fetchall()
+    for customer_id, score, model_id in rows:
+        assert model_id == gbm.model_id
+        assert score == pytest.approx(expected[customer_id], abs=1e-9)
+
+
+def test_compiled_model_gets_a_generated_trigger_that_calls_python_only_to_score(seeded, model_files):
+    result = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True,
+                        scoring_path="compiled")
+    source = trigger_source(seeded)
+    one, many = source.split("ELSIF v_rows > 0 THEN")
+    assert f"scoring._score_profile({result.model_id}, p.customer_id, '" in one
+    assert "scoring._score_new_complaints(" in many
+    with seeded.connect() as admin:
+        # The row function is the owner's: no role may call it directly.
+        callers = admin.execute(
+            "SELECT r.rolname FROM pg_roles r WHERE r.rolname LIKE 'scoring%' AND r.rolname <> 'scoring_owner'"
+            " AND has_function_privilege(r.oid, 'scoring._score_profile(bigint, bigint, text,"
+            " double precision[], bigint[], boolean[], text[])', 'EXECUTE')").fetchall()
+    assert callers == []

@@ -16,7 +16,7 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0002-sql-path.sql"))
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0002"))
 
 
 def downgrade() -> None:

@@ -4,11 +4,15 @@
 -- inserting transaction. Runs as the owner: the application role may only
 -- insert complaints.
 --
--- Two paths, chosen by the active churn model's scoring_path:
---   'sql'      generated PL/pgSQL with the model's SQL expression written in
---              (pgscore_server.sqlpath), no Python in the inserting backend;
---   otherwise  the new rows' customer ids go to scoring._score_new_complaints
---              (Python: compiled numpy evaluator or scikit-learn).
+-- Chosen by the active churn model's scoring_path:
+--   'sql'       generated PL/pgSQL with the model's SQL expression written in
+--               (pgscore_server.sqlpath), no Python in the inserting backend
+--               (one customer with a long expression: scoring._score_profile);
+--   'compiled'  generated PL/pgSQL: one customer is locked, counted and
+--               updated in SQL, scored by scoring._score_profile (Python,
+--               compiled numpy evaluator); several go to the Python path;
+--   'sklearn'   the new rows' customer ids go to scoring._score_new_complaints
+--               (Python: locks, reads, scores and writes).
 -- scoring._install_scoring_functions() writes the trigger function,
 -- scoring.score(bigint) and scoring.score_many for the active model; the triggers at the end of
 -- this file run it whenever the active model or its path changes.
@@ -23,6 +27,24 @@ AS $python$
 api.on_complaints_inserted(plpy, GD, customer_ids or [])
 $python$;
 COMMENT ON FUNCTION scoring._score_new_complaints(bigint[]) IS 'internal: the complaint trigger''s Python path';
+
+-- One profile's score for the generated trigger, which locks and updates
+-- the profile itself: the features come as one array per kind (cheaper to
+-- convert than a row), ``layout`` names the array of each feature in order
+-- (f float8, i bigint, b boolean, t text). A failure follows
+-- scoring.on_error: 'keep' records it and returns NULL, 'raise' raises.
+-- Not a security definer: only the owner runs it, from the trigger.
+CREATE OR REPLACE FUNCTION scoring._score_profile(model_id bigint, customer_id bigint, layout text,
+                                                  floats double precision[], ints bigint[],
+                                                  flags boolean[], texts text[])
+RETURNS double precision
+LANGUAGE plpython3u
+AS $python$
+#pgscore:runtime
+return api.score_profile(plpy, GD, model_id, customer_id, layout, floats, ints, flags, texts)
+$python$;
+COMMENT ON FUNCTION scoring._score_profile(bigint, bigint, text, double precision[], bigint[], boolean[], text[])
+    IS 'internal: one profile''s score for the generated complaint trigger';
 
 -- A row the 'sql' path cannot score (the same rows the Python evaluator
 -- rejects): with scoring.on_error = 'keep' (or mode NULL and no setting)
@@ -69,16 +91,16 @@ return api.sql_expression(plpy, GD, model_id)
 $python$;
 COMMENT ON FUNCTION scoring.sql_expression(bigint) IS 'the model as one SQL expression over p (public.customer_profiles), NULL for rows it rejects; what the sql path runs';
 
-CREATE OR REPLACE FUNCTION scoring._install_sql_scoring(model_id bigint)
+CREATE OR REPLACE FUNCTION scoring._install_generated_scoring(model_id bigint)
 RETURNS text
 LANGUAGE plpython3u
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 #pgscore:runtime
-return api.install_sql_scoring(plpy, GD, model_id)
+return api.install_generated_scoring(plpy, GD, model_id)
 $python$;
-COMMENT ON FUNCTION scoring._install_sql_scoring(bigint) IS 'internal: writes a sql-path model into the complaint trigger and score(bigint)';
+COMMENT ON FUNCTION scoring._install_generated_scoring(bigint) IS 'internal: writes a model with a compiled form into the complaint trigger (and a sql-path model into score(bigint) and score_many)';
 
 CREATE OR REPLACE FUNCTION scoring._install_scoring_functions()
 RETURNS text
@@ -95,9 +117,7 @@ BEGIN
     SELECT d.model_id, m.scoring_path INTO active
       FROM scoring.deployments d JOIN scoring.models m USING (model_id)
      WHERE d.name = 'churn' ORDER BY d.deployment_id DESC LIMIT 1;
-    IF active.scoring_path = 'sql' THEN
-        RETURN scoring._install_sql_scoring(active.model_id);
-    END IF;
+    -- The Python path first; a model with a compiled form then gets its own.
     CREATE OR REPLACE FUNCTION scoring._on_complaints_inserted()
     RETURNS trigger
     LANGUAGE plpgsql
@@ -131,6 +151,9 @@ BEGIN
         RETURN QUERY SELECT * FROM scoring._score_many_py(customer_ids, model_name);
     END
     $body$;
+    IF active.scoring_path IN ('sql', 'compiled') THEN
+        RETURN scoring._install_generated_scoring(active.model_id);
+    END IF;
     RETURN 'scored in Python';
 END
 $install$;
