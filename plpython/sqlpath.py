@@ -121,6 +121,29 @@ ASSIGN_GUARDED = """(churn_score, churn_model_id, churn_scored_at) = (
                           CASE WHEN s.score IS NULL THEN p.churn_scored_at ELSE now() END
                      FROM (SELECT {expression} AS score OFFSET 0) s)"""
 
+# score_many's query, run by EXECUTE so that it is planned for the array at
+# hand (never as a generic plan). A long expression is worth parallel
+# workers: each distinct profile is scored once in a parallel scan (a hashed
+# = ANY; the primary key for few ids), then put in input order; 1M profiles
+# with the demo GBM (~68 kB) took 8.6 s instead of 13.4 s here. A short one
+# costs less than that extra join: one join in input order (LR, 3 kB: 3.3 s
+# against 3.6 s).
+SCORE_MANY_JOIN = """\
+SELECT u.customer_id, {expression}
+  FROM unnest($1) WITH ORDINALITY AS u(customer_id, ord)
+  JOIN public.customer_profiles p ON p.customer_id = u.customer_id
+ ORDER BY u.ord"""
+SCORE_MANY_PARALLEL = """\
+WITH scored AS MATERIALIZED (
+    SELECT p.customer_id, {expression} AS score
+      FROM public.customer_profiles p
+     WHERE p.customer_id = ANY ($1))
+SELECT u.customer_id, s.score
+  FROM unnest($1) WITH ORDINALITY AS u(customer_id, ord)
+  JOIN scored s ON s.customer_id = u.customer_id
+ ORDER BY u.ord"""
+PARALLEL_MIN_CHARS = 16_000
+
 # jit = off: LLVM compiling a large model's expression costs more than it saves.
 SCORE_MANY_SIGNATURE = dict(signature="scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')",
                             returns="TABLE (customer_id bigint, score double precision)",
@@ -141,11 +164,7 @@ BEGIN
         RAISE EXCEPTION 'customer_ids contains NULL'
             USING ERRCODE = 'invalid_parameter_value', HINT = 'remove NULLs, e.g. array_remove(ids, NULL)';
     END IF;
-    RETURN QUERY
-        SELECT u.customer_id, {expression}
-          FROM unnest(customer_ids) WITH ORDINALITY AS u(customer_id, ord)
-          JOIN public.customer_profiles p ON p.customer_id = u.customer_id
-         ORDER BY u.ord;
+    RETURN QUERY EXECUTE {query} USING customer_ids;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
     IF v_rows < coalesce(cardinality(customer_ids), 0) THEN
         v_missing := ARRAY(SELECT DISTINCT u.customer_id FROM unnest(customer_ids) AS u(customer_id)
@@ -201,7 +220,9 @@ def _install_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any) -> str:
     raising = _to_sql(plpy, cache, model_id, evaluator, reject=REJECT.format(model_id=model_id, mode="'raise'"))
     _write(plpy, TRIGGER_SIGNATURE, TRIGGER_BODY.format(model_id=model_id, path="sql", one=one, many=many))
     _write(plpy, SCORE_SIGNATURE, SCORE_BODY.format(model_id=model_id, expression=raising))
-    _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, expression=raising))
+    many_query = SCORE_MANY_PARALLEL if len(raising) > PARALLEL_MIN_CHARS else SCORE_MANY_JOIN
+    query = plpy.quote_literal(many_query.format(expression=raising))
+    _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, query=query))
     return f"model_id {model_id} scored by generated SQL"
 
 

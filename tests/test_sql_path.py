@@ -102,9 +102,13 @@ def test_categories_are_literals_in_the_generated_trigger(seeded):
         app.execute("INSERT INTO complaints (customer_id) VALUES (21)")
     with seeded.connect() as admin:
         score = admin.execute("SELECT churn_score FROM customer_profiles WHERE customer_id = 21").fetchone()[0]
+        # score_many's query is quoted once more inside its function: still data.
+        many = admin.execute("SELECT score FROM scoring.score_many(ARRAY[21]::bigint[])").fetchone()[0]
         rows = fetch_feature_rows(admin, ["tenure_months", "contract"], [21])
         assert admin.execute("SELECT count(*) FROM complaints").fetchone()[0] == 1
-    assert score == pytest.approx(model.predict_proba(to_frame(rows, ["tenure_months", "contract"]))[0, 1], abs=1e-9)
+    expected = model.predict_proba(to_frame(rows, ["tenure_months", "contract"]))[0, 1]
+    assert score == pytest.approx(expected, abs=1e-9)
+    assert many == pytest.approx(expected, abs=1e-9)
 
 
 def test_sql_path_rejection_raises_from_score_and_names_the_feature(seeded):
@@ -215,6 +219,17 @@ def test_one_customer_of_a_long_model_is_scored_by_python_inside_the_generated_t
                              " WHERE customer_id IN (31, 32, 33) ORDER BY 1").fetchall()
     for customer_id, score, model_id in rows:
         assert model_id == gbm.model_id
+        assert score == pytest.approx(expected[customer_id], abs=1e-9)
+    # score_many of a long expression: distinct profiles scored in a parallel-capable scan, input order kept.
+    with seeded.connect("analyst") as analyst:
+        many = analyst.execute("SELECT * FROM scoring.score_many(ARRAY[33, 31, 33, 32]::bigint[])").fetchall()
+        with pytest.raises(psycopg.errors.NoDataFound, match="customer_id 4242"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY[31, 4242]::bigint[])")
+    with seeded.connect() as admin:
+        assert "AS MATERIALIZED" in admin.execute(
+            "SELECT prosrc FROM pg_proc WHERE oid = 'scoring.score_many'::regproc").fetchone()[0]
+    assert [c for c, _ in many] == [33, 31, 33, 32]
+    for customer_id, score in many:
         assert score == pytest.approx(expected[customer_id], abs=1e-9)
 
 
