@@ -7,8 +7,6 @@ so asking costs nothing on a cold backend.
 from __future__ import annotations
 
 import json
-import platform
-from importlib import metadata
 from typing import Any, Mapping
 
 from .errors import MODEL_LOAD_FAILED, ScoringError, describe
@@ -19,6 +17,11 @@ PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "pandas", "threadpoolctl
 
 def versions() -> dict[str, str | None]:
     """Python and library versions of this interpreter; None for a missing library."""
+    # Imported here: importlib.metadata costs a new backend tens of
+    # milliseconds, and only the scikit-learn path and runtime_info need it.
+    import platform
+    from importlib import metadata
+
     found: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
         try:

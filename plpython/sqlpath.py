@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import catalog, plans, registry, sqlgen, trigger
+from . import catalog, plans, registry, trigger
 from .errors import NOT_IN_PREREQUISITE_STATE, ScoringError
 
 REJECT = "scoring._score_rejected({model_id}, p.customer_id, {{message}}, {mode})"
@@ -277,6 +277,8 @@ def _evaluator(plpy: Any, cache: dict, model_id: int, row: Any) -> Any:
 
 
 def _to_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any, **options: Any) -> str:
+    from . import sqlgen  # only when writing SQL: it needs numpy, which a sql-path backend never loads
+
     try:
         return sqlgen.to_sql(evaluator, "p", column_types=catalog.declared_types(plpy, cache), **options)
     except sqlgen.SqlUnsupported as exc:
