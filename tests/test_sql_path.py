@@ -247,3 +247,26 @@ def test_compiled_model_gets_a_generated_trigger_that_calls_python_only_to_score
             " AND has_function_privilege(r.oid, 'scoring._score_profile(bigint, bigint, text,"
             " double precision[], bigint[], boolean[], text[])', 'EXECUTE')").fetchall()
     assert callers == []
+
+
+def test_altering_the_profiles_rewrites_the_generated_functions_or_is_refused(seeded, model_files):
+    """Generated code names the model's columns: dropping one the active sql
+    model reads is refused (naming it), retyping one rewrites the code."""
+    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    assert gbm.scoring_path == "sql"
+    with seeded.connect() as admin:
+        with pytest.raises(psycopg.errors.UndefinedObject, match="'contract'"):
+            admin.execute("ALTER TABLE customer_profiles DROP COLUMN contract")
+    with seeded.connect() as admin:
+        admin.execute("ALTER TABLE customer_profiles ADD COLUMN region text")  # not a feature: harmless
+        before = trigger_source(seeded)
+        admin.execute("ALTER TABLE customer_profiles ALTER COLUMN total_charges TYPE double precision")
+    assert trigger_source(seeded) != before  # splits on total_charges are now float8 cuts, not decimals
+    with seeded.connect("app") as app:
+        app.execute("INSERT INTO complaints (customer_id) VALUES (41)")
+        app.execute("INSERT INTO complaints (customer_id) VALUES (42), (43)")
+    expected = local_scores(model_files["gbm"], seeded, [41, 42, 43])
+    with seeded.connect() as admin:
+        stored = dict(admin.execute("SELECT customer_id, churn_score FROM customer_profiles"
+                                    " WHERE customer_id IN (41, 42, 43)").fetchall())
+    assert stored == pytest.approx(expected, abs=1e-9)

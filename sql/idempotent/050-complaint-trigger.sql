@@ -194,3 +194,29 @@ CREATE OR REPLACE TRIGGER churn_path_changed
     AFTER UPDATE OF scoring_path ON scoring.models
     FOR EACH ROW WHEN (NEW.name = 'churn' AND NEW.scoring_path IS DISTINCT FROM OLD.scoring_path)
     EXECUTE FUNCTION scoring._reinstall_scoring_functions();
+
+-- The generated functions name the active model's columns and their types.
+-- A change to public.customer_profiles (a column added, dropped, renamed or
+-- retyped) rewrites them in the same transaction; one that leaves an active
+-- 'sql' model without a column it reads is refused, naming the feature (a
+-- 'compiled' or 'sklearn' model is then scored in Python, where a missing
+-- feature is a scoring failure under scoring.on_error).
+CREATE OR REPLACE FUNCTION scoring._profiles_altered()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_event_trigger_ddl_commands() c
+                WHERE c.classid = 'pg_class'::regclass AND c.objid = to_regclass('public.customer_profiles')) THEN
+        PERFORM scoring._install_scoring_functions();
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION scoring._profiles_altered() IS 'internal: rewrites the scoring functions after an ALTER TABLE of the profiles';
+
+DROP EVENT TRIGGER IF EXISTS scoring_profiles_altered;
+CREATE EVENT TRIGGER scoring_profiles_altered ON ddl_command_end
+    WHEN TAG IN ('ALTER TABLE')
+    EXECUTE FUNCTION scoring._profiles_altered();
