@@ -133,7 +133,9 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
 
 @sql_errors
 def warmup(plpy: Any, cache: dict, model_name: str) -> None:
-    registry.active_model(plpy, cache, model_name)
+    model = registry.active_model(plpy, cache, model_name)
+    if model.scoring_path in registry.COMPILED_PATHS:
+        model.estimator.warm()  # the trigger's single-row code, compiled before the first insert
 
 
 @sql_errors

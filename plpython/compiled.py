@@ -725,11 +725,15 @@ class _RowCode:
         total = sum(values)
         if total - total != 0.0:
             return None
+        return self.function()(values)
+
+    def function(self) -> Any:
+        """The compiled function (compiled now if this is the first call)."""
         if self._function is None:
             namespace: dict[str, Any] = {}
             exec(compile(self.source(), "<pgscore compiled trees>", "exec"), namespace)  # noqa: S102
             self._function = namespace["raw"]
-        return self._function(values)
+        return self._function
 
     def source(self) -> str:
         feature, threshold, left, right, value, roots = self._arrays
@@ -853,6 +857,12 @@ class Evaluator:
             hit = codes >= 0
             X[all_rows[hit], codes[hit]] = 1.0
         return X
+
+    def warm(self) -> None:
+        """Does now what the first single-row score would (for scoring.warmup)."""
+        row_code = getattr(self.model, "row_code", None)
+        if row_code is not None:
+            row_code.function()
 
     def predict_one(self, row: Mapping[str, Any] | Sequence[Any]) -> float:
         """P(class 1) of one row, as ``predict([row])[0]``.

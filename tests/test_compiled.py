@@ -232,6 +232,9 @@ def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, P
     evaluator = roundtrip(model)
     small = family in ("gbm", "hgb", "tree")
     assert (evaluator.model.row_code is not None) == small
+    evaluator.warm()  # scoring.warmup compiles the single-row code ahead of the first insert
+    if small:
+        assert evaluator.model.row_code._function is not None
     rows = score_rows[:1500] + edge_rows(model)
     batch = evaluator.predict(rows)
     one = np.array([evaluator.predict_one(row) for row in rows])
