@@ -248,7 +248,7 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     :func:`edge_case_rows`). Raises PushError when 'compiled' was forced and
     is not possible.
     """
-    from .compile import UnsupportedModel, check_parity, compile_model
+    from .compile import UnsupportedModel, compile_model
 
     if wanted == "sklearn":
         return None, "sklearn", "scikit-learn path forced at push"
@@ -351,18 +351,18 @@ def _row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float
     UnsupportedModel naming the row."""
     from .compile import UnsupportedModel
 
+    def outcome(score: Any, row: dict) -> float | Exception:
+        try:
+            return float(score(row))
+        except Exception as exc:
+            return exc
+
     worst = 0.0
     evaluator = compiled.evaluator()
     for row in rows:
-        outcomes = []
-        for score in (lambda: estimator.predict_proba(features.to_frame([row], compiled.feature_names))[0, 1],
-                      lambda: evaluator.predict([row])[0]):
-            try:
-                outcomes.append(float(score()))
-            except Exception as exc:
-                outcomes.append(exc)
-        expected, got = outcomes
-        refused = [isinstance(outcome, Exception) for outcome in outcomes]
+        expected = outcome(lambda r: estimator.predict_proba(features.to_frame([r], compiled.feature_names))[0, 1], row)
+        got = outcome(lambda r: evaluator.predict([r])[0], row)
+        refused = [isinstance(expected, Exception), isinstance(got, Exception)]
         if refused == [True, True]:
             continue
         if refused == [True, False]:

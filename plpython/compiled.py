@@ -709,7 +709,7 @@ class _RowCode:
     MAX_NODES = 4096
     MAX_DEPTH = 64  # Python's tokenizer allows 100 levels of indentation
 
-    def __init__(self, trees: "_Trees", feature: np.ndarray, threshold: np.ndarray, left: np.ndarray,
+    def __init__(self, trees: _Trees, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray,
                  right: np.ndarray, value: np.ndarray, roots: np.ndarray):
         self.cast_float32 = trees.cast_float32
         self._arrays = (feature.tolist(), threshold.tolist(), left.tolist(), right.tolist(), value.tolist(),
@@ -758,7 +758,7 @@ class _RowCode:
 def _float_literal(value: float) -> str:
     if math.isfinite(value):
         return repr(float(value))
-    return "float('nan')" if value != value else ("float('inf')" if value > 0 else "-float('inf')")
+    return "float('nan')" if math.isnan(value) else ("float('inf')" if value > 0 else "-float('inf')")
 
 
 class Evaluator:

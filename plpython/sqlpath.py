@@ -278,7 +278,8 @@ def _evaluator(plpy: Any, cache: dict, model_id: int, row: Any) -> Any:
 
 
 def _to_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any, **options: Any) -> str:
-    from . import sqlgen  # only when writing SQL: it needs numpy, which a sql-path backend never loads
+    # Imported only to write SQL: sqlgen needs numpy, which a sql-path backend never loads.
+    from . import sqlgen
 
     try:
         return sqlgen.to_sql(evaluator, "p", column_types=catalog.declared_types(plpy, cache), **options)

@@ -254,9 +254,8 @@ def test_altering_the_profiles_rewrites_the_generated_functions_or_is_refused(se
     model reads is refused (naming it), retyping one rewrites the code."""
     gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
     assert gbm.scoring_path == "sql"
-    with seeded.connect() as admin:
-        with pytest.raises(psycopg.errors.UndefinedObject, match="'contract'"):
-            admin.execute("ALTER TABLE customer_profiles DROP COLUMN contract")
+    with seeded.connect() as admin, pytest.raises(psycopg.errors.UndefinedObject, match="'contract'"):
+        admin.execute("ALTER TABLE customer_profiles DROP COLUMN contract")
     with seeded.connect() as admin:
         admin.execute("ALTER TABLE customer_profiles ADD COLUMN region text")  # not a feature: harmless
         before = trigger_source(seeded)

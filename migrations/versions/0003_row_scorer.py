@@ -1,5 +1,6 @@
 """One customer's complaint is scored in Python without SPI round trips
-(compiled models, long SQL expressions); +-inf refused where scikit-learn's
+(compiled models, long SQL expressions); an ALTER TABLE of the profiles
+rewrites the generated functions; +-inf refused where scikit-learn's
 imputer or scaler refuses it.
 
 Revision ID: 0003
