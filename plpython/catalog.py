@@ -69,9 +69,11 @@ def check_features(feature_names: Sequence[str], columns: Mapping[str, str], mod
             )
 
 
-# Letter per column type: which array of scoring._score_profile carries the
-# feature (pgscore_server.trigger.ROW_ARRAYS), holding the value as
-# select_list reads it. character(n) has none: a cast to text drops padding.
+# The arrays scoring._score_profile takes a profile's features in, in its
+# argument order: (layout letter, element type). Per column type, the letter
+# of the array that holds the value as select_list reads it. character(n)
+# has none: a cast to text drops its padding.
+ROW_ARRAYS = (("f", "float8"), ("i", "bigint"), ("b", "boolean"), ("t", "text"))
 ROW_LETTERS = {**{t: "f" for t in NUMBER_TYPES - INTEGER_TYPES}, **{t: "i" for t in INTEGER_TYPES},
                **{t: "b" for t in BOOLEAN_TYPES}, "text": "t", "character varying": "t"}
 

@@ -737,7 +737,7 @@ class _RowCode:
 
     def source(self) -> str:
         feature, threshold, left, right, value, roots = self._arrays
-        lines = ["def raw(x):", f"    s = {self._start!r}"]
+        lines = ["def raw(x):", f"    s = {_float_literal(self._start)}"]
 
         def emit(node: int, indent: str) -> None:
             if feature[node] < 0:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import catalog, plans, registry, trigger
+from . import catalog, plans, registry
 from .errors import NOT_IN_PREREQUISITE_STATE, ScoringError
 
 REJECT = "scoring._score_rejected({model_id}, p.customer_id, {{message}}, {mode})"
@@ -250,7 +250,7 @@ def _python_assignment(plpy: Any, model_id: int, feature_names: list[str], layou
     """The score assignment through scoring._score_profile: the features as
     one array per kind (cheaper to hand to Python than a whole row)."""
     arrays = []
-    for letter, kind in zip(trigger.ROW_ARRAYS, ("float8", "bigint", "boolean", "text")):
+    for letter, kind in catalog.ROW_ARRAYS:
         items = [ONE_CUSTOMER_COUNT if name == "complaint_count" else f"p.{plpy.quote_ident(name)}"
                  for name, used in zip(feature_names, layout) if used == letter]
         arrays.append(f"ARRAY[{', '.join(items)}]::{kind}[]" if items else f"'{{}}'::{kind}[]")

@@ -189,10 +189,6 @@ def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, Sc
     )
 
 
-# scoring._score_profile's arrays, by the layout letter the generated trigger writes per feature.
-ROW_ARRAYS = "fibt"  # float8[], bigint[], boolean[], text[]
-
-
 def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,
                   arrays: tuple[list | None, ...]) -> float | None:
     """P(churn) of one profile, its features passed as arrays by kind, each
@@ -232,14 +228,15 @@ def _profile_model(plpy: Any, cache: dict, model_id: int) -> registry.LoadedMode
 
 
 def _slots(cache: dict, layout: str) -> list[tuple[int, int]]:
-    """(array, position) per feature for a layout such as 'tifb'."""
+    """(array, position) per feature for a layout such as 'tifb' (catalog.ROW_ARRAYS)."""
     known = cache.setdefault("pgscore.row_layouts", {})
     slots = known.get(layout)
     if slots is None:
-        seen = [0] * len(ROW_ARRAYS)
+        letters = [letter for letter, _ in catalog.ROW_ARRAYS]
+        seen = [0] * len(letters)
         slots = []
         for letter in layout:
-            k = ROW_ARRAYS.index(letter)
+            k = letters.index(letter)
             slots.append((k, seen[k]))
             seen[k] += 1
         known[layout] = slots
