@@ -712,8 +712,7 @@ class _RowCode:
     def __init__(self, trees: _Trees, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray,
                  right: np.ndarray, value: np.ndarray, roots: np.ndarray):
         self.cast_float32 = trees.cast_float32
-        self._arrays = (feature.tolist(), threshold.tolist(), left.tolist(), right.tolist(), value.tolist(),
-                        roots.tolist())
+        self._arrays = (feature, threshold, left, right, value, roots)  # as lists only when writing the source
         # What raw() starts from and what each leaf adds: the operations of _Trees.predict_one.
         self._start = 0.0 if trees.combine == "average" else trees.init
         self._scale = trees.learning_rate if trees.combine == "boosting" else None
@@ -736,7 +735,7 @@ class _RowCode:
         return self._function
 
     def source(self) -> str:
-        feature, threshold, left, right, value, roots = self._arrays
+        feature, threshold, left, right, value, roots = (a.tolist() for a in self._arrays)
         lines = ["def raw(x):", f"    s = {_float_literal(self._start)}"]
 
         def emit(node: int, indent: str) -> None:
