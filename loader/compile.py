@@ -427,6 +427,10 @@ def _scaler(est: Any, path: str, chains: list[_Chain]) -> list[_Chain]:
             chain.ops.append(("sub", float(est.mean_[k])))
         if est.with_std and est.scale_ is not None:
             chain.ops.append(("div", float(est.scale_[k])))
+        if not chain.ops:
+            # A scaler that changes nothing still refuses +-inf; the evaluator
+            # and the SQL generator refuse it where a block has an operation.
+            chain.ops.append(("sub", 0.0))
     return chains
 
 

@@ -215,9 +215,14 @@ def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layou
 
 def _profile_model(plpy: Any, cache: dict, model_id: int) -> registry.LoadedModel:
     # What a model_id scores never changes: once loaded here, no query at all.
-    model = cache.get("pgscore.models", {}).get(model_id)
-    if model is not None:
+    # Only this function's callers (compiled or long-sql models) use the
+    # compiled form; a copy this backend loaded for the scikit-learn path
+    # before the path changed would score ~500x slower: load it again.
+    models = cache.get("pgscore.models", {})
+    model = models.get(model_id)
+    if model is not None and model.scoring_path in registry.COMPILED_PATHS:
         return model
+    models.pop(model_id, None)
     try:
         # A subtransaction, so that a failed query while loading does not
         # abort the inserting transaction under 'keep'.

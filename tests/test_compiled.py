@@ -226,19 +226,29 @@ def test_parity_with_predict_proba(family: str, pipelines: dict[str, Pipeline], 
 @pytest.mark.parametrize("family", ["gbm", "hgb", "tree", "rf", "extra_trees"])
 def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, Pipeline],
                                              score_rows: list[Row]) -> None:
-    """predict_one (generated Python for small ensembles, the numpy walk for
-    large ones and for rows with NaN) gives the batch's bits, edge rows included."""
+    """predict_one (generated Python from raw values to the leaves for small
+    ensembles, the numpy walk for large ones, the general path for rows with
+    missing or unusual values) gives the batch's bits, edge rows included."""
     model = pipelines[family]
     evaluator = roundtrip(model)
     small = family in ("gbm", "hgb", "tree")
     assert (evaluator.model.row_code is not None) == small
+    assert (evaluator.pipeline_code is not None) == small
     evaluator.warm()  # scoring.warmup compiles the single-row code ahead of the first insert
     if small:
-        assert evaluator.model.row_code._function is not None
+        assert evaluator.pipeline_code._function is not None
     rows = score_rows[:1500] + edge_rows(model)
     batch = evaluator.predict(rows)
     one = np.array([evaluator.predict_one(row) for row in rows])
     assert np.array_equal(one, batch)
+    if small:
+        # The generated pipeline scores the usual rows itself (it would pass
+        # the check above trivially by always handing over to the general path).
+        raw = [evaluator.pipeline_code.raw(evaluator._row(row)) for row in score_rows[:1500]]
+        assert sum(r is not None for r in raw) >= 1400
+        # and refuses what it does not handle: a missing number, an unknown category
+        assert evaluator.pipeline_code.raw(evaluator._row({**score_rows[0], "total_charges": None})) is None
+        assert evaluator.pipeline_code.raw(evaluator._row({**score_rows[0], "contract": "Weekly"})) is None
 
 
 def numeric_frame_rows(n: int, seed: int) -> list[Row]:
@@ -342,9 +352,10 @@ def test_missing_value_reaching_a_model_without_imputer(train: tuple[list[Row], 
 
 @pytest.mark.parametrize("numeric, refused", [
     (StandardScaler(), True),
+    (StandardScaler(with_mean=False, with_std=False), True),  # changes nothing, still checks
     (SimpleImputer(strategy="median"), True),
     ("passthrough", False),
-], ids=["scaler", "imputer", "passthrough"])
+], ids=["scaler", "no-op scaler", "imputer", "passthrough"])
 def test_infinity_is_refused_by_imputer_and_scaler_even_before_a_model_that_accepts_it(
         numeric: Any, refused: bool, train: tuple[list[Row], np.ndarray]) -> None:
     """HistGradientBoosting routes +-inf, but SimpleImputer and StandardScaler

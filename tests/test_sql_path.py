@@ -249,6 +249,27 @@ def test_compiled_model_gets_a_generated_trigger_that_calls_python_only_to_score
     assert callers == []
 
 
+def test_a_backend_that_scored_with_scikit_learn_switches_to_the_compiled_form(seeded, model_files):
+    """A pooled connection keeps its models across a path change: the row
+    scorer must not go on with the scikit-learn copy it loaded before."""
+    result = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True,
+                        scoring_path="compiled")
+    with seeded.connect() as conn:
+        conn.execute("SELECT scoring.set_scoring_path('churn', %s, 'sklearn')", [result.version])
+        conn.execute("SELECT scoring.score(31::bigint)")  # this backend now holds the scikit-learn copy
+        conn.execute("SELECT scoring.set_scoring_path('churn', %s, 'compiled')", [result.version])
+        conn.execute("INSERT INTO complaints (customer_id) VALUES (32)")
+        held = []
+        conn.add_notice_handler(lambda d: held.append(d.message_primary))
+        conn.execute(f"DO $$ plpy.notice(type(GD['pgscore.models'][{result.model_id}].estimator).__name__) $$"
+                     " LANGUAGE plpython3u")
+        score, model_id = conn.execute(
+            "SELECT churn_score, churn_model_id FROM customer_profiles WHERE customer_id = 32").fetchone()
+    assert held == ["Evaluator"]
+    assert model_id == result.model_id
+    assert score == pytest.approx(local_scores(model_files["gbm"], seeded, [32])[32], abs=1e-9)
+
+
 def test_altering_the_profiles_rewrites_the_generated_functions_or_is_refused(seeded, model_files):
     """Generated code names the model's columns: dropping one the active sql
     model reads is refused (naming it), retyping one rewrites the code."""
