@@ -1,10 +1,12 @@
 """Scoring a compiled scikit-learn pipeline with numpy alone.
 
 This module runs inside PostgreSQL: it imports only numpy and the standard
-library, never scikit-learn, pandas or scipy. ``pgscore.compile`` turns a
-fitted pipeline into bytes (a ``.npz`` archive: a JSON manifest plus plain
-numeric arrays, no pickle); :func:`load` reads them back and the returned
-:class:`Evaluator` reproduces ``pipeline.predict_proba(to_frame(rows))[:, 1]``.
+library, never scikit-learn, pandas or scipy, and numpy only on first use: a
+tree model scoring one row at a time (the complaint trigger) runs on the
+standard library alone. ``pgscore.compile`` turns a fitted pipeline into
+bytes (a ``.npz`` archive: a JSON manifest plus plain numeric arrays, no
+pickle); :func:`load` reads them back and the returned :class:`Evaluator`
+reproduces ``pipeline.predict_proba(to_frame(rows))[:, 1]``.
 
 "Reproduces" includes the quirks of that reference. ``to_frame`` builds a
 pandas DataFrame, and pandas infers each column's dtype from the whole batch:
@@ -22,13 +24,16 @@ close to it.
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import struct
+import sys
+import zlib
 from array import array
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 FORMAT = "pgscore-compiled"
 FORMAT_VERSION = 1
@@ -56,6 +61,25 @@ class _NanKey:
 NAN_KEY = _NanKey()
 
 
+class _Numpy:
+    """Stands in for numpy until first used; then the module's ``np`` is numpy
+    itself. A backend that never scores a batch never imports it (~12 MiB and
+    ~0.1 s per backend)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import numpy
+
+        globals()["np"] = numpy
+        return getattr(numpy, name)
+
+
+if not TYPE_CHECKING:
+    np = _Numpy()
+
+# The .npy element types pgscore.compile writes, as array typecodes.
+_NPY_TYPECODES = {"<f8": "d", "<i4": "i", "<i8": "q", "|u1": "B", "|b1": "B"}
+
+
 def load(data: bytes) -> "Evaluator":
     """Read bytes written by ``pgscore.compile.CompiledModel.to_bytes``.
 
@@ -63,9 +87,8 @@ def load(data: bytes) -> "Evaluator":
     version this module understands, or are inconsistent.
     """
     try:
-        archive = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-        arrays = {name: archive[name] for name in archive.files}
-    except Exception as exc:  # zipfile, format or pickle errors: all "not ours"
+        arrays = _read_npz(bytes(data))
+    except (ValueError, struct.error, zlib.error, UnicodeDecodeError) as exc:  # all "not ours"
         raise ValueError(f"not a compiled pgscore model: {exc}") from exc
     if "manifest" not in arrays:
         raise ValueError("not a compiled pgscore model: no manifest")
@@ -81,6 +104,90 @@ def load(data: bytes) -> "Evaluator":
         return Evaluator(manifest, arrays)
     except (KeyError, TypeError, IndexError) as exc:
         raise ValueError(f"compiled model is malformed: {exc!r}") from exc
+
+
+def _read_npz(data: bytes) -> dict[str, array]:
+    """The flat arrays of a ``.npz`` archive as ``pgscore.compile`` writes it
+    (a zip of ``.npy`` files, stored or deflated), without numpy or zipfile.
+
+    Raises ValueError for anything else: another zip layout, a damaged
+    member (CRC), an element type or memory order it does not write.
+    """
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_557))
+    if end < 0:
+        raise ValueError("not a zip archive")
+    count, _size, offset = struct.unpack_from("<HII", data, end + 10)
+    arrays: dict[str, array] = {}
+    for _ in range(count):
+        if data[offset:offset + 4] != b"PK\x01\x02":
+            raise ValueError("damaged zip directory")
+        method, crc, packed, size, name_len, extra_len, comment_len = struct.unpack_from("<H4xIIIHHH", data, offset + 10)
+        (local,) = struct.unpack_from("<I", data, offset + 42)
+        name = data[offset + 46:offset + 46 + name_len].decode("utf-8")
+        offset += 46 + name_len + extra_len + comment_len
+        if data[local:local + 4] != b"PK\x03\x04":
+            raise ValueError(f"damaged zip member {name!r}")
+        start = local + 30 + sum(struct.unpack_from("<HH", data, local + 26))
+        body = data[start:start + packed]
+        if method == 8:
+            body = zlib.decompress(body, -15)
+        elif method != 0:
+            raise ValueError(f"zip member {name!r}: compression method {method}")
+        if len(body) != size or zlib.crc32(body) != crc:
+            raise ValueError(f"zip member {name!r} is damaged")
+        if not name.endswith(".npy"):
+            raise ValueError(f"zip member {name!r} is not an array")
+        arrays[name[:-4]] = _read_npy(body, name)
+    return arrays
+
+
+def _read_npy(body: bytes, name: str) -> array:
+    """One ``.npy`` file (format 1.0-3.0) written by ``numpy.lib.format.write_array``, flattened."""
+    if body[:6] != b"\x93NUMPY" or body[6] not in (1, 2, 3):
+        raise ValueError(f"{name!r} is not an .npy array")
+    length_format = "<H" if body[6] == 1 else "<I"
+    (header_len,) = struct.unpack_from(length_format, body, 8)
+    data_start = 8 + struct.calcsize(length_format) + header_len
+    header = body[data_start - header_len:data_start].decode("latin-1")
+
+    def field(key: str, opening: str, closing: str) -> str:
+        start = header.find(f"'{key}': {opening}")
+        if start < 0:
+            raise ValueError(f"{name!r}: no {key} in the .npy header")
+        start += len(key) + 4 + len(opening)
+        return header[start:header.index(closing, start)]
+
+    typecode = _NPY_TYPECODES.get(field("descr", "'", "'"))
+    if typecode is None or "'fortran_order': False" not in header:
+        raise ValueError(f"{name!r}: element type or memory order not written by pgscore")
+    values = array(typecode)
+    values.frombytes(body[data_start:])
+    count = 1
+    for dim in field("shape", "(", ")").split(","):
+        if dim.strip():
+            count *= int(dim)
+    if len(values) != count:
+        raise ValueError(f"{name!r}: data does not match its shape")
+    if sys.byteorder != "little" and values.itemsize > 1:
+        values.byteswap()
+    return values
+
+
+def _scalar(values: Any) -> float:
+    """The one float of a single-element array (array.array or numpy)."""
+    items = values.tolist()
+    if isinstance(items, list):
+        if len(items) != 1:
+            raise ValueError("expected a single value")
+        items = items[0]
+    return float(items)
+
+
+def _as_array(values: Any, typecode: str) -> array:
+    """``values`` as an array.array of ``typecode`` (the archive's own arrays need no copy)."""
+    if isinstance(values, array) and values.typecode == typecode:
+        return values
+    return array(typecode, values.tolist())
 
 
 def decode_value(tagged: Sequence[Any]) -> Any:
@@ -183,15 +290,15 @@ class _NumericBlock:
     def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], names: Sequence[str]):
         self.step: str = spec["step"]
         self.inputs: list[int] = [int(i) for i in spec["inputs"]]
-        self.outputs = np.asarray(spec["outputs"], dtype=np.intp)
+        self.outputs: list[int] = [int(o) for o in spec["outputs"]]
         self.names = [names[i] for i in self.inputs]
         self.fills: list[list[Any]] = [[decode_value(v) for v in step] for step in spec["fills"]]
-        self.ops: list[tuple[str, np.ndarray]] = []
+        self.ops: list[tuple[str, list[float]]] = []
         for code, array_name in spec["ops"]:
             if code not in ("fill", "sub", "div"):
                 raise ValueError(f"unknown numeric operation {code!r} in compiled model")
-            values = np.asarray(arrays[array_name], dtype=np.float64)
-            if values.shape != (len(self.inputs),):
+            values = [float(v) for v in arrays[array_name].tolist()]
+            if len(values) != len(self.inputs):
                 raise ValueError(f"array {array_name!r} has the wrong shape")
             self.ops.append((code, values))
         # SimpleImputer and StandardScaler check their input with
@@ -202,10 +309,10 @@ class _NumericBlock:
         self._columns_one = [
             (
                 self.inputs[k],
-                int(self.outputs[k]),
+                self.outputs[k],
                 self.names[k],
                 tuple(step[k] for step in self.fills),
-                tuple((code, float(values[k])) for code, values in self.ops),
+                tuple((code, values[k]) for code, values in self.ops),
             )
             for k in range(len(self.inputs))
         ]
@@ -227,12 +334,13 @@ class _NumericBlock:
                 if infinite.any():
                     raise self._infinite(self.names[k], float(block[k][infinite.argmax()]))
         for code, values in self.ops:
+            column_values = np.asarray(values, dtype=np.float64)[:, None]
             if code == "fill":
-                np.copyto(block, values[:, None], where=np.isnan(block))
+                np.copyto(block, column_values, where=np.isnan(block))
             elif code == "sub":
-                block -= values[:, None]
+                block -= column_values
             else:
-                block /= values[:, None]
+                block /= column_values
         X[:, self.outputs] = block.T
 
     def fill_one(self, row: Sequence[Any], x: list[float]) -> None:
@@ -469,15 +577,17 @@ class _Trees:
     - 'hist_boosting' (HistGradientBoosting): expit(baseline + sum(leaf));
     - 'average' (forests, single trees): mean of per-tree P(class 1).
     Many rows: traversal goes level by level over all trees at once (numpy
-    fancy indexing). One row: the same, unless the ensemble is small or
-    deep and narrow (a single deep tree), where a Python loop over nodes
-    costs less than numpy's per-call overhead at every level.
+    fancy indexing). One row: generated Python for small ensembles
+    (:class:`_RowCode`), else a Python loop over nodes unless numpy's
+    per-level cost is clearly lower (wide, shallow ensembles).
     """
 
-    # Rough cost of one numpy level step, in Python node steps (measured).
-    _LEVEL_COST = 40
+    # One numpy level step costs about as much as this many Python node
+    # steps (demo forest, one row: 8 levels 115 us, 750 node steps 127 us).
+    # A tie goes to Python, which needs no numpy in the backend.
+    _LEVEL_COST = 100
 
-    def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, np.ndarray], output_names: Sequence[str]):
+    def __init__(self, spec: Mapping[str, Any], arrays: Mapping[str, Any], output_names: Sequence[str]):
         self.estimator: str = spec["estimator"]
         self.combine: str = spec["combine"]
         if self.combine not in ("boosting", "hist_boosting", "average"):
@@ -486,78 +596,104 @@ class _Trees:
         self.route_missing = spec["missing"] == "route"
         self.allow_inf = bool(spec["allow_inf"])
         self.max_depth = int(spec["max_depth"])
-        self.init = float(arrays["init"].reshape(()))
-        self.learning_rate = float(arrays["learning_rate"].reshape(()))
+        self.init = _scalar(arrays["init"])
+        self.learning_rate = _scalar(arrays["learning_rate"])
         self.output_names = list(output_names)
 
-        feature = np.asarray(arrays["tree_feature"], dtype=np.intp)
-        threshold = np.asarray(arrays["tree_threshold"], dtype=np.float64)
-        left = np.asarray(arrays["tree_left"], dtype=np.intp)
-        right = np.asarray(arrays["tree_right"], dtype=np.intp)
-        missing_left = np.asarray(arrays["tree_missing_left"], dtype=bool)
-        value = np.asarray(arrays["tree_value"], dtype=np.float64)
-        roots = np.asarray(arrays["tree_roots"], dtype=np.intp)
-        n_nodes = feature.shape[0]
-        for name, a in (("threshold", threshold), ("left", left), ("right", right),
-                        ("missing_left", missing_left), ("value", value)):
-            if a.shape != (n_nodes,):
+        # The node table as compact arrays: the one-row walk reads them, the
+        # batch walk's numpy arrays are made from them on first use.
+        self.node_feature = _as_array(arrays["tree_feature"], "i")
+        self.node_threshold = _as_array(arrays["tree_threshold"], "d")
+        self.node_left = _as_array(arrays["tree_left"], "i")
+        self.node_right = _as_array(arrays["tree_right"], "i")
+        self.node_missing_left = _as_array(arrays["tree_missing_left"], "B")
+        self.node_value = _as_array(arrays["tree_value"], "d")
+        self.node_roots = _as_array(arrays["tree_roots"], "i")
+        n_nodes = len(self.node_feature)
+        for name in ("threshold", "left", "right", "missing_left", "value"):
+            if len(getattr(self, f"node_{name}")) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
-        is_leaf = feature < 0
-        inner = ~is_leaf
-        if (
-            n_nodes == 0
-            or roots.size == 0
-            or not ((0 <= roots) & (roots < n_nodes)).all()
-            or not ((0 <= left[inner]) & (left[inner] < n_nodes)).all()
-            or not ((0 <= right[inner]) & (right[inner] < n_nodes)).all()
-            or not (feature < len(output_names)).all()
-        ):
-            raise ValueError("tree arrays of the compiled model are inconsistent")
-        nodes = np.arange(n_nodes)
-        # Leaves loop onto themselves, so every row can take max_depth steps
-        # without asking whether it already reached a leaf.
-        self.feature = np.where(is_leaf, 0, feature)
-        self.threshold = threshold
-        # children[2 * node + went_right]: one gather per level instead of two plus a select.
-        self.children = np.stack([np.where(is_leaf, nodes, left), np.where(is_leaf, nodes, right)], axis=1).ravel()
-        self.missing_right = ~missing_left
-        self.value = value
-        self.roots = roots
-        self.n_trees = roots.shape[0]
-        path_steps = self._leaf_depth_total(is_leaf, left, right)
-        self.python_one = path_steps <= self._LEVEL_COST * self.max_depth
+        self.n_trees = len(self.node_roots)
+        self._check_nodes(n_nodes, len(output_names))
+        self.python_one = self._leaf_depth_total() <= self._LEVEL_COST * self.max_depth
         small = n_nodes <= _RowCode.MAX_NODES and self.max_depth <= _RowCode.MAX_DEPTH
-        self.row_code = (_RowCode(self, feature, threshold, left, right, value, roots)
-                         if small and not np.isnan(threshold[inner]).any() else None)
-        if self.python_one:
-            self.l_feature = feature.tolist()
-            self.l_threshold = threshold.tolist()
-            self.l_left = left.tolist()
-            self.l_right = right.tolist()
-            self.l_missing_left = missing_left.tolist()
-            self.l_value = value.tolist()
-            self.l_roots = roots.tolist()
+        no_nan = all(t == t for f, t in zip(self.node_feature, self.node_threshold) if f >= 0)
+        self.row_code = (_RowCode(self, self.node_feature, self.node_threshold, self.node_left, self.node_right,
+                                  self.node_value, self.node_roots)
+                         if small and no_nan else None)
+        self.children: np.ndarray | None = None  # the batch walk's arrays: _numpy_ready()
 
-    def _leaf_depth_total(self, is_leaf: np.ndarray, left: np.ndarray, right: np.ndarray) -> float:
+    def _check_nodes(self, n_nodes: int, n_outputs: int) -> None:
+        """Raise ValueError unless every root and inner node's children are nodes
+        and every tested feature is a model column."""
+        if n_nodes == 0 or self.n_trees == 0 or not all(0 <= r < n_nodes for r in self.node_roots):
+            raise ValueError("tree arrays of the compiled model are inconsistent")
+        for f, left, right in zip(self.node_feature, self.node_left, self.node_right):
+            if f >= 0 and not (f < n_outputs and 0 <= left < n_nodes and 0 <= right < n_nodes):
+                raise ValueError("tree arrays of the compiled model are inconsistent")
+
+    def _leaf_depth_total(self) -> float:
         """Sum over trees of the mean leaf depth: the node steps of one Python walk.
 
         Raises ValueError if some path is longer than max_depth (the
         vectorised walk would stop short of a leaf).
         """
-        frontier = self.roots
-        owner = np.arange(self.n_trees)
-        leaf_depths = np.zeros(self.n_trees)
-        leaf_counts = np.zeros(self.n_trees)
-        for level in range(self.max_depth + 1):
-            leaf = is_leaf[frontier]
-            np.add.at(leaf_depths, owner[leaf], level)
-            np.add.at(leaf_counts, owner[leaf], 1)
-            inner = ~leaf
-            frontier = np.concatenate([left[frontier[inner]], right[frontier[inner]]])
-            owner = np.concatenate([owner[inner], owner[inner]])
-            if not frontier.size:
-                return float(np.sum(leaf_depths / np.maximum(leaf_counts, 1)))
-        raise ValueError("tree arrays of the compiled model are inconsistent (deeper than max_depth)")
+        feature, left, right = self.node_feature, self.node_left, self.node_right
+        total = 0.0
+        for root in self.node_roots:
+            depths = leaves = 0
+            stack = [(root, 0)]
+            while stack:
+                node, depth = stack.pop()
+                if depth > self.max_depth:
+                    raise ValueError("tree arrays of the compiled model are inconsistent (deeper than max_depth)")
+                if feature[node] < 0:
+                    depths += depth
+                    leaves += 1
+                else:
+                    stack.append((left[node], depth + 1))
+                    stack.append((right[node], depth + 1))
+            total += depths / max(leaves, 1)
+        return total
+
+    def _numpy_ready(self) -> None:
+        """The batch walk's numpy arrays, made on its first use in this backend."""
+        if self.children is not None:
+            return
+        feature = np.asarray(self.node_feature, dtype=np.intp)
+        is_leaf = feature < 0
+        nodes = np.arange(feature.shape[0])
+        # Leaves loop onto themselves, so every row can take max_depth steps
+        # without asking whether it already reached a leaf.
+        self.feature = np.where(is_leaf, 0, feature)
+        self.threshold = np.asarray(self.node_threshold, dtype=np.float64)
+        left = np.where(is_leaf, nodes, np.asarray(self.node_left, dtype=np.intp))
+        right = np.where(is_leaf, nodes, np.asarray(self.node_right, dtype=np.intp))
+        self.missing_right = ~np.asarray(self.node_missing_left, dtype=bool)
+        self.value = np.asarray(self.node_value, dtype=np.float64)
+        self.roots = np.asarray(self.node_roots, dtype=np.intp)
+        # children[2 * node + went_right]: one gather per level instead of two plus a select.
+        self.children = np.stack([left, right], axis=1).ravel()
+
+    def _check_one(self, x: list[float]) -> None:
+        """:meth:`_check` of one row (after the float32 cast), without numpy."""
+        if self.route_missing and self.allow_inf:
+            return
+        for column, v in enumerate(x):
+            if v - v == 0.0:
+                continue
+            missing = v != v
+            if missing and self.route_missing or not missing and self.allow_inf:
+                continue
+            if missing:
+                raise ValueError(
+                    f"feature {self.output_names[column]!r}: value is missing (None/NaN) and {self.estimator} "
+                    "does not accept missing values here (impute it in the pipeline)"
+                )
+            raise ValueError(
+                f"feature {self.output_names[column]!r}: value is infinite or too large for float32, "
+                f"which {self.estimator} rejects"
+            )
 
     def _check(self, X: np.ndarray) -> None:
         """Reject NaN / infinity as scikit-learn's check_array does for this estimator."""
@@ -631,6 +767,7 @@ class _Trees:
             return 1.0 / (1.0 + np.exp(-raw))
 
     def predict_batch(self, X: np.ndarray) -> np.ndarray:
+        self._numpy_ready()
         X = self._prepare(X)
         n = X.shape[0]
         out = np.empty(n, dtype=np.float64)
@@ -642,12 +779,12 @@ class _Trees:
         return out
 
     def _walk_python(self, x: list[float]) -> list[float]:
-        feature, threshold = self.l_feature, self.l_threshold
-        left, right, value = self.l_left, self.l_right, self.l_value
+        feature, threshold = self.node_feature, self.node_threshold
+        left, right, value = self.node_left, self.node_right, self.node_value
         leaves = []
         if self.route_missing and not math.isfinite(sum(x)):
-            missing_left = self.l_missing_left
-            for node in self.l_roots:
+            missing_left = self.node_missing_left
+            for node in self.node_roots:
                 f = feature[node]
                 while f >= 0:
                     v = x[f]
@@ -660,7 +797,7 @@ class _Trees:
                     f = feature[node]
                 leaves.append(value[node])
         else:
-            for node in self.l_roots:
+            for node in self.node_roots:
                 f = feature[node]
                 while f >= 0:
                     node = left[node] if x[f] <= threshold[node] else right[node]
@@ -677,10 +814,14 @@ class _Trees:
             raw = self.row_code.raw(x)
             if raw is not None:
                 return self.finish(raw)
-        xa = self._prepare(np.array([x], dtype=np.float64))[0]
         if self.python_one:
-            leaves = self._walk_python(xa.tolist())
+            # array('f') rounds to float32 as numpy's cast does (overflow to +-inf included).
+            xs = array("f", x).tolist() if self.cast_float32 else x
+            self._check_one(xs)
+            leaves = self._walk_python(xs)
         else:
+            self._numpy_ready()
+            xa = self._prepare(np.array([x], dtype=np.float64))[0]
             leaves = self.value[self._walk(xa, self.roots)].tolist()
         # Same operations as _combine, on Python floats (cheaper for one row).
         if self.combine == "average":
@@ -714,8 +855,8 @@ class _RowCode:
     MAX_NODES = 4096
     MAX_DEPTH = 64  # Python's tokenizer allows 100 levels of indentation
 
-    def __init__(self, trees: _Trees, feature: np.ndarray, threshold: np.ndarray, left: np.ndarray,
-                 right: np.ndarray, value: np.ndarray, roots: np.ndarray):
+    def __init__(self, trees: _Trees, feature: array, threshold: array, left: array,
+                 right: array, value: array, roots: array):
         self.cast_float32 = trees.cast_float32
         self._arrays = (feature, threshold, left, right, value, roots)  # as lists only when writing the source
         # What raw() starts from and what each leaf adds: the operations of _Trees.predict_one.
@@ -744,7 +885,10 @@ class _RowCode:
         ``condition(column, threshold)``: the Python test for "goes left"."""
         feature, threshold, left, right, value, roots = (a.tolist() for a in self._arrays)
         if condition is None:
-            condition = lambda column, t: f"x[{column}] <= {_float_literal(t)}"  # noqa: E731
+
+            def condition(column: int, t: float) -> str:
+                return f"x[{column}] <= {_float_literal(t)}"
+
         lines = ["def raw(x):", *prologue, f"    s = {_float_literal(self._start)}"]
 
         def emit(node: int, indent: str) -> None:
@@ -881,7 +1025,7 @@ class Evaluator:
         self.onehot = [_OneHotColumn(c, self.feature_names) for c in transform["onehot"]]
         self.dtype_checks = [_ImputerDtypeCheck(c, self.feature_names) for c in transform["dtype_checks"]]
         output_names = [""] * self.n_outputs
-        covered = np.zeros(self.n_outputs, dtype=int)
+        covered = [0] * self.n_outputs
         for block in self.numeric:
             for i, out in zip(block.inputs, block.outputs):
                 output_names[out] = self.feature_names[i]
@@ -893,7 +1037,7 @@ class Evaluator:
                     covered[out] += 1
         used = [i for b in self.numeric for i in b.inputs] + [c.input for c in self.onehot]
         used += [i for c in self.dtype_checks for i in c.inputs]
-        if (covered != 1).any() or any(not 0 <= i < n_inputs for i in used):
+        if any(c != 1 for c in covered) or any(not 0 <= i < n_inputs for i in used):
             raise ValueError("compiled model: transform does not map inputs onto model columns one to one")
         model = manifest["model"]
         if model["kind"] == "linear":

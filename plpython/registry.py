@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from . import catalog, features, plans, runtime
@@ -55,20 +54,26 @@ BLOB_SQL = "SELECT blob FROM scoring.models WHERE model_id = $1"
 NAME_EXISTS_SQL = "SELECT EXISTS (SELECT FROM scoring.models WHERE name = $1) AS pushed"
 
 
-@dataclass
 class LoadedModel:
-    """A model ready to score in this backend."""
+    """A model ready to score in this backend.
 
-    model_id: int
-    name: str
-    version: int
-    sha256: str
-    feature_names: list[str]
-    estimator: Any
-    scoring_path: str = "sklearn"
-    select_list: str = ""
-    array_list: str = ""
-    plan_cache: dict = field(default_factory=dict)
+    A plain class: importing dataclasses (and with it inspect, ast, dis and
+    tokenize) would cost every new backend ~1.5 MiB.
+    """
+
+    def __init__(self, model_id: int, name: str, version: int, sha256: str, feature_names: list[str],
+                 estimator: Any, scoring_path: str = "sklearn", select_list: str = "",
+                 array_list: str = "") -> None:
+        self.model_id = model_id
+        self.name = name
+        self.version = version
+        self.sha256 = sha256
+        self.feature_names = feature_names
+        self.estimator = estimator
+        self.scoring_path = scoring_path
+        self.select_list = select_list
+        self.array_list = array_list
+        self.plan_cache: dict = {}
 
     @property
     def label(self) -> str:
@@ -97,6 +102,8 @@ class LoadedModel:
         if not rows:
             return []
         if self.scoring_path in COMPILED_PATHS:
+            if len(rows) == 1:
+                return [self.predict_one(rows[0])]  # no numpy for one row of a tree model
             return self._checked(lambda: self.estimator.predict(rows), rows)
         return self._checked(
             lambda: self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1], rows)

@@ -539,9 +539,19 @@ def test_bytes_are_safe_and_stable(pipelines: dict[str, Pipeline]) -> None:
     with pytest.raises(ValueError):
         compiled.load(b"not a model")
     assert compiled.load(data).predict([]).shape == (0,)
+    # The server reads the archive without numpy or zipfile: same arrays, damage refused.
+    stored = compiled._read_npz(data)
+    assert sorted(stored) == sorted(archive.files)
+    for name in archive.files:
+        assert np.array_equal(np.asarray(stored[name]).astype(archive[name].dtype), archive[name].ravel()), name
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0xFF
+    for damaged in (bytes(flipped), data[:-30], data[: len(data) // 2]):
+        with pytest.raises(ValueError, match="not a compiled pgscore model"):
+            compiled.load(damaged)
 
 
-def test_server_module_needs_only_numpy(tmp_path: Path, pipelines: dict[str, Pipeline]) -> None:
+def test_server_module_needs_only_numpy_and_one_tree_row_not_even_that(tmp_path: Path, pipelines: dict[str, Pipeline]) -> None:
     rows = telco_rows(20, seed=13)
     expected = {}
     for family in ("lr", "gbm", "rf", "hgb"):
@@ -554,17 +564,24 @@ def test_server_module_needs_only_numpy(tmp_path: Path, pipelines: dict[str, Pip
         import pgscore_server.compiled as compiled
         root = Path({str(tmp_path)!r})
         rows = json.loads((root / "rows.json").read_text())
+        # One row of a tree model (the complaint trigger's work) needs no numpy at all.
+        one = {{family: compiled.load((root / (family + ".npz")).read_bytes()).predict_one(rows[0])
+               for family in ("gbm", "rf", "hgb")}}
+        numpy_for_one_row = "numpy" in sys.modules
         out = {{}}
         for family in ("lr", "gbm", "rf", "hgb"):
             evaluator = compiled.load((root / (family + ".npz")).read_bytes())
             out[family] = evaluator.predict(rows).tolist() + [evaluator.predict_one(rows[0])]
         banned = sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "pandas", "scipy", "pgscore"))
-        print(json.dumps({{"banned": banned, "out": out}}))
+        print(json.dumps({{"banned": banned, "out": out, "one": one, "numpy_for_one_row": numpy_for_one_row}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["banned"] == []
+    assert report["numpy_for_one_row"] is False
+    for family, value in report["one"].items():
+        assert abs(value - expected[family][0]) <= TOLERANCE
     for family, values in report["out"].items():
         assert np.max(np.abs(np.array(values[:-1]) - expected[family])) <= TOLERANCE
         assert abs(values[-1] - expected[family][0]) <= TOLERANCE
