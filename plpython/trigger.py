@@ -64,7 +64,13 @@ RECORD_ERRORS_SQL = (
     "INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message)"
     " SELECT $1, e.customer_id, e.sqlstate, e.message"
     " FROM unnest($2::bigint[], $3::text[], $4::text[]) AS e(customer_id, sqlstate, message)"
+    " RETURNING customer_id, error_id"
 )
+# The client statement this backend is running: transaction and statement start.
+STATEMENT_SQL = (
+    "SELECT pg_catalog.pg_current_xact_id()::text || ' ' || pg_catalog.statement_timestamp()::text AS statement"
+)
+STILL_RECORDED_SQL = "SELECT coalesce(array_agg(error_id), '{}') AS kept FROM scoring.errors WHERE error_id = ANY($1)"
 
 
 def on_complaints_inserted(plpy: Any, cache: dict, model_name: str, new_ids: list[int]) -> None:
@@ -175,18 +181,44 @@ def _score_each(model: registry.LoadedModel, ids: list, rows: Any) -> tuple[list
 
 
 def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, ScoringError]) -> None:
+    failures, recorded = _not_yet_recorded(plpy, cache, model_id, failures)
+    if not failures:
+        return
     customer_ids = list(failures)
     messages = [failures[customer_id].message for customer_id in customer_ids]
-    plans.run(
+    rows = plans.run(
         plpy, cache, RECORD_ERRORS_SQL, ["bigint", "bigint[]", "text[]", "text[]"],
         [model_id, customer_ids, [failures[c].sqlstate for c in customer_ids], messages],
     )
+    recorded.update({(model_id, row["customer_id"]): row["error_id"] for row in rows})
     first = messages[0]
     more = f" (and {len(customer_ids) - 1} more customers)" if len(customer_ids) > 1 else ""
     plpy.warning(
         f"complaint saved but not scored for customer_id {customer_ids[0]}{more}: {first}",
         hint="see scoring.errors; SET scoring.on_error = 'raise' to make such inserts fail instead",
     )
+
+
+def _not_yet_recorded(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, ScoringError]
+                      ) -> tuple[dict[int, ScoringError], dict[tuple[int | None, int], int]]:
+    """``failures`` less those this client statement already recorded, and its record.
+
+    When a concurrent insert for the same customer committed first,
+    PostgreSQL evaluates the generated trigger's UPDATE again on the newer
+    row version (EvalPlanQual), and the same failure comes here twice. It is
+    recorded once, unless its row was rolled back since (a savepoint).
+    Only failures pay for this: two small queries.
+    """
+    statement = plans.run(plpy, cache, STATEMENT_SQL)[0]["statement"]
+    known = cache.get("pgscore.recorded")
+    if known is None or known[0] != statement:
+        known = cache["pgscore.recorded"] = (statement, {})
+    recorded = known[1]
+    earlier = {c: recorded[(model_id, c)] for c in failures if (model_id, c) in recorded}
+    if earlier:
+        kept = set(plans.run(plpy, cache, STILL_RECORDED_SQL, ["bigint[]"], [list(earlier.values())])[0]["kept"])
+        failures = {c: e for c, e in failures.items() if earlier.get(c) not in kept}
+    return failures, recorded
 
 
 def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,

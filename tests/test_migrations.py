@@ -44,7 +44,7 @@ def test_upgrade_downgrade_upgrade(empty_db):
     migrate(empty_db)
     assert schema_objects(empty_db) == installed
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0003"
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0004"
 
 
 def function_definitions(dsn):
@@ -54,22 +54,33 @@ def function_definitions(dsn):
             " WHERE p.pronamespace = 'scoring'::regnamespace ORDER BY 1").fetchall()
 
 
+def runtime_modules(dsn):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT module, source FROM scoring.runtime_modules ORDER BY 1").fetchall()
+
+
 @pytest.mark.parametrize("revision, later_function", [
     ("0001", "scoring.sql_expression(model_id bigint)"),
     ("0002", "scoring._install_generated_scoring(model_id bigint)"),
+    ("0003", None),  # the head changes only in-database code
 ])
 def test_downgrading_to_a_revision_restores_it_exactly(empty_db, revision, later_function):
     migrate(empty_db, revision)
     objects, definitions = schema_objects(empty_db), function_definitions(empty_db)
+    modules = runtime_modules(empty_db)
     with psycopg.connect(empty_db) as conn:
         checks = conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
                               " WHERE conrelid = 'scoring.models'::regclass ORDER BY 1").fetchall()
     assert (later_function,) not in objects
     migrate(empty_db)
-    assert (later_function,) in schema_objects(empty_db)
+    if later_function:
+        assert (later_function,) in schema_objects(empty_db)
+    # Upgrading a database that is at an older revision installs today's Python.
+    assert runtime_modules(empty_db) != modules
     downgrade(empty_db, revision)
     assert schema_objects(empty_db) == objects
     assert function_definitions(empty_db) == definitions
+    assert runtime_modules(empty_db) == modules
     with psycopg.connect(empty_db) as conn:
         assert conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
                             " WHERE conrelid = 'scoring.models'::regclass ORDER BY 1").fetchall() == checks
@@ -79,7 +90,7 @@ def test_running_migrations_twice_is_harmless(empty_db):
     migrate(empty_db)
     migrate(empty_db)
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0003",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0004",)]
 
 
 def test_offline_sql_is_reviewable_without_a_database():

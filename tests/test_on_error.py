@@ -3,6 +3,9 @@ and fails the insert under 'raise'."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pandas as pd
 import psycopg
 import pytest
@@ -53,6 +56,33 @@ def test_keep_commits_the_complaint_and_records_the_failure(fragile):
     assert "failed to score" in errors[0][2] and ("total_charges" in errors[0][2] or "NaN" in errors[0][2])
     assert "Traceback" not in errors[0][2]
     assert any(sev == "WARNING" and "customer_id 42" in msg for sev, msg in warnings)
+
+
+def test_a_failure_evaluated_again_under_a_concurrent_insert_is_recorded_once(fragile):
+    """When a concurrent insert for the same customer commits first, PostgreSQL
+    evaluates the trigger's UPDATE again on the newer row version
+    (EvalPlanQual): the failing score of one insert is still one error row."""
+    before = state(fragile, 42)
+    with fragile.connect("app", autocommit=False) as first, fragile.connect("app") as second:
+        first.execute("INSERT INTO complaints (customer_id) VALUES (42)")  # holds 42's profile until commit
+        waiting_pid = second.execute("SELECT pg_backend_pid()").fetchone()[0]
+        waiter = threading.Thread(target=second.execute, args=("INSERT INTO complaints (customer_id) VALUES (42)",))
+        waiter.start()
+        with fragile.connect() as admin:
+            for _ in range(400):
+                waits = admin.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                      [waiting_pid]).fetchone()[0]
+                if waits == "Lock":
+                    break
+                time.sleep(0.025)
+        assert waits == "Lock"  # the second insert scored the old version and waits for the first
+        first.commit()
+        waiter.join(30)
+        assert not waiter.is_alive()
+    assert state(fragile, 42)[0] == before[0] + 2
+    with fragile.connect() as admin:
+        recorded = admin.execute("SELECT count(*) FROM scoring.errors WHERE customer_id = 42").fetchone()[0]
+    assert recorded == 2
 
 
 def test_raise_fails_the_insert_and_writes_nothing(fragile):

@@ -92,6 +92,9 @@ def test_trigger_keep_records_errors_and_warns():
                                     {"customer_id": 2, "pgscore_new": 2, "tenure_months": None,
                                      "pgscore_active": "7:s:sklearn"}]),
         ("FROM scoring.deployments", [{"model_id": 7, "sha256": "s", "scoring_path": "sklearn"}]),
+        ("pg_current_xact_id", [{"statement": "734 10:00:01"}]),
+        ("AS kept FROM scoring.errors", [{"kept": []}]),
+        ("INSERT INTO scoring.errors", [{"customer_id": 2, "error_id": 90}]),
     ])
     trigger.on_complaints_inserted(plpy, cache, "churn", [1, 2, 2])
     update = next(args for sql, args in plpy.executed if sql.startswith("UPDATE public.customer_profiles"))
@@ -103,6 +106,33 @@ def test_trigger_keep_records_errors_and_warns():
     before = len(plpy.executed)
     trigger.on_complaints_inserted(plpy, cache, "churn", [1, 2, 2])
     assert not any(sql.startswith("SELECT d.model_id") for sql, _ in plpy.executed[before:])
+
+
+def test_a_failure_is_recorded_once_per_statement_unless_rolled_back():
+    """EvalPlanQual calls the row scorer again for the same statement: one record;
+    a record rolled back since (a savepoint) is written again."""
+    statement = [{"statement": "734 10:00:01"}]
+    kept: list[int] = [90]
+    plpy = FakePlpy([
+        ("pg_current_xact_id", lambda args: statement),
+        ("AS kept FROM scoring.errors", lambda args: [{"kept": [e for e in args[0] if e in kept]}]),
+        ("INSERT INTO scoring.errors", [{"customer_id": 2, "error_id": 90}]),
+    ])
+    cache: dict = {}
+    failure = {2: ScoringError("model failed to score")}
+
+    def inserts() -> int:
+        return sum(sql.startswith("INSERT INTO scoring.errors") for sql, _ in plpy.executed)
+
+    trigger._record(plpy, cache, 7, failure)
+    trigger._record(plpy, cache, 7, failure)  # the same statement, evaluated again
+    assert inserts() == 1 and len(plpy.messages) == 1
+    kept.clear()  # rolled back to a savepoint since
+    trigger._record(plpy, cache, 7, failure)
+    assert inserts() == 2
+    statement[0] = {"statement": "734 10:00:02"}  # the next statement fails again: a new record
+    trigger._record(plpy, cache, 7, failure)
+    assert inserts() == 3 and len(plpy.messages) == 3
 
 
 def test_describe_has_no_traceback():

@@ -19,7 +19,7 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0003-row-scorer.sql"))
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0003"))
 
 
 def downgrade() -> None:

@@ -59,6 +59,13 @@ AS $$
 DECLARE
     setting text := lower(btrim(coalesce(mode, nullif(current_setting('scoring.on_error', true), ''), 'keep')));
     label text;
+    -- This failure in this client statement: when a concurrent insert for the
+    -- same customer committed first, PostgreSQL evaluates the trigger's UPDATE
+    -- again on the newer row version (EvalPlanQual) and calls this again.
+    failure text := format('%s %s %s %s', pg_current_xact_id(), statement_timestamp(),
+                           _score_rejected.model_id, _score_rejected.customer_id);
+    previous text := current_setting('pgscore.recorded_rejection', true);
+    recorded bigint;
 BEGIN
     SELECT format('model %L v%s (model_id %s)', m.name, m.version, m.model_id) INTO label
       FROM scoring.models m WHERE m.model_id = _score_rejected.model_id;
@@ -70,8 +77,14 @@ BEGIN
     IF setting = 'raise' THEN
         RAISE EXCEPTION '%', message USING ERRCODE = 'external_routine_invocation_exception';
     END IF;
+    IF split_part(previous, '|', 1) = failure
+       AND EXISTS (SELECT FROM scoring.errors e WHERE e.error_id = split_part(previous, '|', 2)::bigint) THEN
+        RETURN NULL;  -- recorded already (and not rolled back since)
+    END IF;
     INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message)
-    VALUES (_score_rejected.model_id, _score_rejected.customer_id, '39000', message);
+    VALUES (_score_rejected.model_id, _score_rejected.customer_id, '39000', message)
+    RETURNING error_id INTO recorded;
+    PERFORM set_config('pgscore.recorded_rejection', failure || '|' || recorded, true);
     RAISE WARNING 'complaint saved but not scored for customer_id %: %', customer_id, message
         USING HINT = 'see scoring.errors; SET scoring.on_error = ''raise'' to make such inserts fail instead';
     RETURN NULL;
