@@ -938,8 +938,8 @@ class _PipelineCode:
     def function(self) -> Any:
         if self._function is None:
             namespace: dict[str, Any] = {"array": array}
-            for column in self._evaluator.onehot:
-                namespace[f"T{column.input}"] = column.table
+            for j, column in enumerate(self._evaluator.onehot):
+                namespace[f"T{j}"] = column.table
             exec(compile(self.source(), "<pgscore compiled pipeline>", "exec"), namespace)  # noqa: S102
             self._function = namespace["raw"]
         return self._function
@@ -972,12 +972,13 @@ class _PipelineCode:
             # NaN or infinity anywhere (after the cast, as the batch sees it): the general path.
             prologue += [f"    t = {' + '.join(numeric)}", "    if t - t != 0.0:", "        return None"]
         indicator: dict[int, tuple[str, int]] = {}
-        for column in evaluator.onehot:
-            c = f"c{column.input}"
+        # Named by position: a ColumnTransformer may encode one input twice.
+        for j, column in enumerate(evaluator.onehot):
+            c = f"c{j}"
             prologue += [
                 f"    {c} = x[{column.input}]",
                 f"    if {c}.__class__ is str or {c}.__class__ is bool:",
-                f"        {c} = T{column.input}.get({c}, -3)",
+                f"        {c} = T{j}.get({c}, -3)",
                 "    else:",
                 "        return None",
                 f"    if {c} == -3:",

@@ -251,6 +251,26 @@ def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, P
         assert evaluator.pipeline_code.raw(evaluator._row({**score_rows[0], "contract": "Weekly"})) is None
 
 
+def test_one_input_encoded_twice_scores_one_row_like_the_batch(train: tuple[list[Row], np.ndarray],
+                                                               score_rows: list[Row]) -> None:
+    """A ColumnTransformer may one-hot encode the same column twice: the
+    generated single-row function keeps the two codes apart."""
+    rows, y = train
+    features = ["contract", "payment_method", "tenure_months"]
+    prep = ColumnTransformer([("all", OneHotEncoder(handle_unknown="ignore"), ["contract"]),
+                              ("dropped", OneHotEncoder(drop="first"), ["contract", "payment_method"]),
+                              ("number", "passthrough", ["tenure_months"])])
+    model = Pipeline([("prep", prep), ("clf", GradientBoostingClassifier(n_estimators=30, random_state=0))])
+    model.fit(to_frame([{k: r[k] for k in features} for r in rows], features), y)
+    evaluator = roundtrip(model)
+    assert evaluator.pipeline_code is not None
+    probe = [{k: r[k] for k in features} for r in score_rows[:400]]
+    expected = reference(model, probe, features)
+    one = np.array([evaluator.predict_one(row) for row in probe])
+    assert np.array_equal(one, evaluator.predict(probe))
+    assert np.max(np.abs(one - expected)) <= TOLERANCE
+
+
 def numeric_frame_rows(n: int, seed: int) -> list[Row]:
     return [{k: r[k] for k in BOOLS + NUMBERS} for r in telco_rows(n, seed)]
 
