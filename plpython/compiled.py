@@ -933,7 +933,10 @@ class _PipelineCode:
     def raw(self, values: Sequence[Any]) -> float | None:
         if self._function is None:
             self.function()
-        return self._function(values)
+        try:
+            return self._function(values)
+        except ArithmeticError:  # e.g. an int too large for a float: the general path names the feature
+            return None
 
     def function(self) -> Any:
         if self._function is None:

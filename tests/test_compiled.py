@@ -249,6 +249,9 @@ def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, P
         # and refuses what it does not handle: a missing number, an unknown category
         assert evaluator.pipeline_code.raw(evaluator._row({**score_rows[0], "total_charges": None})) is None
         assert evaluator.pipeline_code.raw(evaluator._row({**score_rows[0], "contract": "Weekly"})) is None
+        # An int beyond float range: the general path names the feature, as for a batch.
+        with pytest.raises(ValueError, match="'tenure_months'"):
+            evaluator.predict_one({**score_rows[0], "tenure_months": 10**400})
 
 
 def test_one_input_encoded_twice_scores_one_row_like_the_batch(train: tuple[list[Row], np.ndarray],
