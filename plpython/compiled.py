@@ -685,15 +685,7 @@ class _Trees:
             missing = v != v
             if missing and self.route_missing or not missing and self.allow_inf:
                 continue
-            if missing:
-                raise ValueError(
-                    f"feature {self.output_names[column]!r}: value is missing (None/NaN) and {self.estimator} "
-                    "does not accept missing values here (impute it in the pipeline)"
-                )
-            raise ValueError(
-                f"feature {self.output_names[column]!r}: value is infinite or too large for float32, "
-                f"which {self.estimator} rejects"
-            )
+            raise self._refused(column, missing)
 
     def _check(self, X: np.ndarray) -> None:
         """Reject NaN / infinity as scikit-learn's check_array does for this estimator."""
@@ -711,13 +703,16 @@ class _Trees:
         if not bad.any():
             return
         row, col = np.argwhere(bad)[0]
-        if np.isnan(X[row, col]):
-            raise ValueError(
-                f"feature {self.output_names[col]!r}: value is missing (None/NaN) and {self.estimator} "
+        raise self._refused(int(col), bool(np.isnan(X[row, col])))
+
+    def _refused(self, column: int, missing: bool) -> ValueError:
+        if missing:
+            return ValueError(
+                f"feature {self.output_names[column]!r}: value is missing (None/NaN) and {self.estimator} "
                 "does not accept missing values here (impute it in the pipeline)"
             )
-        raise ValueError(
-            f"feature {self.output_names[col]!r}: value is infinite or too large for float32, "
+        return ValueError(
+            f"feature {self.output_names[column]!r}: value is infinite or too large for float32, "
             f"which {self.estimator} rejects"
         )
 
