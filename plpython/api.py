@@ -61,7 +61,9 @@ def score_features(plpy: Any, cache: dict, model_name: str, document: str | None
 
 
 @sql_errors
-def score_many(plpy: Any, cache: dict, customer_ids: list[int] | None, model_name: str) -> list[tuple[int, float]]:
+def scores_in_order(plpy: Any, cache: dict, customer_ids: list[int] | None, model_name: str) -> list[float]:
+    """scoring.score_many on the Python paths: one score per id, in input
+    order (SQL pairs them with the ids)."""
     model = registry.active_model(plpy, cache, model_name)
     return _score_ids(plpy, cache, model, customer_ids)
 
@@ -69,12 +71,12 @@ def score_many(plpy: Any, cache: dict, customer_ids: list[int] | None, model_nam
 @sql_errors
 def score_with_model(plpy: Any, cache: dict, model_id: int, customer_ids: list[int] | None) -> list[tuple[int, float]]:
     model = registry.load(plpy, cache, model_id)
-    return _score_ids(plpy, cache, model, customer_ids)
+    return list(zip(customer_ids or [], _score_ids(plpy, cache, model, customer_ids)))
 
 
-def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[tuple[int, float]]:
-    """Scores in input order, one model call per chunk of distinct ids, each
-    feature read as one array."""
+def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[float]:
+    """The score of each id in input order, one model call per chunk of
+    distinct ids, each feature read as one array."""
     if not customer_ids:
         return []
     if any(customer_id is None for customer_id in customer_ids):
@@ -91,7 +93,7 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
             present = set(ids)
             raise unknown_customers([customer_id for customer_id in chunk if customer_id not in present])
         scores.update(zip(ids, model.predict_columns(columns)))
-    return [(customer_id, scores[customer_id]) for customer_id in customer_ids]
+    return list(map(scores.__getitem__, customer_ids))
 
 
 def unknown_customers(customer_ids: Sequence[int]) -> ScoringError:

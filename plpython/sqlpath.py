@@ -155,9 +155,12 @@ SCORE_MANY_BODY = """
 DECLARE
     v_rows bigint;
     v_missing bigint[];
+    v_scores double precision[];
 BEGIN
     IF model_name IS DISTINCT FROM 'churn' THEN
-        RETURN QUERY SELECT * FROM scoring._score_many_py(customer_ids, model_name);
+        -- Not inside RETURN QUERY, where planning would call it a second time.
+        v_scores := scoring._scores_py(customer_ids, model_name);
+        RETURN QUERY SELECT * FROM unnest(customer_ids, v_scores);
         RETURN;
     END IF;
     IF array_position(customer_ids, NULL) IS NOT NULL THEN

@@ -103,5 +103,5 @@ def test_runtime_info_and_warmup(scored):
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
-    assert info["schema_revision"] == "0004"
+    assert info["schema_revision"] == "0005"
     assert info["python"].startswith("3.")

@@ -151,7 +151,7 @@ def test_score_many_on_the_sql_path_is_plain_sql_with_the_same_contract(seeded, 
         assert analyst.execute("SELECT count(*) FROM scoring.score_many(NULL)").fetchone()[0] == 0
     with seeded.connect() as admin:
         source = admin.execute("SELECT prosrc FROM pg_proc WHERE oid = 'scoring.score_many'::regproc").fetchone()[0]
-    assert "_score_many_py(customer_ids, model_name)" in source and "WITH ORDINALITY" in source
+    assert "_scores_py(customer_ids, model_name)" in source and "WITH ORDINALITY" in source
     assert [r[0] for r in rows] == [9, 4, 9, 2]
     for customer_id, score in rows:
         assert score == pytest.approx(expected[customer_id], abs=1e-9)

@@ -20,7 +20,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0004"))
 
 
 def downgrade() -> None:

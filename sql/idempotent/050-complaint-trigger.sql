@@ -160,8 +160,13 @@ BEGIN
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $body$
+    DECLARE
+        -- Scored in a statement of its own: inside the RETURN QUERY the
+        -- planner would run the (stable) function once more to estimate
+        -- how many rows unnest returns.
+        v_scores double precision[] := scoring._scores_py(customer_ids, model_name);
     BEGIN
-        RETURN QUERY SELECT * FROM scoring._score_many_py(customer_ids, model_name);
+        RETURN QUERY SELECT * FROM unnest(customer_ids, v_scores);
     END
     $body$;
     IF active.scoring_path IN ('sql', 'compiled') THEN
