@@ -12,7 +12,7 @@ import functools
 import json
 from typing import Any, Callable, Sequence, TypeVar
 
-from . import batch, catalog, features, plans, registry, runtime, sqlpath, trigger
+from . import batch, catalog, features, plans, registry, runtime, settings, sqlpath, trigger
 from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -84,6 +84,7 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
             "customer_ids contains NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="remove NULLs, e.g. array_remove(ids, NULL)"
         )
     distinct = list(dict.fromkeys(customer_ids))
+    threads = settings.batch_threads(plpy, cache) if len(distinct) > 1 else 1
     scores: dict[int, float] = {}
     for start in range(0, len(distinct), batch.CHUNK):
         chunk = distinct[start : start + batch.CHUNK]
@@ -92,7 +93,7 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
         if len(ids) < len(chunk):
             present = set(ids)
             raise unknown_customers([customer_id for customer_id in chunk if customer_id not in present])
-        scores.update(zip(ids, model.predict_columns(columns)))
+        scores.update(zip(ids, model.predict_columns(columns, threads)))
     return list(map(scores.__getitem__, customer_ids))
 
 

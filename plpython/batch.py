@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import plans, registry, sqlpath
+from . import plans, registry, settings, sqlpath
 from .errors import INVALID_PARAMETER_VALUE, ScoringError
 
 # Largest number of rows handed to one model call by the set-based paths.
@@ -69,8 +69,9 @@ def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last
     if not ids:
         return 0, last_id
     scores = []
+    threads = settings.batch_threads(plpy, cache)
     for start in range(0, len(ids), CHUNK):
-        scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns]))
+        scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns], threads))
     plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
               [ids, scores, model.model_id, min(ids), max(ids)])
     return len(ids), max(ids)

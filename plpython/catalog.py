@@ -110,3 +110,32 @@ def select_list(
             expr = f"{aggregate}({expr})"
         items.append(f"{expr} AS {ident}")
     return ", ".join(items)
+
+
+# Text features of batch reads arrive as one string per column joined by
+# this separator: string_agg and one str.split cost 1M profiles ~1.3 s less
+# than array_agg and a list of strings from PL/Python.
+JOIN_SEPARATOR = "\x1f"  # ASCII unit separator
+JOINED_TYPES = {"text", "character varying"}  # character(n) would lose its padding
+
+
+def joined_features(feature_names: Sequence[str], columns: Mapping[str, str]) -> list[int]:
+    """Positions of the features a batch read joins into one string."""
+    return [k for k, name in enumerate(feature_names) if columns[name] in JOINED_TYPES]
+
+
+def batch_list(quoter: Any, feature_names: Sequence[str], columns: Mapping[str, str], alias: str = "p") -> str:
+    """:func:`select_list` aggregated for a batch read: ``array_agg`` per
+    feature, except the :func:`joined_features`, read as
+    ``string_agg(.., JOIN_SEPARATOR)`` plus ``count(..) AS pgscore_count_<k>``
+    (string_agg skips NULLs; a count short of the rows tells)."""
+    items = []
+    for k, name in enumerate(feature_names):
+        if columns[name] in JOINED_TYPES:
+            column = f"{alias}.{quoter.quote_ident(name)}"
+            items.append(f"string_agg({column}, E'\\x1f') AS {quoter.quote_ident(name)},"
+                         f" count({column}) AS pgscore_count_{k}")
+        else:
+            items.append(select_list(quoter, [name], columns, alias, aggregate="array_agg"))
+    return ", ".join(items)
+

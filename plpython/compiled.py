@@ -45,6 +45,8 @@ _NONE_TYPE = type(None)
 # matrices of ~131k entries (1 MiB) stay in cache between the gathers of one
 # level; 1M-entry chunks walked 1.2-1.6x slower (GBM, RF of the demo).
 _TREE_CHUNK_CELLS = 1 << 17
+# Below this many rows a batch walks in the calling thread alone.
+_THREADED_MIN_ROWS = 20_000
 
 
 class _NanKey:
@@ -551,7 +553,8 @@ class _Linear:
                 "accept missing or infinite values (impute it in the pipeline)"
             )
 
-    def predict_batch(self, X: np.ndarray) -> np.ndarray:
+    def predict_batch(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
+        """``threads`` is for the trees' signature: one matrix product needs none."""
         self.check(X)
         z = (X @ self.coef.T + self.intercept).reshape(-1)
         if self.link == "logistic":
@@ -761,16 +764,24 @@ class _Trees:
         with np.errstate(over="ignore"):
             return 1.0 / (1.0 + np.exp(-raw))
 
-    def predict_batch(self, X: np.ndarray) -> np.ndarray:
+    def predict_batch(self, X: np.ndarray, threads: int = 1) -> np.ndarray:
         self._numpy_ready()
         X = self._prepare(X)
         n = X.shape[0]
         out = np.empty(n, dtype=np.float64)
         chunk = max(1, _TREE_CHUNK_CELLS // self.n_trees)
-        for start in range(0, n, chunk):
-            Xc = X[start:start + chunk]
-            idx = np.broadcast_to(self.roots, (Xc.shape[0], self.n_trees))
-            out[start:start + chunk] = self._combine(self.value[self._walk(Xc, idx)])
+
+        def walk(starts: Sequence[int]) -> None:
+            for start in starts:
+                Xc = X[start:start + chunk]
+                idx = np.broadcast_to(self.roots, (Xc.shape[0], self.n_trees))
+                out[start:start + chunk] = self._combine(self.value[self._walk(Xc, idx)])
+
+        starts = range(0, n, chunk)
+        if threads > 1 and n >= _THREADED_MIN_ROWS:
+            _in_threads(walk, starts, threads)
+        else:
+            walk(starts)
         return out
 
     def _walk_python(self, x: list[float]) -> list[float]:
@@ -1134,12 +1145,51 @@ class Evaluator:
             return np.empty(0, dtype=np.float64)
         return self.model.predict_batch(self.features(rows))
 
-    def predict_columns(self, columns: Sequence[Sequence[Any]]) -> np.ndarray:
+    def predict_columns(self, columns: Sequence[Sequence[Any]], threads: int = 1) -> np.ndarray:
         """P(class 1) from column sequences in feature_names order: the batch
-        paths read each feature as one array, which skips building row objects."""
+        paths read each feature as one array, which skips building row objects.
+        ``threads``: how many threads a large tree batch may walk in."""
         if len(columns) != len(self.feature_names):
             raise ValueError(f"{len(columns)} columns given, the model expects {len(self.feature_names)} features")
         n = len(columns[0]) if columns else 0
         if n == 0:
             return np.empty(0, dtype=np.float64)
-        return self.model.predict_batch(self.features_from_columns(columns, n))
+        return self.model.predict_batch(self.features_from_columns(columns, n), threads)
+
+
+def _in_threads(work: Any, items: Sequence[Any], threads: int) -> None:
+    """``work(part)`` for ``threads`` contiguous parts of ``items``: one in
+    this thread, the others in helper threads, joined before returning; the
+    first exception is raised here.
+
+    Only numpy runs in the helpers (it releases the GIL, so the tree walk
+    of a large batch uses several CPUs), never plpy or anything of
+    PostgreSQL's. They are started with every signal blocked, so that the
+    server's signal handlers keep running in the backend's own thread.
+    """
+    import signal
+    import threading
+
+    size = -(-len(items) // threads)
+    parts = [items[k:k + size] for k in range(0, len(items), size)]
+    failures: list[BaseException] = []
+
+    def run(part: Sequence[Any]) -> None:
+        try:
+            work(part)
+        except BaseException as exc:  # handed to the calling thread
+            failures.append(exc)
+
+    helpers = [threading.Thread(target=run, args=(part,), name="pgscore-walk") for part in parts[1:]]
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        for helper in helpers:
+            helper.start()  # a new thread inherits the blocked mask
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+    run(parts[0])
+    for helper in helpers:
+        helper.join()
+    if failures:
+        raise failures[0]
+

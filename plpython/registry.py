@@ -63,7 +63,7 @@ class LoadedModel:
 
     def __init__(self, model_id: int, name: str, version: int, sha256: str, feature_names: list[str],
                  estimator: Any, scoring_path: str = "sklearn", select_list: str = "",
-                 array_list: str = "") -> None:
+                 array_list: str = "", batch_list: str = "", joined: Sequence[int] = ()) -> None:
         self.model_id = model_id
         self.name = name
         self.version = version
@@ -73,6 +73,8 @@ class LoadedModel:
         self.scoring_path = scoring_path
         self.select_list = select_list
         self.array_list = array_list
+        self.batch_list = batch_list or array_list
+        self.joined = list(joined)  # features batch_list reads as one joined string
         self.plan_cache: dict = {}
 
     @property
@@ -83,17 +85,32 @@ class LoadedModel:
                      args: Sequence[Any]) -> tuple[list[int], list[list]]:
         """(customer_ids, one list per feature) of the profiles ``source`` (a
         FROM clause aliased ``p``) yields; all arrays come from one aggregate
-        pass, so they are in the same row order."""
-        sql = f"SELECT array_agg(p.customer_id) AS pgscore_ids, {self.array_list} FROM {source}"
-        row = plans.run(plpy, cache, sql, types, args)[0]
-        return list(row["pgscore_ids"] or []), [row[name] or [] for name in self.feature_names]
+        pass, so they are in the same row order. Text features come joined
+        (catalog.batch_list); where a column has NULLs or a value holding the
+        separator, the batch is read again as arrays."""
+        def aggregate(select_list: str) -> Any:
+            sql = f"SELECT count(*) AS pgscore_rows, array_agg(p.customer_id) AS pgscore_ids, {select_list} FROM {source}"
+            return plans.run(plpy, cache, sql, types, args)[0]
 
-    def predict_columns(self, columns: Sequence[Sequence[Any]]) -> list[float]:
-        """:meth:`predict` from one list per feature (feature_names order)."""
+        row = aggregate(self.batch_list)
+        columns = [row[name] or [] for name in self.feature_names]
+        for k in self.joined:
+            joined = row[self.feature_names[k]]
+            values = joined.split(catalog.JOIN_SEPARATOR) if joined is not None else []
+            if row[f"pgscore_count_{k}"] != row["pgscore_rows"] or len(values) != row["pgscore_rows"]:
+                row = aggregate(self.array_list)
+                columns = [row[name] or [] for name in self.feature_names]
+                break
+            columns[k] = values
+        return list(row["pgscore_ids"] or []), columns
+
+    def predict_columns(self, columns: Sequence[Sequence[Any]], threads: int = 1) -> list[float]:
+        """:meth:`predict` from one list per feature (feature_names order);
+        a compiled tree model may walk a large batch in ``threads`` threads."""
         if not columns or not len(columns[0]):
             return []
         if self.scoring_path in COMPILED_PATHS:
-            return self._checked(lambda: self.estimator.predict_columns(columns), [])
+            return self._checked(lambda: self.estimator.predict_columns(columns, threads), [])
         return self.predict(list(zip(*columns)))
 
     def predict(self, rows: Sequence[Any]) -> list[float]:
@@ -248,6 +265,8 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
         scoring_path=row["scoring_path"],
         select_list=catalog.select_list(plpy, feature_names, columns),
         array_list=catalog.select_list(plpy, feature_names, columns, aggregate="array_agg"),
+        batch_list=catalog.batch_list(plpy, feature_names, columns),
+        joined=catalog.joined_features(feature_names, columns),
     )
     models[model_id] = model
     models.move_to_end(model_id)

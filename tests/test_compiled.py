@@ -254,6 +254,40 @@ def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, P
             evaluator.predict_one({**score_rows[0], "tenure_months": 10**400})
 
 
+@pytest.mark.parametrize("family", ["gbm", "rf"])
+def test_threaded_batch_walk_gives_the_same_bits(family: str, pipelines: dict[str, Pipeline],
+                                                 score_rows: list[Row]) -> None:
+    """A large batch walked in several threads (scoring.score_many, rescore)
+    scores every row exactly as one thread does, including rows whose
+    missing values are imputed, and refuses what one thread refuses."""
+    evaluator = roundtrip(pipelines[family])
+    rows = score_rows + edge_rows(pipelines[family])
+    assert len(rows) >= compiled._THREADED_MIN_ROWS
+    columns = [list(column) for column in zip(*(evaluator._row(row) for row in rows))]
+    one = evaluator.predict_columns(columns, threads=1)
+    for threads in (2, 3):
+        assert np.array_equal(evaluator.predict_columns(columns, threads=threads), one)
+    columns[FEATURES.index("monthly_charges")][12345] = math.inf  # the imputer and scaler refuse it
+    with pytest.raises(ValueError, match="'monthly_charges'"):
+        evaluator.predict_columns(columns, threads=2)
+
+
+def test_threads_hand_their_failure_to_the_caller() -> None:
+    done: list[int] = []
+
+    def work(part: Any) -> None:
+        if 5 in part:
+            raise RuntimeError("part with 5 failed")
+        done.extend(part)
+
+    with pytest.raises(RuntimeError, match="part with 5"):
+        compiled._in_threads(work, range(8), 2)
+    assert sorted(done) == [0, 1, 2, 3]  # the other part ran to its end
+    done.clear()
+    compiled._in_threads(work, [0, 1, 2], 3)
+    assert sorted(done) == [0, 1, 2]
+
+
 def test_one_input_encoded_twice_scores_one_row_like_the_batch(train: tuple[list[Row], np.ndarray],
                                                                score_rows: list[Row]) -> None:
     """A ColumnTransformer may one-hot encode the same column twice: the

@@ -105,3 +105,33 @@ def test_runtime_info_and_warmup(scored):
     assert info["numpy"] == pinned()["numpy"]
     assert info["schema_revision"] == "0005"
     assert info["python"].startswith("3.")
+
+
+def test_large_batches_of_a_compiled_tree_model(db, model_files):
+    """score_many and rescore of a compiled GBM over more profiles than one
+    thread walks alone: the same scores with one thread and with several
+    (max_parallel_workers_per_gather), equal to predict_proba, also when a
+    text column has a NULL or a value holding the separator the batch read
+    joins text columns with (that batch is read again as arrays)."""
+    from pgscore import push_model
+    from pgscore.seed import seed_profiles
+
+    with db.connect() as admin:
+        seed_profiles(admin, 21_000, seed=5)
+        admin.execute("ALTER TABLE customer_profiles DROP CONSTRAINT customer_profiles_gender_check")
+        admin.execute("UPDATE customer_profiles SET gender = NULL WHERE customer_id = 17")
+        admin.execute("UPDATE customer_profiles SET gender = 'Fe' || chr(31) || 'male' WHERE customer_id = 20500")
+    push_model(db.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="compiled")
+    ids = list(range(1, 21_001))
+    expected = local_scores(model_files["gbm"], db, ids)
+    with db.connect("analyst") as analyst:
+        analyst.execute("SET max_parallel_workers_per_gather = 0")
+        one = analyst.execute("SELECT score FROM scoring.score_many(%s)", [ids]).fetchall()
+        analyst.execute("SET max_parallel_workers_per_gather = 2")
+        threaded = analyst.execute("SELECT score FROM scoring.score_many(%s)", [ids]).fetchall()
+    assert threaded == one
+    assert max(abs(score - expected[i]) for (score,), i in zip(one, ids)) <= 1e-9
+    with db.connect("loader", autocommit=True) as loader:
+        loader.execute("CALL scoring.rescore('churn', 21000)")
+        rescored = dict(loader.execute("SELECT customer_id, churn_score FROM customer_profiles").fetchall())
+    assert [rescored[i] for i in ids] == [score for (score,) in one]
