@@ -881,9 +881,7 @@ class _RowCode:
     def function(self) -> Any:
         """The compiled function (compiled now if this is the first call)."""
         if self._function is None:
-            namespace: dict[str, Any] = {}
-            exec(compile(self.source(), "<pgscore compiled trees>", "exec"), namespace)  # noqa: S102
-            self._function = namespace["raw"]
+            self._function = _define_raw(self.source(), {}, "<pgscore compiled trees>")
         return self._function
 
     def source(self, prologue: Sequence[str] = (), condition: Any = None) -> str:
@@ -949,8 +947,7 @@ class _PipelineCode:
             namespace: dict[str, Any] = {"array": array}
             for j, column in enumerate(self._evaluator.onehot):
                 namespace[f"T{j}"] = column.table
-            exec(compile(self.source(), "<pgscore compiled pipeline>", "exec"), namespace)  # noqa: S102
-            self._function = namespace["raw"]
+            self._function = _define_raw(self.source(), namespace, "<pgscore compiled pipeline>")
         return self._function
 
     def source(self) -> str:
@@ -1008,6 +1005,13 @@ class _PipelineCode:
             return f"{code} == {out}" if when_one else f"{code} != {out}"
 
         return self._row_code.source(prologue, condition)
+
+
+def _define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
+    """The function ``raw`` that ``source`` (generated here from a model's
+    numbers, never from text anyone supplied) defines in ``namespace``."""
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102
+    return namespace["raw"]
 
 
 def _float_literal(value: float) -> str:

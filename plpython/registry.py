@@ -189,12 +189,19 @@ def active_model_id(plpy: Any, cache: dict, name: str) -> tuple[int, str, str] |
     return rows[0]["model_id"], rows[0]["sha256"], rows[0]["scoring_path"]
 
 
-def cached(cache: dict, model_id: int, sha256: str, scoring_path: str) -> LoadedModel | None:
-    """The model if this backend has it loaded as it is now recorded, else None."""
+def cached(cache: dict, model_id: int, sha256: str | None = None,
+           scoring_path: str | None = None) -> LoadedModel | None:
+    """The model if this backend has it loaded (as recorded, where ``sha256``
+    and ``scoring_path`` are given), else None. Runs no query."""
     found = cache.get("pgscore.models", {}).get(model_id)
-    if found is not None and found.sha256 == sha256 and found.scoring_path == scoring_path:
-        return found
-    return None
+    if found is None or sha256 is not None and found.sha256 != sha256:
+        return None
+    return found if scoring_path is None or found.scoring_path == scoring_path else None
+
+
+def forget(cache: dict, model_id: int) -> None:
+    """Drops this backend's copy of the model: the next load reads it again."""
+    cache.get("pgscore.models", {}).pop(model_id, None)
 
 
 def active_model(plpy: Any, cache: dict, name: str) -> LoadedModel:

@@ -250,11 +250,10 @@ def _profile_model(plpy: Any, cache: dict, model_id: int) -> registry.LoadedMode
     # Only this function's callers (compiled or long-sql models) use the
     # compiled form; a copy this backend loaded for the scikit-learn path
     # before the path changed would score ~500x slower: load it again.
-    models = cache.get("pgscore.models", {})
-    model = models.get(model_id)
+    model = registry.cached(cache, model_id)
     if model is not None and model.scoring_path in registry.COMPILED_PATHS:
         return model
-    models.pop(model_id, None)
+    registry.forget(cache, model_id)
     try:
         # A subtransaction, so that a failed query while loading does not
         # abort the inserting transaction under 'keep'.
