@@ -12,7 +12,17 @@ import functools
 import json
 from typing import Any, Callable, Sequence, TypeVar
 
-from . import batch, catalog, features, plans, registry, runtime, settings, sqlpath, trigger
+from . import (
+    batch,
+    catalog,
+    features,
+    plans,
+    registry,
+    runtime,
+    settings,
+    sqlpath,
+    trigger,
+)
 from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -1181,7 +1181,7 @@ def _in_threads(work: Any, items: Sequence[Any], threads: int) -> None:
     def run(part: Sequence[Any]) -> None:
         try:
             work(part)
-        except BaseException as exc:  # handed to the calling thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which raises it
             failures.append(exc)
 
     helpers = [threading.Thread(target=run, args=(part,), name="pgscore-walk") for part in parts[1:]]
