@@ -66,12 +66,15 @@ class Sizes:
     per_row: int          # P4 per-row score() sample
     parity: int           # P7 rows
     concurrent: int       # P8 transactions per client
+    naive_starts: int     # P6 cold starts on the naive path (each ~2.5 s)
 
     @classmethod
     def for_run(cls, quick: bool) -> "Sizes":
         if quick:
-            return cls(profiles=50_000, inserts=1_000, bulk=20_000, per_row=1_000, parity=20_000, concurrent=150)
-        return cls(profiles=1_000_000, inserts=4_000, bulk=100_000, per_row=5_000, parity=100_000, concurrent=500)
+            return cls(profiles=50_000, inserts=1_000, bulk=20_000, per_row=1_000, parity=20_000, concurrent=150,
+                       naive_starts=1)
+        return cls(profiles=1_000_000, inserts=4_000, bulk=100_000, per_row=5_000, parity=100_000, concurrent=500,
+                   naive_starts=3)
 
 
 @dataclass
@@ -350,17 +353,17 @@ class _Bench:
                 after = _memory_mib(pid)
                 return elapsed, {key: after[key] - before[key] for key in before}
 
-        def median_of(path: str) -> tuple[float, dict[str, float]]:
+        def median_of(path: str, starts: int = 3) -> tuple[float, dict[str, float]]:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute("SELECT scoring.set_scoring_path('churn', %s, %s)",
                              [self.models[family][1].version, path])
-            runs = [cold_start() for _ in range(3)]
+            runs = [cold_start() for _ in range(starts)]
             keys = runs[0][1].keys()
             return (statistics.median(r[0] for r in runs),
                     {key: statistics.median(r[1][key] for r in runs) for key in keys})
 
         chosen = self.models[family][1].scoring_path
-        naive_seconds, naive = median_of("sklearn")
+        naive_seconds, naive = median_of("sklearn", self.sizes.naive_starts)
         seconds, grown = median_of(chosen)
         rss, naive_rss = grown.get("rss", float("nan")), naive.get("rss", float("nan"))
         # Both bounds at once: the ratio is the worse of seconds / 0.15 and MiB / 20.

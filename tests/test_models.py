@@ -165,3 +165,30 @@ def test_server_refuses_a_skops_blob_with_untrusted_types(seeded, model_files):
     with seeded.connect("analyst") as analyst:
         with pytest.raises(psycopg.errors.ExternalRoutineException, match="does not trust: _operator.neg"):
             analyst.execute("SELECT scoring.score(3::bigint)")
+
+
+def test_push_scores_rows_as_if_alone_but_in_one_call_where_that_is_the_same():
+    """The sql-path check compares the server's SQL with predict_proba of each
+    row alone; rows without NULLs go in one call (same dtypes), the others,
+    and every row when that call fails, one by one, None where refused."""
+    from pgscore.demo_data import synthetic_profiles
+    from pgscore.models import _scores_one_by_one
+    from pgscore_server.features import to_frame
+
+    model, _ = train_demo_model(rows=2000, seed=0, kind="gbm")
+    names = list(model.feature_names_in_)
+    rows = [{name: row[name] for name in names} for row in synthetic_profiles(300, seed=4)]
+    rows[5] = {**rows[5], "total_charges": None, "contract": None}
+    rows[9] = {**rows[9], "tenure_months": "twelve"}  # scikit-learn refuses it, alone or together
+
+    def alone(row):
+        try:
+            return float(model.predict_proba(to_frame([row], names))[:, 1][0])
+        except Exception:
+            return None
+
+    expected = [alone(row) for row in rows]
+    assert expected[9] is None and expected[5] is not None
+    assert _scores_one_by_one(model, rows, names) == pytest.approx(expected, abs=1e-12, nan_ok=False)
+    clean = rows[:5] + rows[10:]
+    assert _scores_one_by_one(model, clean, names) == pytest.approx([alone(row) for row in clean], abs=1e-12)
