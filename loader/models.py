@@ -338,7 +338,7 @@ def _scores_one_by_one(estimator: Any, rows: list[dict], feature_names: list[str
         together = estimator.predict_proba(features.to_frame([rows[k] for k in complete], feature_names))[:, 1]
         for k, score in zip(complete, together):
             scores[k] = float(score)
-    except Exception:
+    except Exception:  # noqa: BLE001 - some row refused, whatever the error: one by one then
         alone = list(range(len(rows)))
     for k in alone:
         try:

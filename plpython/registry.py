@@ -194,7 +194,7 @@ def cached(cache: dict, model_id: int, sha256: str | None = None,
     """The model if this backend has it loaded (as recorded, where ``sha256``
     and ``scoring_path`` are given), else None. Runs no query."""
     found = cache.get("pgscore.models", {}).get(model_id)
-    if found is None or sha256 is not None and found.sha256 != sha256:
+    if found is None or (sha256 is not None and found.sha256 != sha256):
         return None
     return found if scoring_path is None or found.scoring_path == scoring_path else None
 

@@ -1,7 +1,8 @@
-"""The scoring.* settings (GUCs), read in one place with their defaults."""
+"""The settings pgscore reads (its scoring.* GUCs and PostgreSQL's own), in one place."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from . import plans
@@ -30,8 +31,5 @@ def batch_threads(plpy: Any, cache: dict) -> int:
     """Threads a large batch's tree walk may use in this backend: the
     leader plus ``max_parallel_workers_per_gather`` (PostgreSQL's own bound
     for one query's parallelism, so 0 means one thread), at most one per CPU."""
-    import os
-
     rows = plans.run(plpy, cache, "SELECT current_setting('max_parallel_workers_per_gather')::int AS v")
     return max(1, min(1 + rows[0]["v"], os.cpu_count() or 1))
-
