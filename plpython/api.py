@@ -94,7 +94,7 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
             "customer_ids contains NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="remove NULLs, e.g. array_remove(ids, NULL)"
         )
     distinct = list(dict.fromkeys(customer_ids))
-    threads = settings.batch_threads(plpy, cache) if len(distinct) > 1 else 1
+    threads = settings.batch_threads(plpy, cache, len(distinct))
     scores: dict[int, float] = {}
     for start in range(0, len(distinct), batch.CHUNK):
         chunk = distinct[start : start + batch.CHUNK]

@@ -69,7 +69,7 @@ def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last
     if not ids:
         return 0, last_id
     scores = []
-    threads = settings.batch_threads(plpy, cache)
+    threads = settings.batch_threads(plpy, cache, len(ids))
     for start in range(0, len(ids), CHUNK):
         scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns], threads))
     plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],

@@ -45,8 +45,9 @@ _NONE_TYPE = type(None)
 # matrices of ~131k entries (1 MiB) stay in cache between the gathers of one
 # level; 1M-entry chunks walked 1.2-1.6x slower (GBM, RF of the demo).
 _TREE_CHUNK_CELLS = 1 << 17
-# Below this many rows a batch walks in the calling thread alone.
-_THREADED_MIN_ROWS = 20_000
+# Below this many rows a batch walks in the calling thread alone
+# (pgscore_server.settings.batch_threads asks for no threads then).
+THREADED_MIN_ROWS = 20_000
 
 
 class _NanKey:
@@ -778,7 +779,7 @@ class _Trees:
                 out[start:start + chunk] = self._combine(self.value[self._walk(Xc, idx)])
 
         starts = range(0, n, chunk)
-        if threads > 1 and n >= _THREADED_MIN_ROWS:
+        if threads > 1 and n >= THREADED_MIN_ROWS:
             _in_threads(walk, starts, threads)
         else:
             walk(starts)

@@ -27,9 +27,15 @@ def on_error(plpy: Any, cache: dict) -> str:
     return value
 
 
-def batch_threads(plpy: Any, cache: dict) -> int:
-    """Threads a large batch's tree walk may use in this backend: the
-    leader plus ``max_parallel_workers_per_gather`` (PostgreSQL's own bound
-    for one query's parallelism, so 0 means one thread), at most one per CPU."""
-    rows = plans.run(plpy, cache, "SELECT current_setting('max_parallel_workers_per_gather')::int AS v")
-    return max(1, min(1 + rows[0]["v"], os.cpu_count() or 1))
+def batch_threads(plpy: Any, cache: dict, rows: int) -> int:
+    """Threads the tree walk of a batch of ``rows`` may use in this backend:
+    the leader plus ``max_parallel_workers_per_gather`` (PostgreSQL's own
+    bound for one query's parallelism, so 0 means one thread), at most one
+    per CPU; one, without asking, for a batch too small to be walked in threads."""
+    # Imported here: a backend on the sql path never loads compiled.
+    from .compiled import THREADED_MIN_ROWS
+
+    if rows < THREADED_MIN_ROWS:
+        return 1
+    setting = plans.run(plpy, cache, "SELECT current_setting('max_parallel_workers_per_gather')::int AS v")
+    return max(1, min(1 + setting[0]["v"], os.cpu_count() or 1))

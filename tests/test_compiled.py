@@ -262,7 +262,7 @@ def test_threaded_batch_walk_gives_the_same_bits(family: str, pipelines: dict[st
     missing values are imputed, and refuses what one thread refuses."""
     evaluator = roundtrip(pipelines[family])
     rows = score_rows + edge_rows(pipelines[family])
-    assert len(rows) >= compiled._THREADED_MIN_ROWS
+    assert len(rows) >= compiled.THREADED_MIN_ROWS
     columns = [list(column) for column in zip(*(evaluator._row(row) for row in rows))]
     one = evaluator.predict_columns(columns, threads=1)
     for threads in (2, 3):
