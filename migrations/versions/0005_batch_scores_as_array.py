@@ -21,7 +21,7 @@ depends_on = None
 def upgrade() -> None:
     # Replaced by scoring._scores_py, which score_many pairs with the ids.
     run_sql("DROP FUNCTION IF EXISTS scoring._score_many_py(bigint[], text);")
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0005"))
 
 
 def downgrade() -> None:
