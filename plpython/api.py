@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable, Sequence, TypeVar
 
 from . import (
     batch,
@@ -25,7 +24,11 @@ from . import (
 )
 from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError
 
-F = TypeVar("F", bound=Callable[..., Any])
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Callable, Sequence, TypeVar
+
+    F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MODEL = "churn"
 
@@ -159,4 +162,5 @@ def runtime_info(plpy: Any, cache: dict) -> str:
         revision = plpy.execute("SELECT string_agg(version_num, ',') AS v FROM public.alembic_version")
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
+    info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'
     return json.dumps(info)

@@ -3,10 +3,12 @@ UPDATE per batch, each batch committed on its own."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import plans, registry, settings, sqlpath
 from .errors import INVALID_PARAMETER_VALUE, ScoringError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any
 
 # Largest number of rows handed to one model call by the set-based paths.
 CHUNK = 50_000

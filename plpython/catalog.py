@@ -7,10 +7,12 @@ the SELECT list that reads them as the plain Python values that
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
 from . import plans
 from .errors import UNDEFINED_OBJECT, ScoringError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Mapping, Sequence
 
 PROFILES = "public.customer_profiles"
 

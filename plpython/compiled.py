@@ -30,9 +30,12 @@ import struct
 import sys
 import zlib
 from array import array
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
+    from typing import Any, Iterable
+
     import numpy as np
 
 FORMAT = "pgscore-compiled"

@@ -9,8 +9,10 @@ out of the database. Rows hold plain Python values: ``bool``, ``int``,
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Iterable, Mapping, Sequence
 
 def to_frame(rows: Iterable[Mapping[str, Any]], feature_names: Sequence[str]) -> Any:
     """A pandas DataFrame with exactly ``feature_names`` as columns, in order."""

@@ -13,7 +13,10 @@ The loader and the server share this module, so both trust the same list.
 from __future__ import annotations
 
 import io
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMATS = ("skops", "joblib")
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
 
 
 def run(plpy: Any, cache: dict, sql: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:

@@ -15,10 +15,9 @@ Two ways to evaluate a model:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import OrderedDict
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping
 
 from . import catalog, features, plans, runtime
 from .errors import (
@@ -30,6 +29,10 @@ from .errors import (
     ScoringError,
     as_scoring_error,
 )
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
 
 # Loaded models kept per backend: the active one plus a few recent ones
 # (rollback, score_with_model) without holding every version in memory.
@@ -284,6 +287,8 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
 
 def verify_blob(blob: bytes, recorded: str, expected: str | None, label: str, name: str) -> None:
     """Raises ScoringError unless the blob's sha256 is the recorded (and expected) one."""
+    import hashlib  # here: the compiled and sql paths never need it (OpenSSL's pages in every backend)
+
     digest = hashlib.sha256(blob).hexdigest()
     if digest != recorded or (expected is not None and digest != expected):
         raise ScoringError(

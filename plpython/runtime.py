@@ -7,9 +7,12 @@ so asking costs nothing on a cold backend.
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
 
 from .errors import MODEL_LOAD_FAILED, ScoringError, describe
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 # Distributions whose versions decide whether a pickled model loads.
 PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "pandas", "threadpoolctl", "skops")

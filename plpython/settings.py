@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from . import plans
 from .errors import INVALID_PARAMETER_VALUE, ScoringError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any
 
 ON_ERROR_CHOICES = ("keep", "raise")
 

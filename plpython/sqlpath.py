@@ -34,10 +34,12 @@ or its path changes, in the same transaction.
 
 from __future__ import annotations
 
-from typing import Any
-
 from . import catalog, plans, registry
 from .errors import NOT_IN_PREREQUISITE_STATE, ScoringError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any
 
 REJECT = "scoring._score_rejected({model_id}, p.customer_id, {{message}}, {mode})"
 

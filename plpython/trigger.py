@@ -26,10 +26,13 @@ from inside its UPDATE for one customer's profile, so Python only scores.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from . import catalog, plans, registry, settings
 from .errors import ScoringError, as_scoring_error
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any
 
 # New rows per customer. One customer (the usual statement) comes as scalar
 # parameters: an array's length changes the planner's estimates, so a plan

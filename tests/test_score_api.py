@@ -103,7 +103,8 @@ def test_runtime_info_and_warmup(scored):
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
-    assert info["schema_revision"] == "0005"
+    assert info["schema_revision"] == "0006"
+    assert info["code_from"] == "bytecode"
     assert info["python"].startswith("3.")
 
 
