@@ -167,7 +167,7 @@ def _read_npy(body: bytes, name: str) -> array:
     if typecode is None or "'fortran_order': False" not in header:
         raise ValueError(f"{name!r}: element type or memory order not written by pgscore")
     values = array(typecode)
-    values.frombytes(body[data_start:])
+    values.frombytes(memoryview(body)[data_start:])  # no copy of the data first
     count = 1
     for dim in field("shape", "(", ")").split(","):
         if dim.strip():
