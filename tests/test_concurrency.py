@@ -1,9 +1,11 @@
 """8 concurrent clients inserting complaints for 10 hot customers: exact
 counters and no deadlocks, single-row and multi-row (5 random customers,
-in random order, per statement)."""
+in random order, per statement); and the same clients beside a session
+rescoring every profile over and over."""
 
 from __future__ import annotations
 
+import collections
 import random
 import threading
 import time
@@ -70,3 +72,72 @@ def test_concurrent_inserts_count_exactly_without_deadlocks(scored, rows_per_sta
     assert {c: after[c] - before[c] for c in HOT} == {c: new_rows.get(c, 0) for c in HOT}
     assert deadlocks == 0
     assert unscored == 0
+
+
+RESCORE_SECONDS = 8.0  # of load; every client stops by itself
+
+
+def test_rescore_alongside_multi_row_inserts_never_deadlocks(scored, model_files):
+    """CALL scoring.rescore in small batches (sql path: one UPDATE per id
+    range) over and over while clients insert complaints for 5 customers per
+    statement in random order: no deadlock, exact counters, and every
+    profile's score is the model's for the profile as it is afterwards (a
+    score from a stale complaint_count would differ)."""
+    from tests.conftest import local_scores
+
+    with scored.connect() as admin:
+        # Table order unlike customer_id order: the even ids' rows move to the table's end.
+        admin.execute("UPDATE customer_profiles SET churn_score = NULL WHERE customer_id % 2 = 0")
+        admin.commit()
+        ids = [row[0] for row in admin.execute("SELECT customer_id FROM customer_profiles ORDER BY 1")]
+        counts_before = dict(admin.execute("SELECT customer_id, complaint_count FROM customer_profiles").fetchall())
+    errors: list[BaseException] = []
+    inserted = [collections.Counter() for _ in range(CLIENTS)]  # one per client: no shared updates
+    passes = [0]
+    deadline = time.monotonic() + RESCORE_SECONDS
+    start = threading.Barrier(CLIENTS + 1)
+
+    def inserter(index: int) -> None:
+        rng = random.Random(index)
+        try:
+            with psycopg.connect(scored.dsn("app"), autocommit=True) as conn:
+                conn.execute("SET scoring.on_error = 'raise'")
+                start.wait()
+                for _ in range(2000):
+                    if time.monotonic() > deadline:
+                        break
+                    customers = rng.sample(ids, 5)
+                    conn.execute("INSERT INTO complaints (customer_id, channel)"
+                                 " SELECT unnest(%s::bigint[]), 'chat'", [customers])
+                    inserted[index].update(customers)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    def rescorer() -> None:
+        try:
+            with psycopg.connect(scored.dsn("loader"), autocommit=True) as conn:
+                start.wait()
+                while time.monotonic() < deadline and passes[0] < 200:
+                    conn.execute("CALL scoring.rescore('churn', 40)")
+                    passes[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=inserter, args=(i,)) for i in range(CLIENTS)]
+    threads.append(threading.Thread(target=rescorer))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(RESCORE_SECONDS + 60)
+    assert errors == []  # a deadlock would be psycopg.errors.DeadlockDetected here
+    with scored.connect() as admin:
+        deadlocks = admin.execute(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+        after = dict(admin.execute("SELECT customer_id, complaint_count FROM customer_profiles").fetchall())
+        stored = dict(admin.execute("SELECT customer_id, churn_score FROM customer_profiles").fetchall())
+    total = sum(inserted, collections.Counter())
+    assert deadlocks == 0
+    assert passes[0] >= 2 and sum(total.values()) > 0, (passes, total)
+    assert {c: after[c] - counts_before[c] for c in ids} == {c: total.get(c, 0) for c in ids}
+    expected = local_scores(model_files["logreg"], scored, ids)
+    assert max(abs(stored[c] - expected[c]) for c in ids) <= 1e-9
