@@ -9,7 +9,6 @@ traceback in the message.
 from __future__ import annotations
 
 import functools
-import json
 
 from . import (
     batch,
@@ -67,6 +66,8 @@ def score_features(plpy: Any, cache: dict, model_name: str, document: str | None
         raise ScoringError(
             "features is NULL", sqlstate=INVALID_PARAMETER_VALUE, hint=f"{model.label} needs: {', '.join(model.feature_names)}"
         )
+    import json  # here: a backend that only scores profiles never needs it (re and enum, ~1 MiB)
+
     parsed = json.loads(document) if isinstance(document, str) else document
     columns = catalog.profile_columns(plpy, cache)
     row = features.from_document(parsed, model.feature_names, columns, model.label)
@@ -163,4 +164,6 @@ def runtime_info(plpy: Any, cache: dict) -> str:
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
     info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'
+    import json
+
     return json.dumps(info)

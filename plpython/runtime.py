@@ -6,8 +6,6 @@ so asking costs nothing on a cold backend.
 
 from __future__ import annotations
 
-import json
-
 from .errors import MODEL_LOAD_FAILED, ScoringError, describe
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
@@ -38,6 +36,8 @@ def parse_recorded(value: Any) -> dict[str, Any]:
     if value is None:
         return {}
     if isinstance(value, str):
+        import json  # here: only the scikit-learn path reads the recorded runtime
+
         return json.loads(value)
     return dict(value)
 

@@ -608,35 +608,54 @@ def test_bytes_are_safe_and_stable(pipelines: dict[str, Pipeline]) -> None:
             compiled.load(damaged)
 
 
+def test_manifest_reader_is_json_loads_without_json(pipelines: dict[str, Pipeline]) -> None:
+    """compiled._json_document (json's C scanner, no json import) reads what
+    json.loads reads and refuses what it refuses, and NaN, which the loader
+    never writes."""
+    for family in ("lr", "gbm", "rf", "hgb"):
+        archive = np.load(io.BytesIO(compile_model(pipelines[family]).to_bytes()))
+        text = archive["manifest"].tobytes().decode("utf-8")
+        assert compiled._json_document(text) == json.loads(text)
+    for text in ('  {"a": [1, -2.5e-7, "\\u00e9", null, true, false, {}]}\n', "[]", '"x"'):
+        assert compiled._json_document(text) == json.loads(text)
+    for bad in ("", "   ", '{"a": 1} {}', '{"a": 1', '{"a": NaN}', '[-Infinity]', "{'a': 1}"):
+        with pytest.raises(ValueError):
+            compiled._json_document(bad)
+
+
 def test_server_module_needs_only_numpy_and_one_tree_row_not_even_that(tmp_path: Path, pipelines: dict[str, Pipeline]) -> None:
     rows = telco_rows(20, seed=13)
     expected = {}
     for family in ("lr", "gbm", "rf", "hgb"):
         (tmp_path / f"{family}.npz").write_bytes(compile_model(pipelines[family]).to_bytes())
         expected[family] = reference(pipelines[family], rows).tolist()
-    (tmp_path / "rows.json").write_text(json.dumps(rows))
     script = textwrap.dedent(f"""
-        import json, sys
+        import sys
         from pathlib import Path
         import pgscore_server.compiled as compiled
         root = Path({str(tmp_path)!r})
-        rows = json.loads((root / "rows.json").read_text())
-        # One row of a tree model (the complaint trigger's work) needs no numpy at all.
+        rows = {rows!r}
+        # One row of a tree model (the complaint trigger's work) needs no numpy at all,
+        # nor json (which imports re and enum): the server reads the archive itself.
         one = {{family: compiled.load((root / (family + ".npz")).read_bytes()).predict_one(rows[0])
                for family in ("gbm", "rf", "hgb")}}
         numpy_for_one_row = "numpy" in sys.modules
+        json_for_one_row = "json" in sys.modules
+        import json
         out = {{}}
         for family in ("lr", "gbm", "rf", "hgb"):
             evaluator = compiled.load((root / (family + ".npz")).read_bytes())
             out[family] = evaluator.predict(rows).tolist() + [evaluator.predict_one(rows[0])]
         banned = sorted(m for m in sys.modules if m.split(".")[0] in ("sklearn", "pandas", "scipy", "pgscore"))
-        print(json.dumps({{"banned": banned, "out": out, "one": one, "numpy_for_one_row": numpy_for_one_row}}))
+        print(json.dumps({{"banned": banned, "out": out, "one": one, "numpy_for_one_row": numpy_for_one_row,
+                          "json_for_one_row": json_for_one_row}}))
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["banned"] == []
     assert report["numpy_for_one_row"] is False
+    assert report["json_for_one_row"] is False
     for family, value in report["one"].items():
         assert abs(value - expected[family][0]) <= TOLERANCE
     for family, values in report["out"].items():

@@ -108,6 +108,24 @@ def test_runtime_info_and_warmup(scored):
     assert info["python"].startswith("3.")
 
 
+def test_first_score_of_a_compiled_tree_model_imports_little(seeded, model_files):
+    """A new backend's first score of a compiled tree model imports the
+    runtime and the standard library's basics only: no numpy (one row), no
+    json, re, enum or typing (each costs every backend memory: P6)."""
+    from pgscore import push_model
+
+    push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="compiled")
+    expected = local_scores(model_files["gbm"], seeded, [7])[7]
+    with seeded.connect() as admin:  # a new backend; superuser, to look at its modules
+        score = admin.execute("SELECT scoring.score(7::bigint)").fetchone()[0]
+        admin.execute("CREATE FUNCTION pg_temp.loaded(names text[]) RETURNS text[] LANGUAGE plpython3u"
+                      " AS 'import sys\nreturn [n for n in names if n in sys.modules]'")
+        loaded = admin.execute("SELECT pg_temp.loaded(%s)",
+                               [["pgscore_server.compiled", "numpy", "json", "re", "enum", "typing"]]).fetchone()[0]
+    assert abs(score - expected) <= 1e-9
+    assert loaded == ["pgscore_server.compiled"]
+
+
 def test_large_batches_of_a_compiled_tree_model(db, model_files):
     """score_many and rescore of a compiled GBM over more profiles than one
     thread walks alone: the same scores with one thread and with several
