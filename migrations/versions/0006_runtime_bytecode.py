@@ -1,6 +1,9 @@
 """The in-database Python is stored compiled too (scoring.runtime_modules.
 bytecode, filled by the server's own Python), so that a new backend
-unmarshals code objects instead of compiling every module from source.
+unmarshals code objects instead of compiling every module from source; a
+compiled model's first score imports neither typing nor json. In-database
+code: rescore of a 'sql' model writes each batch with one UPDATE that walks
+the primary key, without a separate row-locking pass.
 
 Revision ID: 0006
 Revises: 0005
