@@ -157,6 +157,8 @@ def warmup(plpy: Any, cache: dict, model_name: str) -> None:
 
 @sql_errors
 def runtime_info(plpy: Any, cache: dict) -> str:
+    import json  # here, as in score_features: scoring profiles never needs it
+
     info: dict[str, Any] = dict(runtime.versions())
     info["schema_revision"] = None
     if plpy.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL AS migrated")[0]["migrated"]:
@@ -164,6 +166,4 @@ def runtime_info(plpy: Any, cache: dict) -> str:
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
     info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'
-    import json
-
     return json.dumps(info)
