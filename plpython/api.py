@@ -88,6 +88,13 @@ def score_with_model(plpy: Any, cache: dict, model_id: int, customer_ids: list[i
     return list(zip(customer_ids or [], _score_ids(plpy, cache, model, customer_ids)))
 
 
+# Where a chunk of ids is read from (distinct, sorted). A chunk of
+# consecutive ids is a range of the primary key: reading 1M profiles in
+# chunks took ~2 s less that way than one index descent per id (= ANY).
+IDS_IN_RANGE = "public.customer_profiles p WHERE p.customer_id BETWEEN $1 AND $2"
+IDS_LISTED = "public.customer_profiles p WHERE p.customer_id = ANY($1)"
+
+
 def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[float]:
     """The score of each id in input order, one model call per chunk of
     distinct ids, each feature read as one array."""
@@ -97,13 +104,15 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
         raise ScoringError(
             "customer_ids contains NULL", sqlstate=INVALID_PARAMETER_VALUE, hint="remove NULLs, e.g. array_remove(ids, NULL)"
         )
-    distinct = list(dict.fromkeys(customer_ids))
+    distinct = sorted(set(customer_ids))
     threads = settings.batch_threads(plpy, cache, len(distinct))
     scores: dict[int, float] = {}
     for start in range(0, len(distinct), batch.CHUNK):
         chunk = distinct[start : start + batch.CHUNK]
-        ids, columns = model.read_columns(
-            plpy, cache, "public.customer_profiles p WHERE p.customer_id = ANY($1)", ["bigint[]"], [chunk])
+        if chunk[-1] - chunk[0] + 1 == len(chunk):  # every id of a range: walk it
+            ids, columns = model.read_columns(plpy, cache, IDS_IN_RANGE, ["bigint", "bigint"], [chunk[0], chunk[-1]])
+        else:
+            ids, columns = model.read_columns(plpy, cache, IDS_LISTED, ["bigint[]"], [chunk])
         if len(ids) < len(chunk):
             present = set(ids)
             raise unknown_customers([customer_id for customer_id in chunk if customer_id not in present])

@@ -127,17 +127,35 @@ def joined_features(feature_names: Sequence[str], columns: Mapping[str, str]) ->
     return [k for k, name in enumerate(feature_names) if columns[name] in JOINED_TYPES]
 
 
-def batch_list(quoter: Any, feature_names: Sequence[str], columns: Mapping[str, str], alias: str = "p") -> str:
+def batch_list(quoter: Any, feature_names: Sequence[str], columns: Mapping[str, str], alias: str = "p",
+               coded: Mapping[int, Sequence[str]] | None = None) -> str:
     """:func:`select_list` aggregated for a batch read: ``array_agg`` per
     feature, except the :func:`joined_features`, read as
     ``string_agg(.., JOIN_SEPARATOR)`` plus ``count(..) AS pgscore_count_<k>``
-    (string_agg skips NULLs; a count short of the rows tells)."""
+    (string_agg skips NULLs; a count short of the rows tells), and the
+    ``coded`` ones (position -> categories; text columns only): one code
+    character per row, see :func:`category_codes`."""
     items = []
     for k, name in enumerate(feature_names):
-        if columns[name] in JOINED_TYPES:
+        if coded and k in coded:
+            column = f"{alias}.{quoter.quote_ident(name)}"
+            items.append(f"string_agg({category_codes(quoter, column, coded[k])}, '') AS {quoter.quote_ident(name)}")
+        elif columns[name] in JOINED_TYPES:
             column = f"{alias}.{quoter.quote_ident(name)}"
             items.append(f"string_agg({column}, {JOIN_SEPARATOR_SQL}) AS {quoter.quote_ident(name)},"
                          f" count({column}) AS pgscore_count_{k}")
         else:
             items.append(select_list(quoter, [name], columns, alias, aggregate="array_agg"))
     return ", ".join(items)
+
+
+def category_codes(quoter: Any, column: str, categories: Sequence[str]) -> str:
+    """The code character of a text column's value (pgscore_server.compiled:
+    CODE_FIRST + i for categories[i], CODE_NULL, CODE_OTHER), compared byte
+    for byte (COLLATE "C") as Python compares strings."""
+    from .compiled import CODE_FIRST, CODE_NULL, CODE_OTHER
+
+    whens = " ".join(f"WHEN {quoter.quote_literal(category)} THEN {quoter.quote_literal(chr(CODE_FIRST + i))}"
+                     for i, category in enumerate(categories))
+    return (f'CASE {column} COLLATE "C" {whens} ELSE CASE WHEN {column} IS NULL'
+            f" THEN {quoter.quote_literal(chr(CODE_NULL))} ELSE {quoter.quote_literal(chr(CODE_OTHER))} END END")

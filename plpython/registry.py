@@ -66,7 +66,8 @@ class LoadedModel:
 
     def __init__(self, model_id: int, name: str, version: int, sha256: str, feature_names: list[str],
                  estimator: Any, scoring_path: str = "sklearn", select_list: str = "",
-                 array_list: str = "", batch_list: str = "", joined: Sequence[int] = ()) -> None:
+                 array_list: str = "", batch_list: str = "", joined: Sequence[int] = (),
+                 coded: Sequence[int] = ()) -> None:
         self.model_id = model_id
         self.name = name
         self.version = version
@@ -78,6 +79,7 @@ class LoadedModel:
         self.array_list = array_list
         self.batch_list = batch_list or array_list
         self.joined = list(joined)  # features batch_list reads as one joined string
+        self.coded = list(coded)  # ... and as category codes (compiled.CategoryCodes)
         self.plan_cache: dict = {}
 
     @property
@@ -89,23 +91,39 @@ class LoadedModel:
         """(customer_ids, one list per feature) of the profiles ``source`` (a
         FROM clause aliased ``p``) yields; all arrays come from one aggregate
         pass, so they are in the same row order. Text features come joined
-        (catalog.batch_list); where a column has NULLs or a value holding the
-        separator, the batch is read again as arrays."""
+        or as category codes (catalog.batch_list); where a column has NULLs or
+        a value holding the separator, or codes the model cannot use
+        (compiled.Evaluator.codes_usable), the batch is read again as arrays."""
         def aggregate(select_list: str) -> Any:
             sql = f"SELECT count(*) AS pgscore_rows, array_agg(p.customer_id) AS pgscore_ids, {select_list} FROM {source}"
             return plans.run(plpy, cache, sql, types, args)[0]
 
         row = aggregate(self.batch_list)
         columns = [row[name] or [] for name in self.feature_names]
+        if self._compact_columns_usable(row, columns):
+            return list(row["pgscore_ids"] or []), columns
+        row = aggregate(self.array_list)
+        return list(row["pgscore_ids"] or []), [row[name] or [] for name in self.feature_names]
+
+    def _compact_columns_usable(self, row: Mapping[str, Any], columns: list) -> bool:
+        """Decodes the joined and coded features of a batch read into
+        ``columns``; False if one must be read as an array instead."""
+        rows = row["pgscore_rows"]
         for k in self.joined:
             joined = row[self.feature_names[k]]
             values = joined.split(catalog.JOIN_SEPARATOR) if joined is not None else []
-            if row[f"pgscore_count_{k}"] != row["pgscore_rows"] or len(values) != row["pgscore_rows"]:
-                row = aggregate(self.array_list)
-                columns = [row[name] or [] for name in self.feature_names]
-                break
+            if row[f"pgscore_count_{k}"] != rows or len(values) != rows:
+                return False
             columns[k] = values
-        return list(row["pgscore_ids"] or []), columns
+        if self.coded:
+            from .compiled import CategoryCodes
+
+            for k in self.coded:
+                codes = CategoryCodes.from_text(row[self.feature_names[k]])
+                if len(codes) != rows or not self.estimator.codes_usable(k, codes):
+                    return False
+                columns[k] = codes
+        return True
 
     def predict_columns(self, columns: Sequence[Sequence[Any]], threads: int = 1) -> list[float]:
         """:meth:`predict` from one list per feature (feature_names order);
@@ -258,8 +276,11 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     feature_names = list(row["feature_names"])
     columns = catalog.profile_columns(plpy, cache)
     catalog.check_features(feature_names, columns, label)
+    coded: dict[int, list[str]] = {}
     if row["scoring_path"] in COMPILED_PATHS:
         estimator = load_compiled(bytes(row["compiled"]), label)
+        coded = {k: categories for k, categories in estimator.category_inputs().items()
+                 if columns[feature_names[k]] in catalog.JOINED_TYPES}
     else:
         blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
         verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
@@ -275,8 +296,9 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
         scoring_path=row["scoring_path"],
         select_list=catalog.select_list(plpy, feature_names, columns),
         array_list=catalog.select_list(plpy, feature_names, columns, aggregate="array_agg"),
-        batch_list=catalog.batch_list(plpy, feature_names, columns),
-        joined=catalog.joined_features(feature_names, columns),
+        batch_list=catalog.batch_list(plpy, feature_names, columns, coded=coded),
+        joined=[k for k in catalog.joined_features(feature_names, columns) if k not in coded],
+        coded=list(coded),
     )
     models[model_id] = model
     models.move_to_end(model_id)

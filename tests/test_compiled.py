@@ -554,6 +554,95 @@ def test_variants_agree_on_messy_rows(variant: str, train: tuple[list[Row], np.n
     assert 0 < failures < len(batches)  # both outcomes were exercised
 
 
+def as_codes(values: list[Any], categories: list[str]) -> compiled.CategoryCodes:
+    """A text column as the SQL of pgscore_server.catalog.category_codes codes it."""
+    codes = bytes(compiled.CODE_NULL if v is None
+                  else compiled.CODE_FIRST + categories.index(v) if v in categories
+                  else compiled.CODE_OTHER for v in values)
+    return compiled.CategoryCodes(np.frombuffer(codes, dtype=np.uint8))
+
+
+CODED_VARIANTS = {
+    **VARIANTS,
+    "unknown_text_is_an_error": lambda: Pipeline([
+        ("prep", ColumnTransformer([
+            ("text", OneHotEncoder(handle_unknown="error"), ["contract", "internet_service"]),
+            ("imputed", make_pipeline(SimpleImputer(strategy="constant", fill_value="none"),
+                                      OneHotEncoder(handle_unknown="error")), ["payment_method"]),
+            ("numbers", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), NUMBERS),
+        ])),
+        ("clf", GradientBoostingClassifier(n_estimators=20, max_depth=3, random_state=0)),
+    ]),
+}
+
+
+@pytest.mark.parametrize("variant", list(CODED_VARIANTS))
+def test_category_codes_score_as_the_strings(variant: str, train: tuple[list[Row], np.ndarray]) -> None:
+    """Text columns sent as category codes (what batch reads do) give the
+    bits and the errors the strings give, wherever the evaluator accepts the
+    codes; it declines them only where they cannot say what the strings do:
+    an unknown string the model names in its error."""
+    import random
+
+    rows, y = train
+    model = CODED_VARIANTS[variant]().fit(messy_training_frame(rows), y)
+    evaluator = roundtrip(model)
+    coded_inputs = evaluator.category_inputs()
+    text_inputs = {k for k, name in enumerate(evaluator.feature_names) if name in TEXT}
+    assert coded_inputs and set(coded_inputs) <= text_inputs
+    rng = random.Random(7)
+    odd_values = [None, "Three year", "Satellite", "missing", "none", ""]  # what a text column can hold
+    batches = []
+    for name in (evaluator.feature_names[k] for k in coded_inputs):
+        for value in odd_values:
+            batches.append([{**row, name: value} for row in telco_rows(5, seed=len(batches))])  # the whole column
+            batches.append(telco_rows(3, seed=len(batches)) + [{**telco_rows(1, seed=9)[0], name: value}])
+    for _ in range(150):
+        batch = telco_rows(rng.choice([2, 5, 40]), seed=rng.randrange(10**6))
+        for row in batch:
+            for k in coded_inputs:
+                if rng.random() < 0.1:
+                    row[evaluator.feature_names[k]] = rng.choice(odd_values)
+        batches.append(batch)
+    outcomes = {"scored": 0, "raised": 0, "declined": 0}
+    for batch in batches:
+        columns: list[Any] = [[row[name] for row in batch] for name in evaluator.feature_names]
+        try:
+            expected: Any = evaluator.predict_columns(columns)
+        except ValueError as exc:
+            expected = exc
+        coded = list(columns)
+        for k, categories in coded_inputs.items():
+            coded[k] = as_codes(columns[k], categories)
+        if not all(evaluator.codes_usable(k, coded[k]) for k in coded_inputs):
+            outcomes["declined"] += 1
+            assert isinstance(expected, ValueError), batch
+            continue
+        if isinstance(expected, ValueError):
+            outcomes["raised"] += 1
+            with pytest.raises(ValueError) as raised:
+                evaluator.predict_columns(coded)
+            assert str(raised.value) == str(expected)
+        else:
+            outcomes["scored"] += 1
+            assert np.array_equal(evaluator.predict_columns(coded), expected)
+            part = slice(1, None)  # batch paths cut codes into chunks
+            try:
+                strings_part: Any = evaluator.predict_columns([c[part] for c in columns])
+            except ValueError as exc:
+                strings_part = str(exc)
+            try:
+                coded_part: Any = evaluator.predict_columns([c[part] for c in coded])
+            except ValueError as exc:
+                coded_part = str(exc)
+            assert np.array_equal(coded_part, strings_part) if isinstance(coded_part, np.ndarray) else (
+                coded_part == strings_part)
+    assert outcomes["scored"], outcomes
+    if variant == "unknown_text_is_an_error":
+        # A NULL contract is unknown without its string; 'Three year' needs it.
+        assert outcomes["raised"] and outcomes["declined"], outcomes
+
+
 @pytest.mark.parametrize("build, mentions", [
     (lambda: Pipeline([
         ("prep", ColumnTransformer([("log", FunctionTransformer(np.log1p), ["monthly_charges"])])),

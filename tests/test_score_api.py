@@ -103,7 +103,7 @@ def test_runtime_info_and_warmup(scored):
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
-    assert info["schema_revision"] == "0006"
+    assert info["schema_revision"] == "0007"
     assert info["code_from"] == "bytecode"
     assert info["python"].startswith("3.")
 
@@ -154,3 +154,52 @@ def test_large_batches_of_a_compiled_tree_model(db, model_files):
         loader.execute("CALL scoring.rescore('churn', 21000)")
         rescored = dict(loader.execute("SELECT customer_id, churn_score FROM customer_profiles").fetchall())
     assert [rescored[i] for i in ids] == [score for (score,) in one]
+
+
+def test_score_many_reads_text_as_codes_and_names_an_unknown_category(seeded, tmp_path):
+    """A compiled model's one-hot text features reach it as category codes:
+    score_many over a range of ids and over scattered ids equals
+    predict_proba, NULLs included; a string the model does not know (and
+    refuses) makes the batch read again as strings, so the error names it."""
+    import numpy as np
+    from pgscore import push_model
+    from pgscore.demo_data import save_model, synthetic_profiles
+    from pgscore_server.features import to_frame
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    names = ["contract", "internet_service", "tenure_months"]
+    records = synthetic_profiles(2000, seed=11)
+    for k, record in enumerate(records):
+        if k % 9 == 0:
+            record["internet_service"] = None  # a learned missing category
+    frame = to_frame(records, names)
+    y = np.array([r["contract"] == "Month-to-month" and r["tenure_months"] < 30 for r in records])
+    model = make_pipeline(
+        make_column_transformer((OneHotEncoder(handle_unknown="error"), ["contract", "internet_service"]),
+                                remainder="passthrough"),
+        GradientBoostingClassifier(n_estimators=30, max_depth=3, random_state=0),
+    ).fit(frame, y)
+    path = save_model(model, tmp_path / "codes.joblib")
+    with seeded.connect() as admin:
+        admin.execute("UPDATE customer_profiles SET internet_service = NULL WHERE customer_id % 7 = 0")
+    result = push_model(seeded.dsn("loader"), path, name="churn", activate=True, scoring_path="compiled")
+    assert result.scoring_path == "compiled", result.path_note
+    ids = list(range(1, 301))
+    scattered = ids[::-3]
+    expected = local_scores(path, seeded, ids)
+    with seeded.connect("analyst") as analyst:
+        in_range = dict(analyst.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [ids]).fetchall())
+        listed = analyst.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [scattered]).fetchall()
+    assert max(abs(in_range[i] - expected[i]) for i in ids) <= 1e-9
+    assert [i for i, _ in listed] == scattered
+    assert max(abs(score - expected[i]) for i, score in listed) <= 1e-9
+    with seeded.connect() as admin:
+        admin.execute("ALTER TABLE customer_profiles DROP CONSTRAINT customer_profiles_contract_check")
+        admin.execute("UPDATE customer_profiles SET contract = 'Three year' WHERE customer_id = 150")
+    with seeded.connect("analyst") as analyst:
+        for batch in (ids, scattered):
+            with pytest.raises(psycopg.Error, match=r"'contract': unknown category 'Three year'"):
+                analyst.execute("SELECT count(*) FROM scoring.score_many(%s)", [batch])

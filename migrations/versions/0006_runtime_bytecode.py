@@ -21,7 +21,7 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0006-runtime-bytecode.sql"))
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0006"))
 
 
 def downgrade() -> None:
