@@ -36,10 +36,13 @@ COMPILE_CHECK_SIZE = 2000
 SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
 # 'auto' puts a model on the sql path only when its SQL is at most this long.
 # PostgreSQL sets the expression up again in every statement (about 4 ns per
-# character measured here): the 100-tree demo GBM (68 kB) still beats the
-# compiled Python path on every `pgscore bench` figure, a 100-tree random
-# forest (1.4 MB) loses on all of them.
-SQL_PATH_MAX_CHARS = 200_000
+# character measured here) and evaluates every split of it in its
+# interpreter: the 100-tree demo GBM (68 kB, 10 us per profile) scored and
+# rescored 1M profiles faster compiled (score_many 7.2-8.1 s vs 9.2-12.1 s,
+# rescore 14.8-16.8 s vs 20.8-23.0 s, side by side in one database); only a
+# bulk insert of 100k complaints favoured its SQL (4.6-6.6 s vs 6.8-7.5 s).
+# The demo logistic regression (3 kB) is fastest in SQL everywhere.
+SQL_PATH_MAX_CHARS = 20_000
 
 
 class PushError(Exception):

@@ -110,9 +110,9 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
     for start in range(0, len(distinct), batch.CHUNK):
         chunk = distinct[start : start + batch.CHUNK]
         if chunk[-1] - chunk[0] + 1 == len(chunk):  # every id of a range: walk it
-            ids, columns = model.read_columns(plpy, cache, IDS_IN_RANGE, ["bigint", "bigint"], [chunk[0], chunk[-1]])
+            ids, columns, _ = model.read_columns(plpy, cache, IDS_IN_RANGE, ["bigint", "bigint"], [chunk[0], chunk[-1]])
         else:
-            ids, columns = model.read_columns(plpy, cache, IDS_LISTED, ["bigint[]"], [chunk])
+            ids, columns, _ = model.read_columns(plpy, cache, IDS_LISTED, ["bigint[]"], [chunk])
         if len(ids) < len(chunk):
             present = set(ids)
             raise unknown_customers([customer_id for customer_id in chunk if customer_id not in present])

@@ -13,14 +13,41 @@ if TYPE_CHECKING:
 # Largest number of rows handed to one model call by the set-based paths.
 CHUNK = 50_000
 
-# The batch's id range lets the planner read only the batch's profiles
-# (without it, a hash join scans the whole table once per batch).
+# A batch of the Python paths: its profiles are read without locking them
+# (locking wrote every row's header once more, ~2-3 s per 1M profiles) and
+# each score is written only where the profile is still the row version it
+# was computed from (same xmin; a concurrent complaint or edit made a new
+# one, and EvalPlanQual rechecks the condition on it). The UPDATE walks the
+# batch in customer_id order (IN_KEY_ORDER_SQL), as the complaint trigger
+# locks, so the two cannot deadlock; the id range lets the planner read only
+# the batch's profiles. It returns the ids it skipped: those few are read
+# again under lock, in a transaction of their own, and written as scored.
+BATCH_SOURCE = (
+    "(SELECT p.*, p.xmin AS pgscore_version FROM public.customer_profiles p WHERE p.customer_id > $1"
+    " ORDER BY p.customer_id LIMIT $2) p"
+)
+VERSIONS = ", array_agg(p.pgscore_version) AS pgscore_versions"
+UPDATE_UNCHANGED_SQL = (
+    "WITH written AS ("
+    " UPDATE public.customer_profiles p"
+    " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
+    " FROM unnest($1::bigint[], $2::float8[], $6::xid[]) AS u(customer_id, score, version)"
+    " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5 AND p.xmin = u.version"
+    " RETURNING p.customer_id)"
+    " SELECT array_agg(u.customer_id) AS skipped FROM unnest($1::bigint[]) AS u(customer_id)"
+    " WHERE u.customer_id NOT IN (SELECT customer_id FROM written)"
+)
+LOCKED_SOURCE = (
+    "(SELECT * FROM public.customer_profiles WHERE customer_id = ANY($1)"
+    " ORDER BY customer_id FOR NO KEY UPDATE) p"
+)
 UPDATE_SCORES_SQL = (
     "UPDATE public.customer_profiles p"
     " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
     " FROM unnest($1::bigint[], $2::float8[]) AS u(customer_id, score)"
     " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5"
 )
+
 # A batch of the sql path: where it ends (an index-only read, no row
 # locks), then one UPDATE over that id range, which computes each score from
 # the row version it writes. The UPDATE locks the profiles in customer_id
@@ -61,33 +88,55 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
     last_id = -(2**63)  # below every bigint: keyset pagination starts at the first id
     while True:
         model = registry.active_model(plpy, cache, model_name)
-        rescore_batch = _rescore_in_sql if model.scoring_path == "sql" else _rescore_in_python
-        rows, last_id = rescore_batch(plpy, cache, model, last_id, batch_size)
+        skipped: list[int] = []
+        if model.scoring_path == "sql":
+            rows, last_id = _rescore_in_sql(plpy, cache, model, last_id, batch_size)
+        else:
+            rows, last_id, skipped = _rescore_in_python(plpy, cache, model, last_id, batch_size)
         if not rows:
             break
         done += rows
         plpy.notice(f"pgscore rescore: {done}/{max(total, done)} profiles")
         _commit(plpy)
         _pin_settings(plpy)  # SET LOCAL ended with the committed transaction
+        if skipped:
+            # In a transaction of their own: it locks them, in customer_id
+            # order, holding no other profile's lock.
+            _rescore_locked(plpy, cache, model, skipped)
+            _commit(plpy)
+            _pin_settings(plpy)
 
 
 def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last_id: int,
-                       batch_size: int) -> tuple[int, int]:
-    """One batch through the model in Python: (profiles rescored, last customer_id)."""
-    ids, columns = model.read_columns(
-        plpy, cache,
-        "(SELECT * FROM public.customer_profiles WHERE customer_id > $1"
-        " ORDER BY customer_id LIMIT $2 FOR NO KEY UPDATE) p",
-        ["bigint", "int"], [last_id, batch_size])
+                       batch_size: int) -> tuple[int, int, list[int]]:
+    """One batch through the model in Python: (profiles read, last customer_id,
+    ids skipped because they changed since they were read)."""
+    ids, columns, row = model.read_columns(plpy, cache, BATCH_SOURCE, ["bigint", "int"], [last_id, batch_size],
+                                           also=VERSIONS)
     if not ids:
-        return 0, last_id
-    scores = []
-    threads = settings.batch_threads(plpy, cache, len(ids))
-    for start in range(0, len(ids), CHUNK):
+        return 0, last_id, []
+    scores = _predict(plpy, cache, model, columns)
+    plans.run(plpy, cache, IN_KEY_ORDER_SQL)
+    skipped = plans.run(plpy, cache, UPDATE_UNCHANGED_SQL,
+                        ["bigint[]", "float8[]", "bigint", "bigint", "bigint", "xid[]"],
+                        [ids, scores, model.model_id, min(ids), max(ids), row["pgscore_versions"]])[0]["skipped"]
+    return len(ids), max(ids), skipped or []
+
+
+def _rescore_locked(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int]) -> None:
+    """Rescores these profiles, locked while read (those deleted meanwhile are gone)."""
+    ids, columns, _ = model.read_columns(plpy, cache, LOCKED_SOURCE, ["bigint[]"], [customer_ids])
+    if ids:
+        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
+                  [ids, _predict(plpy, cache, model, columns), model.model_id, min(ids), max(ids)])
+
+
+def _predict(plpy: Any, cache: dict, model: registry.LoadedModel, columns: list) -> list[float]:
+    scores: list[float] = []
+    threads = settings.batch_threads(plpy, cache, len(columns[0]))
+    for start in range(0, len(columns[0]), CHUNK):
         scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns], threads))
-    plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
-              [ids, scores, model.model_id, min(ids), max(ids)])
-    return len(ids), max(ids)
+    return scores
 
 
 def _rescore_in_sql(plpy: Any, cache: dict, model: registry.LoadedModel, last_id: int,

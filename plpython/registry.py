@@ -87,23 +87,26 @@ class LoadedModel:
         return f"model {self.name!r} v{self.version} (model_id {self.model_id})"
 
     def read_columns(self, plpy: Any, cache: dict, source: str, types: Sequence[str],
-                     args: Sequence[Any]) -> tuple[list[int], list[list]]:
-        """(customer_ids, one list per feature) of the profiles ``source`` (a
-        FROM clause aliased ``p``) yields; all arrays come from one aggregate
-        pass, so they are in the same row order. Text features come joined
-        or as category codes (catalog.batch_list); where a column has NULLs or
-        a value holding the separator, or codes the model cannot use
+                     args: Sequence[Any], also: str = "") -> tuple[list[int], list, Mapping[str, Any]]:
+        """(customer_ids, one sequence per feature, the aggregate row) of the
+        profiles ``source`` (a FROM clause aliased ``p``) yields; all arrays
+        come from one aggregate pass, so they are in the same row order.
+        ``also`` adds aggregates to that pass (``, array_agg(..) AS name``),
+        found in the row. Text features come joined or as category codes
+        (catalog.batch_list); where a column has NULLs or a value holding the
+        separator, or codes the model cannot use
         (compiled.Evaluator.codes_usable), the batch is read again as arrays."""
         def aggregate(select_list: str) -> Any:
-            sql = f"SELECT count(*) AS pgscore_rows, array_agg(p.customer_id) AS pgscore_ids, {select_list} FROM {source}"
+            sql = (f"SELECT count(*) AS pgscore_rows, array_agg(p.customer_id) AS pgscore_ids, {select_list}{also}"
+                   f" FROM {source}")
             return plans.run(plpy, cache, sql, types, args)[0]
 
         row = aggregate(self.batch_list)
         columns = [row[name] or [] for name in self.feature_names]
-        if self._compact_columns_usable(row, columns):
-            return list(row["pgscore_ids"] or []), columns
-        row = aggregate(self.array_list)
-        return list(row["pgscore_ids"] or []), [row[name] or [] for name in self.feature_names]
+        if not self._compact_columns_usable(row, columns):
+            row = aggregate(self.array_list)
+            columns = [row[name] or [] for name in self.feature_names]
+        return list(row["pgscore_ids"] or []), columns, row
 
     def _compact_columns_usable(self, row: Mapping[str, Any], columns: list) -> bool:
         """Decodes the joined and coded features of a batch read into

@@ -77,14 +77,21 @@ def test_concurrent_inserts_count_exactly_without_deadlocks(scored, rows_per_sta
 RESCORE_SECONDS = 8.0  # of load; every client stops by itself
 
 
-def test_rescore_alongside_multi_row_inserts_never_deadlocks(scored, model_files):
+@pytest.mark.parametrize("path", ["sql", "compiled"])
+def test_rescore_alongside_multi_row_inserts_never_deadlocks(scored, model_files, path):
     """CALL scoring.rescore in small batches (sql path: one UPDATE per id
-    range) over and over while clients insert complaints for 5 customers per
-    statement in random order: no deadlock, exact counters, and every
-    profile's score is the model's for the profile as it is afterwards (a
-    score from a stale complaint_count would differ)."""
+    range; compiled: read unlocked, write where unchanged) over and over
+    while clients insert complaints for 5 customers per statement in random
+    order: no deadlock, exact counters, and every profile's score is the
+    model's for the profile as it is afterwards (a score from a stale
+    complaint_count would differ)."""
+    from pgscore import push_model
     from tests.conftest import local_scores
 
+    if path == "compiled":
+        pushed = push_model(scored.dsn("loader"), model_files["logreg"], name="churn", activate=True,
+                            scoring_path="compiled")
+        assert pushed.scoring_path == "compiled"
     with scored.connect() as admin:
         # Table order unlike customer_id order: the even ids' rows move to the table's end.
         admin.execute("UPDATE customer_profiles SET churn_score = NULL WHERE customer_id % 2 = 0")
@@ -141,3 +148,44 @@ def test_rescore_alongside_multi_row_inserts_never_deadlocks(scored, model_files
     assert {c: after[c] - counts_before[c] for c in ids} == {c: total.get(c, 0) for c in ids}
     expected = local_scores(model_files["logreg"], scored, ids)
     assert max(abs(stored[c] - expected[c]) for c in ids) <= 1e-9
+
+
+@pytest.mark.parametrize("path", ["sql", "compiled"])
+def test_rescore_never_writes_a_score_of_a_profile_that_changed_meanwhile(scored, model_files, path):
+    """A complaint arrives while rescore has read its batch and waits to
+    write it: the profile's score is the one for its new complaint_count
+    (the compiled path skips the changed profile and scores it again under
+    lock; the sql path computes each score from the row version it writes)."""
+    from pgscore import push_model
+    from tests.conftest import local_scores
+
+    if path == "compiled":
+        push_model(scored.dsn("loader"), model_files["logreg"], name="churn", activate=True, scoring_path="compiled")
+    customer = 150
+    failures: list[BaseException] = []
+    with psycopg.connect(scored.dsn("app")) as app, psycopg.connect(scored.dsn("loader"), autocommit=True) as loader:
+        app.execute("INSERT INTO complaints (customer_id, channel) VALUES (%s, 'phone')", [customer])  # lock held
+        rescorer_pid = loader.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+        def rescore() -> None:
+            try:
+                loader.execute("CALL scoring.rescore('churn', 1000)")
+            except BaseException as exc:  # noqa: BLE001 - reported by the test
+                failures.append(exc)
+
+        thread = threading.Thread(target=rescore)
+        thread.start()
+        with scored.connect(autocommit=True) as admin:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not admin.execute(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", [rescorer_pid]
+            ).fetchone()[0]:
+                time.sleep(0.01)
+        waited = time.monotonic() < deadline  # rescore read the old profile and waits to write it
+        app.commit()
+        thread.join(60)
+    assert failures == [] and waited
+    with scored.connect() as admin:
+        stored = admin.execute("SELECT churn_score FROM customer_profiles WHERE customer_id = %s",
+                               [customer]).fetchone()[0]
+    assert stored == pytest.approx(local_scores(model_files["logreg"], scored, [customer])[customer], abs=1e-12)

@@ -36,10 +36,10 @@ def test_auto_puts_a_short_exact_model_on_the_sql_path(seeded, model_files):
     assert "_score_customer_py" not in definition  # no Python at all for score()
 
 
-def test_a_long_model_stays_compiled_with_the_reason(seeded, model_files, monkeypatch):
+def test_a_long_model_stays_compiled_with_the_reason(seeded, model_files):
     from pgscore import models
 
-    monkeypatch.setattr(models, "SQL_PATH_MAX_CHARS", 10_000)  # the demo GBM's SQL is ~68 kB
+    assert models.SQL_PATH_MAX_CHARS < 68_000  # the demo GBM's SQL is ~68 kB
     result = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
     assert result.scoring_path == "compiled"
     assert "not sql" in result.path_note and "characters" in result.path_note
@@ -205,7 +205,7 @@ def test_infinity_is_refused_where_a_scaler_sees_it_and_routed_where_none_does(s
 def test_one_customer_of_a_long_model_is_scored_by_python_inside_the_generated_trigger(seeded, model_files):
     """The demo GBM's SQL (~68 kB) would be set up anew in every statement: one
     customer goes through scoring._score_profile, several through the SQL."""
-    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="sql")
     assert gbm.scoring_path == "sql"
     source = trigger_source(seeded)
     one, many = source.split("ELSIF v_rows > 0 THEN")
@@ -273,7 +273,7 @@ def test_a_backend_that_scored_with_scikit_learn_switches_to_the_compiled_form(s
 def test_altering_the_profiles_rewrites_the_generated_functions_or_is_refused(seeded, model_files):
     """Generated code names the model's columns: dropping one the active sql
     model reads is refused (naming it), retyping one rewrites the code."""
-    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
+    gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="sql")
     assert gbm.scoring_path == "sql"
     with seeded.connect() as admin, pytest.raises(psycopg.errors.UndefinedObject, match="'contract'"):
         admin.execute("ALTER TABLE customer_profiles DROP COLUMN contract")
