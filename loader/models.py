@@ -36,13 +36,12 @@ COMPILE_CHECK_SIZE = 2000
 SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
 # 'auto' puts a model on the sql path only when its SQL is at most this long.
 # PostgreSQL sets the expression up again in every statement (about 4 ns per
-# character measured here) and evaluates every split of it in its
-# interpreter: the 100-tree demo GBM (68 kB, 10 us per profile) scored and
-# rescored 1M profiles faster compiled (score_many 7.2-8.1 s vs 9.2-12.1 s,
-# rescore 14.8-16.8 s vs 20.8-23.0 s, side by side in one database); only a
-# bulk insert of 100k complaints favoured its SQL (4.6-6.6 s vs 6.8-7.5 s).
-# The demo logistic regression (3 kB) is fastest in SQL everywhere.
-SQL_PATH_MAX_CHARS = 20_000
+# character measured here): the 100-tree demo GBM (68 kB) still beats the
+# compiled Python path on the figures where SQL is used for it (bulk
+# inserts, score(bigint) in a new connection; its batches are scored in
+# Python either way, see pgscore_server.sqlpath.BATCH_SQL_MAX_CHARS), a
+# 100-tree random forest (1.4 MB) loses on all of them.
+SQL_PATH_MAX_CHARS = 200_000
 
 
 class PushError(Exception):
@@ -295,7 +294,7 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
     except psycopg.Error as exc:
         return refuse(exc.diag.message_primary or str(exc))
     if wanted == "auto" and len(expression) > SQL_PATH_MAX_CHARS:
-        return refuse(f"its SQL is {len(expression):,} characters (> {SQL_PATH_MAX_CHARS:,}), "
+        return refuse(f"its SQL is {len(expression):,} characters (> {SQL_PATH_MAX_CHARS:,}); "
                       "slower per statement than the compiled path")
     ids = [row[0] for row in conn.execute(
         "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [COMPILE_CHECK_SIZE])]

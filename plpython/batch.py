@@ -89,8 +89,9 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
     while True:
         model = registry.active_model(plpy, cache, model_name)
         skipped: list[int] = []
-        if model.scoring_path == "sql":
-            rows, last_id = _rescore_in_sql(plpy, cache, model, last_id, batch_size)
+        update = sqlpath.batches_in_sql(plpy, cache, model) if model.scoring_path == "sql" else None
+        if update is not None:
+            rows, last_id = _rescore_in_sql(plpy, cache, update, last_id, batch_size)
         else:
             rows, last_id, skipped = _rescore_in_python(plpy, cache, model, last_id, batch_size)
         if not rows:
@@ -139,26 +140,16 @@ def _predict(plpy: Any, cache: dict, model: registry.LoadedModel, columns: list)
     return scores
 
 
-def _rescore_in_sql(plpy: Any, cache: dict, model: registry.LoadedModel, last_id: int,
-                    batch_size: int) -> tuple[int, int]:
-    """One batch of a 'sql' model as one UPDATE, no data through Python:
-    (profiles rescored, last customer_id). A profile the model rejects
-    raises, naming the feature, as the Python path does."""
+def _rescore_in_sql(plpy: Any, cache: dict, update: str, last_id: int, batch_size: int) -> tuple[int, int]:
+    """One batch of a 'sql' model as one UPDATE (``update``, from
+    sqlpath.batches_in_sql), no data through Python: (profiles rescored, last
+    customer_id). A profile the model rejects raises, naming the feature, as
+    the Python path does."""
     batch = plans.run(plpy, cache, BATCH_END_SQL, ["bigint", "int"], [last_id, batch_size])[0]
     if not batch["n"]:
         return 0, last_id
-    sql = model.plan_cache.get("rescore")
-    if sql is None:
-        expression = sqlpath.expression_for(
-            plpy, cache, model.model_id, reject=sqlpath.REJECT.format(model_id=int(model.model_id), mode="'raise'"))
-        sql = (
-            "UPDATE public.customer_profiles p"
-            f" SET churn_score = {expression}, churn_model_id = {int(model.model_id)}, churn_scored_at = now()"
-            " WHERE p.customer_id > $1 AND p.customer_id <= $2"
-        )
-        model.plan_cache["rescore"] = sql
     plans.run(plpy, cache, IN_KEY_ORDER_SQL)
-    plans.run(plpy, cache, sql, ["bigint", "bigint"], [last_id, batch["last_id"]])
+    plans.run(plpy, cache, update, ["bigint", "bigint"], [last_id, batch["last_id"]])
     return batch["n"], batch["last_id"]
 
 

@@ -20,7 +20,9 @@ functions with versions that have the model written in:
   UPDATE with the expression; for 'compiled' ones the vectorised Python
   path (``scoring._score_new_complaints``).
 - ``scoring.score(bigint)`` and ``scoring.score_many(ids)`` for a 'sql'
-  model: no Python in the backend at all.
+  model: no Python in the backend at all. A long expression's batches
+  (score_many, rescore) are scored with the compiled arrays in Python
+  instead (BATCH_SQL_MAX_CHARS).
 
 The SQL is generated here, in the database, from the model's compiled
 arrays (numbers and quoted category literals only), never taken from text
@@ -124,27 +126,22 @@ ASSIGN_GUARDED = """(churn_score, churn_model_id, churn_scored_at) = (
                      FROM (SELECT {expression} AS score OFFSET 0) s)"""
 
 # score_many's query, run by EXECUTE so that it is planned for the array at
-# hand (never as a generic plan). A long expression is worth parallel
-# workers: each distinct profile is scored once in a parallel scan (a hashed
-# = ANY; the primary key for few ids), then put in input order; 1M profiles
-# with the demo GBM (~68 kB) took 8.6 s instead of 13.4 s here. A short one
-# costs less than that extra join: one join in input order (LR, 3 kB: 3.3 s
-# against 3.6 s).
+# hand (never as a generic plan): one join in input order.
 SCORE_MANY_JOIN = """\
 SELECT u.customer_id, {expression}
   FROM unnest($1) WITH ORDINALITY AS u(customer_id, ord)
   JOIN public.customer_profiles p ON p.customer_id = u.customer_id
  ORDER BY u.ord"""
-SCORE_MANY_PARALLEL = """\
-WITH scored AS MATERIALIZED (
-    SELECT p.customer_id, {expression} AS score
-      FROM public.customer_profiles p
-     WHERE p.customer_id = ANY ($1))
-SELECT u.customer_id, s.score
-  FROM unnest($1) WITH ORDINALITY AS u(customer_id, ord)
-  JOIN scored s ON s.customer_id = u.customer_id
- ORDER BY u.ord"""
-PARALLEL_MIN_CHARS = 16_000
+# A longer expression scores batches (score_many, rescore) slower than the
+# compiled arrays in Python: PostgreSQL evaluates every split of it in its
+# expression interpreter (~10 us per profile for the 100-tree demo GBM,
+# 68 kB). Side by side on 1M profiles the GBM's score_many took 7.2-8.1 s
+# through Python against 9.2-12.1 s as SQL in parallel workers, and its
+# rescore 14.8-16.8 s against 20.8-23.0 s. Such a model keeps its SQL where
+# one statement's set-up is shared by many rows (the trigger's
+# multi-customer branch: a bulk insert of 100k complaints took 4.6-6.6 s
+# against 6.8-7.5 s) and in score(bigint), which imports no Python.
+BATCH_SQL_MAX_CHARS = 16_000
 
 # jit = off: LLVM compiling a large model's expression costs more than it saves.
 SCORE_MANY_SIGNATURE = dict(signature="scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')",
@@ -226,10 +223,26 @@ def _install_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any) -> str:
     raising = _to_sql(plpy, cache, model_id, evaluator, reject=REJECT.format(model_id=model_id, mode="'raise'"))
     _write(plpy, TRIGGER_SIGNATURE, TRIGGER_BODY.format(model_id=model_id, path="sql", one=one, many=many))
     _write(plpy, SCORE_SIGNATURE, SCORE_BODY.format(model_id=model_id, expression=raising))
-    many_query = SCORE_MANY_PARALLEL if len(raising) > PARALLEL_MIN_CHARS else SCORE_MANY_JOIN
-    query = plpy.quote_literal(many_query.format(expression=raising))
+    if len(raising) > BATCH_SQL_MAX_CHARS:
+        # score_many stays the Python path that _install_scoring_functions wrote.
+        return f"model_id {model_id} scored by generated SQL (batches in Python)"
+    query = plpy.quote_literal(SCORE_MANY_JOIN.format(expression=raising))
     _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, query=query))
     return f"model_id {model_id} scored by generated SQL"
+
+
+def batches_in_sql(plpy: Any, cache: dict, model: registry.LoadedModel) -> str | None:
+    """The UPDATE that rescores a batch (an id range) of a 'sql' model, or
+    None where the model's batches are scored in Python (BATCH_SQL_MAX_CHARS)."""
+    if "rescore" not in model.plan_cache:
+        expression = expression_for(plpy, cache, model.model_id,
+                                    reject=REJECT.format(model_id=int(model.model_id), mode="'raise'"))
+        model.plan_cache["rescore"] = None if len(expression) > BATCH_SQL_MAX_CHARS else (
+            "UPDATE public.customer_profiles p"
+            f" SET churn_score = {expression}, churn_model_id = {int(model.model_id)}, churn_scored_at = now()"
+            " WHERE p.customer_id > $1 AND p.customer_id <= $2"
+        )
+    return model.plan_cache["rescore"]
 
 
 def _install_compiled(plpy: Any, cache: dict, model_id: int, feature_names: list[str]) -> str:

@@ -86,6 +86,7 @@ def test_rescore_alongside_multi_row_inserts_never_deadlocks(scored, model_files
     model's for the profile as it is afterwards (a score from a stale
     complaint_count would differ)."""
     from pgscore import push_model
+
     from tests.conftest import local_scores
 
     if path == "compiled":
@@ -157,6 +158,7 @@ def test_rescore_never_writes_a_score_of_a_profile_that_changed_meanwhile(scored
     (the compiled path skips the changed profile and scores it again under
     lock; the sql path computes each score from the row version it writes)."""
     from pgscore import push_model
+
     from tests.conftest import local_scores
 
     if path == "compiled":
