@@ -17,10 +17,11 @@ CHUNK = 50_000
 # (locking wrote every row's header once more, ~2-3 s per 1M profiles) and
 # each score is written only where the profile is still the row version it
 # was computed from (same xmin; a concurrent complaint or edit made a new
-# one, and EvalPlanQual rechecks the condition on it). The UPDATE walks the
-# batch in customer_id order (IN_KEY_ORDER_SQL), as the complaint trigger
-# locks, so the two cannot deadlock; the id range lets the planner read only
-# the batch's profiles. It returns the ids it skipped: those few are read
+# one, and EvalPlanQual rechecks the condition on it). The UPDATE locks in
+# customer_id order, as the complaint trigger does, so the two cannot
+# deadlock: its ids come in that order and IN_KEY_ORDER_SQL keeps the scan
+# of the profiles in it too; the id range lets the planner read only the
+# batch's profiles. It returns the ids it skipped: those few are read
 # again under lock, in a transaction of their own, and written as scored.
 BATCH_SOURCE = (
     "(SELECT p.*, p.xmin AS pgscore_version FROM public.customer_profiles p WHERE p.customer_id > $1"

@@ -805,7 +805,8 @@ class _Trees:
         self.value2 = np.repeat(np.asarray(self.node_value, dtype=np.float64), 2)
         self.missing_right2 = np.repeat(~np.asarray(self.node_missing_left, dtype=bool), 2)
         self.threshold2 = np.repeat(np.asarray(self.node_threshold, dtype=np.float64), 2)
-        threshold32 = self.threshold2.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, stepped down to its largest value
+            threshold32 = self.threshold2.astype(np.float32)
         above = threshold32.astype(np.float64) > self.threshold2
         threshold32[above] = np.nextafter(threshold32[above], np.float32(-np.inf))
         self.threshold2_32 = threshold32
