@@ -21,22 +21,25 @@ CHUNK = 50_000
 # customer_id order, as the complaint trigger does, so the two cannot
 # deadlock: its ids come in that order and IN_KEY_ORDER_SQL keeps the scan
 # of the profiles in it too; the id range lets the planner read only the
-# batch's profiles. It returns the ids it skipped: those few are read
-# again under lock, in a transaction of their own, and written as scored.
+# batch's profiles. The ids it skipped are read again under lock, in a
+# transaction of their own, and written as scored.
 BATCH_SOURCE = (
     "(SELECT p.*, p.xmin AS pgscore_version FROM public.customer_profiles p WHERE p.customer_id > $1"
     " ORDER BY p.customer_id LIMIT $2) p"
 )
 VERSIONS = ", array_agg(p.pgscore_version) AS pgscore_versions"
 UPDATE_UNCHANGED_SQL = (
-    "WITH written AS ("
-    " UPDATE public.customer_profiles p"
+    "UPDATE public.customer_profiles p"
     " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
     " FROM unnest($1::bigint[], $2::float8[], $6::xid[]) AS u(customer_id, score, version)"
     " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5 AND p.xmin = u.version"
-    " RETURNING p.customer_id)"
-    " SELECT array_agg(u.customer_id) AS skipped FROM unnest($1::bigint[]) AS u(customer_id)"
-    " WHERE u.customer_id NOT IN (SELECT customer_id FROM written)"
+)
+# Which of the batch's profiles that UPDATE skipped (asked only when it wrote
+# fewer rows than it had scores): those it wrote are now this transaction's.
+SKIPPED_SQL = (
+    "SELECT array_agg(u.customer_id) AS skipped FROM unnest($1::bigint[]) AS u(customer_id)"
+    " WHERE NOT EXISTS (SELECT FROM public.customer_profiles p WHERE p.customer_id = u.customer_id"
+    " AND p.xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id()))"
 )
 LOCKED_SOURCE = (
     "(SELECT * FROM public.customer_profiles WHERE customer_id = ANY($1)"
@@ -119,9 +122,12 @@ def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last
         return 0, last_id, []
     scores = _predict(plpy, cache, model, columns)
     plans.run(plpy, cache, IN_KEY_ORDER_SQL)
-    skipped = plans.run(plpy, cache, UPDATE_UNCHANGED_SQL,
+    written = plans.run(plpy, cache, UPDATE_UNCHANGED_SQL,
                         ["bigint[]", "float8[]", "bigint", "bigint", "bigint", "xid[]"],
-                        [ids, scores, model.model_id, min(ids), max(ids), row["pgscore_versions"]])[0]["skipped"]
+                        [ids, scores, model.model_id, min(ids), max(ids), row["pgscore_versions"]]).nrows()
+    if written == len(ids):
+        return len(ids), max(ids), []
+    skipped = plans.run(plpy, cache, SKIPPED_SQL, ["bigint[]"], [ids])[0]["skipped"]
     return len(ids), max(ids), skipped or []
 
 

@@ -151,12 +151,15 @@ def test_rescore_alongside_multi_row_inserts_never_deadlocks(scored, model_files
     assert max(abs(stored[c] - expected[c]) for c in ids) <= 1e-9
 
 
+@pytest.mark.parametrize("change", ["complaint", "edit"])
 @pytest.mark.parametrize("path", ["sql", "compiled"])
-def test_rescore_never_writes_a_score_of_a_profile_that_changed_meanwhile(scored, model_files, path):
-    """A complaint arrives while rescore has read its batch and waits to
-    write it: the profile's score is the one for its new complaint_count
-    (the compiled path skips the changed profile and scores it again under
-    lock; the sql path computes each score from the row version it writes)."""
+def test_rescore_never_writes_a_score_of_a_profile_that_changed_meanwhile(scored, model_files, path, change):
+    """A complaint arrives (or the application edits the profile) while
+    rescore has read its batch and waits to write it: the profile's score is
+    the one for the profile as it is now (the compiled path skips the changed
+    profile and scores it again under lock: an edit, unlike a complaint, is
+    not rescored by the trigger; the sql path computes each score from the
+    row version it writes)."""
     from pgscore import push_model
 
     from tests.conftest import local_scores
@@ -165,8 +168,13 @@ def test_rescore_never_writes_a_score_of_a_profile_that_changed_meanwhile(scored
         push_model(scored.dsn("loader"), model_files["logreg"], name="churn", activate=True, scoring_path="compiled")
     customer = 150
     failures: list[BaseException] = []
-    with psycopg.connect(scored.dsn("app")) as app, psycopg.connect(scored.dsn("loader"), autocommit=True) as loader:
-        app.execute("INSERT INTO complaints (customer_id, channel) VALUES (%s, 'phone')", [customer])  # lock held
+    writer = scored.dsn("app" if change == "complaint" else "admin")
+    with psycopg.connect(writer) as app, psycopg.connect(scored.dsn("loader"), autocommit=True) as loader:
+        if change == "complaint":  # the lock is held until the commit below
+            app.execute("INSERT INTO complaints (customer_id, channel) VALUES (%s, 'phone')", [customer])
+        else:
+            app.execute("UPDATE customer_profiles SET tenure_months = tenure_months + 30,"
+                        " contract = 'Month-to-month' WHERE customer_id = %s", [customer])
         rescorer_pid = loader.execute("SELECT pg_backend_pid()").fetchone()[0]
 
         def rescore() -> None:
