@@ -14,6 +14,7 @@ from . import (
     batch,
     catalog,
     features,
+    floatbits,
     plans,
     registry,
     runtime,
@@ -75,11 +76,11 @@ def score_features(plpy: Any, cache: dict, model_name: str, document: str | None
 
 
 @sql_errors
-def scores_in_order(plpy: Any, cache: dict, customer_ids: list[int] | None, model_name: str) -> list[float]:
+def score_bits_in_order(plpy: Any, cache: dict, customer_ids: list[int] | None, model_name: str) -> list[int]:
     """scoring.score_many on the Python paths: one score per id, in input
-    order (SQL pairs them with the ids)."""
+    order, as float8 bits (SQL decodes them and pairs them with the ids)."""
     model = registry.active_model(plpy, cache, model_name)
-    return _score_ids(plpy, cache, model, customer_ids)
+    return floatbits.as_bits(_score_ids(plpy, cache, model, customer_ids))
 
 
 @sql_errors

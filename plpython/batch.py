@@ -3,7 +3,7 @@ UPDATE per batch, each batch committed on its own."""
 
 from __future__ import annotations
 
-from . import plans, registry, settings, sqlpath
+from . import floatbits, plans, registry, settings, sqlpath
 from .errors import INVALID_PARAMETER_VALUE, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
@@ -28,10 +28,11 @@ BATCH_SOURCE = (
     " ORDER BY p.customer_id LIMIT $2) p"
 )
 VERSIONS = ", array_agg(p.pgscore_version) AS pgscore_versions"
+# Scores come as float8 bits (pgscore_server.floatbits).
 UPDATE_UNCHANGED_SQL = (
     "UPDATE public.customer_profiles p"
-    " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
-    " FROM unnest($1::bigint[], $2::float8[], $6::xid[]) AS u(customer_id, score, version)"
+    f" SET churn_score = {floatbits.FROM_BITS.format('u.score_bits')}, churn_model_id = $3, churn_scored_at = now()"
+    " FROM unnest($1::bigint[], $2::bigint[], $6::xid[]) AS u(customer_id, score_bits, version)"
     " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5 AND p.xmin = u.version"
 )
 # Which of the batch's profiles that UPDATE skipped (asked only when it wrote
@@ -47,8 +48,8 @@ LOCKED_SOURCE = (
 )
 UPDATE_SCORES_SQL = (
     "UPDATE public.customer_profiles p"
-    " SET churn_score = u.score, churn_model_id = $3, churn_scored_at = now()"
-    " FROM unnest($1::bigint[], $2::float8[]) AS u(customer_id, score)"
+    f" SET churn_score = {floatbits.FROM_BITS.format('u.score_bits')}, churn_model_id = $3, churn_scored_at = now()"
+    " FROM unnest($1::bigint[], $2::bigint[]) AS u(customer_id, score_bits)"
     " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5"
 )
 
@@ -120,11 +121,11 @@ def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last
                                            also=VERSIONS)
     if not ids:
         return 0, last_id, []
-    scores = _predict(plpy, cache, model, columns)
+    score_bits = _score_bits(plpy, cache, model, columns)
     plans.run(plpy, cache, IN_KEY_ORDER_SQL)
     written = plans.run(plpy, cache, UPDATE_UNCHANGED_SQL,
-                        ["bigint[]", "float8[]", "bigint", "bigint", "bigint", "xid[]"],
-                        [ids, scores, model.model_id, min(ids), max(ids), row["pgscore_versions"]]).nrows()
+                        ["bigint[]", "bigint[]", "bigint", "bigint", "bigint", "xid[]"],
+                        [ids, score_bits, model.model_id, min(ids), max(ids), row["pgscore_versions"]]).nrows()
     if written == len(ids):
         return len(ids), max(ids), []
     skipped = plans.run(plpy, cache, SKIPPED_SQL, ["bigint[]"], [ids])[0]["skipped"]
@@ -135,16 +136,16 @@ def _rescore_locked(plpy: Any, cache: dict, model: registry.LoadedModel, custome
     """Rescores these profiles, locked while read (those deleted meanwhile are gone)."""
     ids, columns, _ = model.read_columns(plpy, cache, LOCKED_SOURCE, ["bigint[]"], [customer_ids])
     if ids:
-        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "float8[]", "bigint", "bigint", "bigint"],
-                  [ids, _predict(plpy, cache, model, columns), model.model_id, min(ids), max(ids)])
+        plans.run(plpy, cache, UPDATE_SCORES_SQL, ["bigint[]", "bigint[]", "bigint", "bigint", "bigint"],
+                  [ids, _score_bits(plpy, cache, model, columns), model.model_id, min(ids), max(ids)])
 
 
-def _predict(plpy: Any, cache: dict, model: registry.LoadedModel, columns: list) -> list[float]:
+def _score_bits(plpy: Any, cache: dict, model: registry.LoadedModel, columns: list) -> list[int]:
     scores: list[float] = []
     threads = settings.batch_threads(plpy, cache, len(columns[0]))
     for start in range(0, len(columns[0]), CHUNK):
         scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns], threads))
-    return scores
+    return floatbits.as_bits(scores)
 
 
 def _rescore_in_sql(plpy: Any, cache: dict, update: str, last_id: int, batch_size: int) -> tuple[int, int]:

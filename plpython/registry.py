@@ -163,14 +163,19 @@ class LoadedModel:
             cause = "" if self.scoring_path in COMPILED_PATHS else explain_failure(self.estimator, rows, self.feature_names)
             context = f"{self.label} failed to score" + (f" ({cause})" if cause else "")
             raise as_scoring_error(exc, context) from None
-        scores = proba.tolist() if hasattr(proba, "tolist") else [float(p) for p in proba]
-        for score in scores:
-            if not (math.isfinite(score) and 0.0 <= score <= 1.0):
-                raise ScoringError(
-                    f"{self.label} returned {score!r}, which is not a probability",
-                    sqlstate=MODEL_FAILED,
-                    hint="check the model's input features for NULLs or out-of-range values",
-                )
+        if hasattr(proba, "tolist"):  # numpy: one vectorised check (NaN fails both comparisons)
+            scores = proba.tolist()
+            probabilities = (proba >= 0.0) & (proba <= 1.0)
+            wrong = None if probabilities.all() else scores[int(probabilities.argmin())]
+        else:
+            scores = [float(p) for p in proba]
+            wrong = next((score for score in scores if not (math.isfinite(score) and 0.0 <= score <= 1.0)), None)
+        if wrong is not None:
+            raise ScoringError(
+                f"{self.label} returned {wrong!r}, which is not a probability",
+                sqlstate=MODEL_FAILED,
+                hint="check the model's input features for NULLs or out-of-range values",
+            )
         return scores
 
 

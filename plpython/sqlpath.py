@@ -154,12 +154,13 @@ SCORE_MANY_BODY = """
 DECLARE
     v_rows bigint;
     v_missing bigint[];
-    v_scores double precision[];
+    v_bits bigint[];
 BEGIN
     IF model_name IS DISTINCT FROM 'churn' THEN
         -- Not inside RETURN QUERY, where planning would call it a second time.
-        v_scores := scoring._scores_py(customer_ids, model_name);
-        RETURN QUERY SELECT * FROM unnest(customer_ids, v_scores);
+        v_bits := scoring._score_bits_py(customer_ids, model_name);
+        RETURN QUERY SELECT u.customer_id, scoring._float8_from_bits(u.bits)
+                       FROM unnest(customer_ids, v_bits) AS u(customer_id, bits);
         RETURN;
     END IF;
     IF array_position(customer_ids, NULL) IS NOT NULL THEN

@@ -44,7 +44,7 @@ def test_upgrade_downgrade_upgrade(empty_db):
     migrate(empty_db)
     assert schema_objects(empty_db) == installed
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0007"
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0008"
 
 
 def function_definitions(dsn):
@@ -63,9 +63,10 @@ def runtime_modules(dsn):
     ("0001", "scoring.sql_expression(model_id bigint)"),
     ("0002", "scoring._install_generated_scoring(model_id bigint)"),
     ("0003", None),  # 0004 changes only in-database code
-    ("0004", "scoring._scores_py(customer_ids bigint[], model_name text)"),
+    ("0004", None),  # 0005 added scoring._scores_py, which 0008 replaced
     ("0005", None),  # 0006 adds a column (test below) and in-database code
     ("0006", None),  # 0007 changes only in-database code
+    ("0007", "scoring._score_bits_py(customer_ids bigint[], model_name text)"),
 ])
 def test_downgrading_to_a_revision_restores_it_exactly(empty_db, revision, later_function):
     migrate(empty_db, revision)
@@ -104,7 +105,7 @@ def test_backends_import_the_code_the_migration_compiled(empty_db):
                      " WHERE module = 'pgscore_server.plans'")
         info = runtime_info(empty_db)
         assert info["code_from"] == "source"
-        assert info["schema_revision"] == "0007"
+        assert info["schema_revision"] == "0008"
         conn.execute("UPDATE scoring.runtime_modules SET bytecode = NULL WHERE module = 'pgscore_server.plans'")
         assert runtime_info(empty_db)["code_from"] == "source"
     downgrade(empty_db, "0005")
@@ -118,7 +119,7 @@ def test_running_migrations_twice_is_harmless(empty_db):
     migrate(empty_db)
     migrate(empty_db)
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0007",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
 
 
 def test_offline_sql_is_reviewable_without_a_database():

@@ -103,7 +103,7 @@ def test_runtime_info_and_warmup(scored):
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
-    assert info["schema_revision"] == "0007"
+    assert info["schema_revision"] == "0008"
     assert info["code_from"] == "bytecode"
     assert info["python"].startswith("3.")
 
@@ -124,6 +124,47 @@ def test_first_score_of_a_compiled_tree_model_imports_little(seeded, model_files
                                [["pgscore_server.compiled", "numpy", "json", "re", "enum", "typing"]]).fetchone()[0]
     assert abs(score - expected) <= 1e-9
     assert loaded == ["pgscore_server.compiled"]
+
+
+def test_scores_cross_from_python_as_float8_bits_exactly(db):
+    """scoring._float8_from_bits turns pgscore_server.floatbits.as_bits back
+    into the same float8, bit for bit: zero, subnormals, the smallest normal,
+    probabilities near 0 and 1; -0.0 arrives as 0.0, NULL stays NULL."""
+    import random
+    import struct
+
+    from pgscore_server.floatbits import as_bits
+
+    rng = random.Random(4)
+    values = [0.0, -0.0, 5e-324, 1e-310, 2.225073858507201e-308, 2.2250738585072014e-308, 1e-300, 1e-17, 0.1,
+              0.5, 0.9999999999999999, 1.0] + [rng.random() ** rng.choice([1, 5, 60]) for _ in range(5000)]
+    with db.connect() as admin:
+        back = admin.execute("SELECT array_agg(scoring._float8_from_bits(u.bits) ORDER BY u.n)"
+                             " FROM unnest(%s::bigint[]) WITH ORDINALITY AS u(bits, n)", [as_bits(values)]).fetchone()[0]
+        null = admin.execute("SELECT scoring._float8_from_bits(NULL)").fetchone()[0]
+    assert [struct.pack("<d", v) for v in back] == [struct.pack("<d", v + 0.0) for v in values]
+    assert null is None
+
+
+def test_a_backend_that_imports_new_code_loads_its_models_again(seeded, model_files):
+    """A migration that changes the in-database code makes every live
+    backend import it on its next call. Models that backend loaded with the
+    old code are loaded again: an old evaluator does not know the new
+    code's types (one took the category codes of text features for unknown
+    categories)."""
+    from pgscore import push_model
+
+    push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="compiled")
+    ids = list(range(1, 301))
+    expected = local_scores(model_files["gbm"], seeded, ids)
+    with seeded.connect() as admin:  # superuser: tells the backend its code is out of date, as a migration would
+        before = dict(admin.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [ids]).fetchall())
+        admin.execute("DO $$ GD['pgscore_server.code_sha'] = 'older code' $$ LANGUAGE plpython3u")
+        after = dict(admin.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [ids]).fetchall())
+        # The runtime was imported again (the DO block fails otherwise).
+        admin.execute("DO $$ assert GD['pgscore_server.code_sha'] != 'older code' $$ LANGUAGE plpython3u")
+    assert max(abs(before[i] - expected[i]) for i in ids) <= 1e-9
+    assert max(abs(after[i] - expected[i]) for i in ids) <= 1e-9
 
 
 def test_large_batches_of_a_compiled_tree_model(db, model_files):

@@ -22,7 +22,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0007"))
 
 
 def downgrade() -> None:

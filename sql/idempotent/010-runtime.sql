@@ -51,6 +51,12 @@ class StoredModules:
 
 for name in [m for m in sys.modules if m == "pgscore_server" or m.startswith("pgscore_server.")]:
     del sys.modules[name]
+# What the old code left in this backend's cache (loaded models, their
+# evaluators, plans) must not meet the new code: an old evaluator does not
+# know the new code's types (it took 0007's category codes of text features
+# for unknown categories).
+for key in [key for key in GD if key.startswith("pgscore.")]:
+    del GD[key]
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "StoredModules"]
 sys.meta_path.insert(0, StoredModules())
 import pgscore_server.api

@@ -164,9 +164,10 @@ BEGIN
         -- Scored in a statement of its own: inside the RETURN QUERY the
         -- planner would run the (stable) function once more to estimate
         -- how many rows unnest returns.
-        v_scores double precision[] := scoring._scores_py(customer_ids, model_name);
+        v_bits bigint[] := scoring._score_bits_py(customer_ids, model_name);
     BEGIN
-        RETURN QUERY SELECT * FROM unnest(customer_ids, v_scores);
+        RETURN QUERY SELECT u.customer_id, scoring._float8_from_bits(u.bits)
+                       FROM unnest(customer_ids, v_bits) AS u(customer_id, bits);
     END
     $body$;
     IF active.scoring_path IN ('sql', 'compiled') THEN

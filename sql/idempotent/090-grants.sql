@@ -32,5 +32,6 @@ GRANT EXECUTE ON FUNCTION scoring.activate(text, integer), scoring.rollback(text
                           scoring.score(bigint), scoring.score(text, jsonb),
                           scoring.score_many(bigint[], text), scoring.score_with_model(bigint, bigint[]),
                           scoring.runtime_info(), scoring.warmup(text),
-                          scoring.sql_expression(bigint), scoring._load_runtime() TO scoring_loader;
+                          scoring.sql_expression(bigint), scoring._load_runtime(),
+                          scoring._float8_from_bits(bigint) TO scoring_loader;  -- rescore writes scores with it
 GRANT EXECUTE ON PROCEDURE scoring.rescore(text, integer) TO scoring_loader;
