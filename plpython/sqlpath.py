@@ -159,8 +159,9 @@ BEGIN
     IF model_name IS DISTINCT FROM 'churn' THEN
         -- Not inside RETURN QUERY, where planning would call it a second time.
         v_bits := scoring._score_bits_py(customer_ids, model_name);
-        RETURN QUERY SELECT u.customer_id, scoring._float8_from_bits(u.bits)
-                       FROM unnest(customer_ids, v_bits) AS u(customer_id, bits);
+        -- unnest in the select list: the arrays run in lockstep, as in
+        -- unnest(a, b), without its tuplestore.
+        RETURN QUERY SELECT unnest(customer_ids), scoring._float8_from_bits(unnest(v_bits));
         RETURN;
     END IF;
     IF array_position(customer_ids, NULL) IS NOT NULL THEN

@@ -166,8 +166,9 @@ BEGIN
         -- how many rows unnest returns.
         v_bits bigint[] := scoring._score_bits_py(customer_ids, model_name);
     BEGIN
-        RETURN QUERY SELECT u.customer_id, scoring._float8_from_bits(u.bits)
-                       FROM unnest(customer_ids, v_bits) AS u(customer_id, bits);
+        -- unnest in the select list: the arrays run in lockstep, as in
+        -- unnest(a, b), without its tuplestore.
+        RETURN QUERY SELECT unnest(customer_ids), scoring._float8_from_bits(unnest(v_bits));
     END
     $body$;
     IF active.scoring_path IN ('sql', 'compiled') THEN
