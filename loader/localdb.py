@@ -92,12 +92,19 @@ class LocalDatabase:
                 return self.dsn()
             print("pgscore: the pinned runtime changed; restarting the local server on it", file=sys.stderr)
             self.stop()
+        if port and not _port_free(port):
+            raise LocalDatabaseError(f"port {port} on 127.0.0.1 is in use: stop what listens there or choose another port")
         if not (self.data / "PG_VERSION").exists():
             state = self._initdb(port or state.get("port") or _free_port(DEFAULT_PORT))
         elif port and port != state.get("port"):
-            state["port"] = port
-            self._write_conf(port)
-            self.state_file.write_text(json.dumps(state))
+            self._move(state, port)
+        elif not port and not _port_free(state["port"]):
+            # Taken since this server last ran (by another checkout's server,
+            # say): a throwaway server moves, and dsn() follows the state file.
+            moved = _free_port(DEFAULT_PORT)
+            print(f"pgscore: port {state['port']} on 127.0.0.1 is in use; the local server moves to port {moved}",
+                  file=sys.stderr)
+            self._move(state, moved)
         state["runtime"] = str(runtime_dir.resolve())
         self.state_file.write_text(json.dumps(state))
         self.state_file.chmod(0o600)
@@ -108,6 +115,11 @@ class LocalDatabase:
                   env=env)
         self._create_database()
         return self.dsn()
+
+    def _move(self, state: dict, port: int) -> None:
+        state["port"] = port
+        self._write_conf(port)
+        self.state_file.write_text(json.dumps(state))
 
     def stop(self) -> bool:
         """Stops the server; returns False when it was not running."""
@@ -202,13 +214,26 @@ def _env_args(env: dict | None) -> list[str]:
 
 def _free_port(preferred: int) -> int:
     for port in (preferred, 0):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
+        found = _bind(port)
+        if found:
+            return found
     raise LocalDatabaseError("no free TCP port on 127.0.0.1")
+
+
+def _port_free(port: int) -> bool:
+    return _bind(port) is not None
+
+
+def _bind(port: int) -> int | None:
+    """The port a socket could bind on 127.0.0.1 (0: any), as PostgreSQL
+    binds (SO_REUSEADDR: connections closing on it do not count); None if taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+        return sock.getsockname()[1]
 
 
 def local_database(directory: str | os.PathLike | None = None) -> LocalDatabase:
