@@ -132,6 +132,15 @@ SELECT u.customer_id, {expression}
   FROM unnest($1) WITH ORDINALITY AS u(customer_id, ord)
   JOIN public.customer_profiles p ON p.customer_id = u.customer_id
  ORDER BY u.ord"""
+# ... and for every id from $1 to $2 in ascending order, the usual "score
+# them all": a walk of the primary key, without the join and the sort that
+# put the scores in input order (1M profiles, the demo LR: 1.32-1.34 s
+# against 3.37-3.89 s, plus ~0.17 s to see that the ids are such a range).
+SCORE_MANY_RANGE = """\
+SELECT p.customer_id, {expression}
+  FROM public.customer_profiles p
+ WHERE p.customer_id BETWEEN $1 AND $2
+ ORDER BY p.customer_id"""
 # A longer expression scores batches (score_many, rescore) slower than the
 # compiled arrays in Python: PostgreSQL evaluates every split of it in its
 # expression interpreter (~10 us per profile for the 100-tree demo GBM,
@@ -153,6 +162,7 @@ SCORE_MANY_BODY = """
 #variable_conflict use_column
 DECLARE
     v_rows bigint;
+    v_count integer := coalesce(cardinality(customer_ids), 0);
     v_missing bigint[];
     v_bits bigint[];
 BEGIN
@@ -168,9 +178,16 @@ BEGIN
         RAISE EXCEPTION 'customer_ids contains NULL'
             USING ERRCODE = 'invalid_parameter_value', HINT = 'remove NULLs, e.g. array_remove(ids, NULL)';
     END IF;
-    RETURN QUERY EXECUTE {query} USING customer_ids;
+    -- Every id from the first to the last, ascending (numeric: no overflow
+    -- for far-apart ids; the array comparison runs only for that many ids).
+    IF customer_ids[v_count]::numeric - customer_ids[1] = v_count - 1
+       AND customer_ids = ARRAY(SELECT generate_series(customer_ids[1], customer_ids[v_count])) THEN
+        RETURN QUERY EXECUTE {range_query} USING customer_ids[1], customer_ids[v_count];
+    ELSE
+        RETURN QUERY EXECUTE {query} USING customer_ids;
+    END IF;
     GET DIAGNOSTICS v_rows = ROW_COUNT;
-    IF v_rows < coalesce(cardinality(customer_ids), 0) THEN
+    IF v_rows < v_count THEN
         v_missing := ARRAY(SELECT DISTINCT u.customer_id FROM unnest(customer_ids) AS u(customer_id)
                             WHERE NOT EXISTS (SELECT FROM public.customer_profiles p
                                                WHERE p.customer_id = u.customer_id)
@@ -229,7 +246,8 @@ def _install_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any) -> str:
         # score_many stays the Python path that _install_scoring_functions wrote.
         return f"model_id {model_id} scored by generated SQL (batches in Python)"
     query = plpy.quote_literal(SCORE_MANY_JOIN.format(expression=raising))
-    _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, query=query))
+    range_query = plpy.quote_literal(SCORE_MANY_RANGE.format(expression=raising))
+    _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, query=query, range_query=range_query))
     return f"model_id {model_id} scored by generated SQL"
 
 

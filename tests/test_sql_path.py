@@ -157,6 +157,31 @@ def test_score_many_on_the_sql_path_is_plain_sql_with_the_same_contract(seeded, 
         assert score == pytest.approx(expected[customer_id], abs=1e-9)
 
 
+def test_score_many_of_a_range_of_ids_on_the_sql_path(seeded, model_files):
+    """Every id from a first to a last, ascending, walks the primary key
+    instead of joining: the same rows and scores as any other order, and a
+    missing profile in the range is named as there."""
+    push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
+    expected = local_scores(model_files["logreg"], seeded, range(1, 301))
+    with seeded.connect("analyst") as analyst:
+        ranged = analyst.execute("SELECT * FROM scoring.score_many(ARRAY(SELECT generate_series(1, 300)))").fetchall()
+        one = analyst.execute("SELECT * FROM scoring.score_many(ARRAY[7]::bigint[])").fetchall()
+        descending = analyst.execute("SELECT * FROM scoring.score_many(ARRAY(SELECT generate_series(300, 1, -1)))").fetchall()
+        shifted = analyst.execute("SELECT * FROM scoring.score_many('[0:2]={5,6,7}'::bigint[])").fetchall()
+        with pytest.raises(psycopg.errors.NoDataFound, match=r"customer_ids 301, 302, 303"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY(SELECT generate_series(290, 303)))")
+        # Ids too far apart for bigint arithmetic: the join, no overflow.
+        with pytest.raises(psycopg.errors.NoDataFound,
+                           match="customer_ids -9223372036854775808, 9223372036854775807"):
+            analyst.execute("SELECT * FROM scoring.score_many(ARRAY[-9223372036854775808, 9223372036854775807]::bigint[])")
+    assert [r[0] for r in ranged] == list(range(1, 301))
+    assert [r[0] for r in descending] == list(range(300, 0, -1))
+    assert [r[0] for r in shifted] == [5, 6, 7] and [r[0] for r in one] == [7]
+    for customer_id, score in ranged + descending + shifted + one:
+        assert score == pytest.approx(expected[customer_id], abs=1e-9)
+    assert dict(ranged) == dict(descending)
+
+
 @pytest.mark.parametrize("path", ["sql", "compiled"])
 def test_infinity_is_refused_where_a_scaler_sees_it_and_routed_where_none_does(seeded, path):
     """A double precision feature holding +-Infinity: StandardScaler refuses it
