@@ -28,16 +28,19 @@ BATCH_SOURCE = (
     " ORDER BY p.customer_id LIMIT $2) p"
 )
 VERSIONS = ", array_agg(p.pgscore_version) AS pgscore_versions"
-# Scores come as float8 bits (pgscore_server.floatbits). The arrays are
-# unnested in the select list, where they run in lockstep as unnest(a, b)
-# would, without its tuplestore (~15 ms less per 50k profiles).
-UPDATE_UNCHANGED_SQL = (
+# Both UPDATEs of a Python-path batch write the scores the same way: ids
+# $1, scores $2 as float8 bits (pgscore_server.floatbits), model $3, id range
+# $4..$5. The arrays are unnested in the select list, where they run in
+# lockstep as unnest(a, b) would, without its tuplestore (~15 ms less per
+# 50k profiles).
+WRITE_SCORES = (
     "UPDATE public.customer_profiles p"
     f" SET churn_score = {floatbits.FROM_BITS.format('u.score_bits')}, churn_model_id = $3, churn_scored_at = now()"
-    " FROM (SELECT unnest($1::bigint[]) AS customer_id, unnest($2::bigint[]) AS score_bits,"
-    " unnest($6::xid[]) AS version) AS u"
-    " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5 AND p.xmin = u.version"
+    " FROM (SELECT unnest($1::bigint[]) AS customer_id, unnest($2::bigint[]) AS score_bits{also}) AS u"
+    " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5"
 )
+UPDATE_UNCHANGED_SQL = (WRITE_SCORES.format(also=", unnest($6::xid[]) AS version")
+                        + " AND p.xmin = u.version")
 # Which of the batch's profiles that UPDATE skipped (asked only when it wrote
 # fewer rows than it had scores): those it wrote are now this transaction's.
 SKIPPED_SQL = (
@@ -49,12 +52,7 @@ LOCKED_SOURCE = (
     "(SELECT * FROM public.customer_profiles WHERE customer_id = ANY($1)"
     " ORDER BY customer_id FOR NO KEY UPDATE) p"
 )
-UPDATE_SCORES_SQL = (
-    "UPDATE public.customer_profiles p"
-    f" SET churn_score = {floatbits.FROM_BITS.format('u.score_bits')}, churn_model_id = $3, churn_scored_at = now()"
-    " FROM (SELECT unnest($1::bigint[]) AS customer_id, unnest($2::bigint[]) AS score_bits) AS u"
-    " WHERE p.customer_id = u.customer_id AND p.customer_id BETWEEN $4 AND $5"
-)
+UPDATE_SCORES_SQL = WRITE_SCORES.format(also="")
 
 # A batch of the sql path: where it ends (an index-only read, no row
 # locks), then one UPDATE over that id range, which computes each score from
@@ -125,14 +123,15 @@ def _rescore_in_python(plpy: Any, cache: dict, model: registry.LoadedModel, last
     if not ids:
         return 0, last_id, []
     score_bits = _score_bits(plpy, cache, model, columns)
+    first, last = min(ids), max(ids)
     plans.run(plpy, cache, IN_KEY_ORDER_SQL)
     written = plans.run(plpy, cache, UPDATE_UNCHANGED_SQL,
                         ["bigint[]", "bigint[]", "bigint", "bigint", "bigint", "xid[]"],
-                        [ids, score_bits, model.model_id, min(ids), max(ids), row["pgscore_versions"]]).nrows()
+                        [ids, score_bits, model.model_id, first, last, row["pgscore_versions"]]).nrows()
     if written == len(ids):
-        return len(ids), max(ids), []
+        return len(ids), last, []
     skipped = plans.run(plpy, cache, SKIPPED_SQL, ["bigint[]"], [ids])[0]["skipped"]
-    return len(ids), max(ids), skipped or []
+    return len(ids), last, skipped or []
 
 
 def _rescore_locked(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int]) -> None:

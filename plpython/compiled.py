@@ -593,7 +593,8 @@ class _OneHotColumn:
         return codes_arr
 
     def _null_value(self) -> Any:
-        """What NULL in a column of strings is once imputed: pandas makes it NaN."""
+        """What a missing value (NaN; NULL in a column of strings, which pandas
+        makes NaN) is once the value-level imputers filled it."""
         value: Any = NAN_KEY
         for fill in self.fills:
             if value is NAN_KEY:
@@ -632,9 +633,8 @@ class _OneHotColumn:
             raise self._numeric(value)
         if cls is float and value != value:
             value = NAN_KEY
-        for fill in self.fills:
-            if value is NAN_KEY:
-                value = fill
+        if value is NAN_KEY:
+            value = self._null_value()
         try:
             code = self.table.get(value, -2)
         except TypeError:
