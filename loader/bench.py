@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import localdb
@@ -100,15 +102,20 @@ def _meets(ratio: float | None, target: str) -> bool | None:
     return ratio >= bound if found.group(1) == ">=" else ratio <= bound
 
 
-def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/bench.json") -> dict:
-    sizes = Sizes.for_run(quick)
-    admin, stop_local, server_pid_of = _server(dsn)
+def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/bench.json", *,
+              sizes: Sizes | None = None, database: str = BENCH_DATABASE) -> dict:
+    """Runs every figure in a fresh ``database`` (dropped first if it exists)
+    and writes the results to ``out``. ``sizes`` overrides the default or
+    quick sizes (the tests run the whole bench small)."""
+    sizes = sizes or Sizes.for_run(quick)
+    admin, stop_local = _server(dsn)
     started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="pgscore-bench-"))
     try:
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {BENCH_DATABASE}")
-        target = make_conninfo(admin, dbname=BENCH_DATABASE)
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        target = make_conninfo(admin, dbname=database)
         print(f"pgscore bench ({'quick' if quick else 'full'}): {sizes.profiles} profiles, on {platform.node()}",
               flush=True)
         migrate(target)
@@ -117,7 +124,6 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
             conn.execute("VACUUM ANALYZE public.customer_profiles")
             conn.execute(BASELINE_TRIGGER_SQL)
             conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER bench_count_complaint")
-        workdir = Path(tempfile.mkdtemp(prefix="pgscore-bench-"))
         models = {}
         for family in FAMILIES:
             pipeline, metrics = train_demo_model(rows=5000, seed=0, kind=family)
@@ -126,7 +132,7 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
             print(f"{family}: scoring path {result.scoring_path} ({result.path_note})", flush=True)
         report = Report()
         print(f"{'fig':<3} {'family':<7} {'measured':<34} {'baseline':<34} {'ratio':>9} {'target':<10} met")
-        bench = _Bench(target, sizes, report, models, workdir, server_pid_of)
+        bench = _Bench(target, sizes, report, models, workdir)
         bench.run_all()
         results = {
             "quick": quick, "sizes": sizes.__dict__, "machine": {"cores": os.cpu_count(), "node": platform.node()},
@@ -137,23 +143,24 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
         print(f"\n{len(report.rows)} figures in {results['seconds']} s; saved {out}")
         return results
     finally:
+        shutil.rmtree(workdir, ignore_errors=True)  # pgbench scripts and transaction logs
         if stop_local is not None:
             stop_local()
 
 
-def _server(dsn: str | None) -> tuple[str, Callable[[], Any] | None, Callable[[int], int | None]]:
+def _server(dsn: str | None) -> tuple[str, Callable[[], Any] | None]:
+    """(superuser DSN, how to stop the local server afterwards or None)."""
     given = resolve_conninfo(dsn)
     if given:
-        return given, None, lambda pid: pid  # a server elsewhere: /proc may not show it
+        return given, None
     local = localdb.local_database()
     was_running = local.is_running()
     admin = local.start()
-    return make_conninfo(admin, dbname="postgres"), (None if was_running else local.stop), lambda pid: pid
+    return make_conninfo(admin, dbname="postgres"), (None if was_running else local.stop)
 
 
 class _Bench:
-    def __init__(self, dsn: str, sizes: Sizes, report: Report, models: dict, workdir: Path,
-                 server_pid_of: Callable[[int], int | None]) -> None:
+    def __init__(self, dsn: str, sizes: Sizes, report: Report, models: dict, workdir: Path) -> None:
         self.dsn, self.sizes, self.report, self.models, self.workdir = dsn, sizes, report, models, workdir
         self.pgbench = str(localdb.local_database()._bindir() / "pgbench")
 
@@ -346,11 +353,11 @@ class _Bench:
         def cold_start() -> tuple[float, dict[str, float]]:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-                before = _memory_mib(pid)
+                before = _memory_mib(pid, conn.info.dbname)
                 started = time.perf_counter()
                 conn.execute("SELECT scoring.score(1::bigint)").fetchone()
                 elapsed = time.perf_counter() - started
-                after = _memory_mib(pid)
+                after = _memory_mib(pid, conn.info.dbname)
                 return elapsed, {key: after[key] - before[key] for key in before}
 
         def median_of(path: str, starts: int = 3) -> tuple[float, dict[str, float]]:
@@ -391,10 +398,13 @@ class _Bench:
                         worst, "<= 1e-9")
 
 
-def _memory_mib(pid: int) -> dict[str, float]:
+def _memory_mib(pid: int, database: str) -> dict[str, float]:
     """A backend's resident memory in MiB: ``rss`` (VmRSS) and its parts
     ``private`` (RssAnon), ``libraries`` (RssFile) and ``shared_buffers``
-    (RssShmem); empty where /proc does not show the server (a remote DSN)."""
+    (RssShmem); empty where /proc does not show that backend (a server on
+    another machine, or in a container, where the pid is another process's)."""
+    if not backend_here(pid, database):
+        return {}
     fields = {"VmRSS": "rss", "RssAnon": "private", "RssFile": "libraries", "RssShmem": "shared_buffers"}
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -406,3 +416,14 @@ def _memory_mib(pid: int) -> dict[str, float]:
         if key in fields:
             memory[fields[key]] = int(line.split()[1]) / 1024.0
     return memory
+
+
+def backend_here(pid: int, database: str) -> bool:
+    """Whether process ``pid`` of this machine is a PostgreSQL backend
+    connected to ``database`` (its title reads "postgres: USER DATABASE ...")."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    words = title.split()
+    return len(words) >= 3 and words[0] == "postgres:" and words[2] == database

@@ -1,0 +1,79 @@
+"""`pgscore bench` end to end, at a small size, on the local server.
+
+The timings of so small a run mean nothing; what is checked is that every
+figure of every family is measured and saved, and the two that are
+correctness rather than speed: P7's parity with predict_proba and P8's
+exact counters under eight concurrent clients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import psycopg
+import pytest
+from pgscore.bench import FAMILIES, Sizes, backend_here, run_bench
+from psycopg import sql
+
+from tests.conftest import _server_dsn
+
+FIGURES = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"}
+TINY = Sizes(profiles=2_000, inserts=60, bulk=400, per_row=100, parity=1_000, concurrent=10, naive_starts=1)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    database = f"pgscore_bench_t_{os.getpid()}"
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    with _server_dsn("local") as dsn:
+        try:
+            results = run_bench(dsn, out=str(out), sizes=TINY, database=database)
+            yield results, json.loads(out.read_text()), _runs_here(dsn)
+        finally:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
+
+
+def _runs_here(dsn: str) -> bool:
+    """Whether the server's backends are processes of this machine (PGSCORE_TEST_DSN may name another)."""
+    with psycopg.connect(dsn) as conn:
+        return backend_here(conn.execute("SELECT pg_backend_pid()").fetchone()[0], conn.info.dbname)
+
+
+def test_every_figure_of_every_family_is_measured_and_saved(bench_run):
+    results, saved, _ = bench_run
+    assert saved == json.loads(json.dumps(results, default=str))
+    assert saved["sizes"]["profiles"] == TINY.profiles
+    measured = {(row["figure"], row["family"]) for row in saved["figures"]}
+    assert measured == {(figure, family) for figure in FIGURES for family in FAMILIES}
+    # P4 has two rows per family: against out-of-DB scoring and against per-row score().
+    assert len(saved["figures"]) == len(FIGURES) * len(FAMILIES) + len(FAMILIES)
+    for row in saved["figures"]:
+        if row["figure"] != "P7":
+            assert row["ratio"] is not None and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
+        assert row["met"] in (True, False, None), row
+
+
+def test_scores_match_predict_proba_and_counters_stay_exact(bench_run):
+    _, saved, _ = bench_run
+    by_figure = {(row["figure"], row["family"]): row for row in saved["figures"]}
+    for family in FAMILIES:
+        assert by_figure["P7", family]["ratio"] <= 1e-9, by_figure["P7", family]
+        assert by_figure["P7", family]["met"] is True
+        assert by_figure["P8", family]["counters_exact"] is True, by_figure["P8", family]
+
+
+def test_first_score_memory_is_split_into_its_parts_where_the_server_runs_here(bench_run):
+    _, saved, here = bench_run
+    for row in saved["figures"]:
+        if row["figure"] != "P6":
+            continue
+        parts = row["rss_parts_mib"]
+        if not here:
+            assert parts == {}, row  # another machine's backends: no memory figures, not wrong ones
+            continue
+        assert set(parts) == {"rss", "private", "libraries", "shared_buffers"}, row
+        # The naive path imports scikit-learn: far more private memory than the compiled or sql path.
+        assert row["naive_rss_parts_mib"]["private"] > parts["private"] + 20, row
