@@ -304,15 +304,21 @@ class _Bench:
                         f"per-row score() {per_row:.1f} s (extrapolated)", per_row / in_db, ">= 20")
 
     def p5(self, family: str) -> None:
-        self.vacuum()
-        started = time.perf_counter()
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("CALL scoring.rescore('churn', 50000)")
-        in_db = time.perf_counter() - started
-        self.vacuum()
-        out_of_db, _ = self.out_of_db(family, write_back=True)
+        """rescore against the out-of-DB pipeline, each run twice, alternating,
+        best of two on each side (as P4), each run on a freshly vacuumed table."""
+        in_db_runs, out_of_db_runs = [], []
+        for _ in range(2):
+            self.vacuum()
+            started = time.perf_counter()
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute("CALL scoring.rescore('churn', 50000)")
+            in_db_runs.append(time.perf_counter() - started)
+            self.vacuum()
+            out_of_db_runs.append(self.out_of_db(family, write_back=True)[0])
+        in_db, out_of_db = min(in_db_runs), min(out_of_db_runs)
         self.report.add("P5", family, f"rescore {self.sizes.profiles} in {in_db:.2f} s",
-                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.5")
+                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.5",
+                        in_db_runs=in_db_runs, out_of_db_runs=out_of_db_runs)
 
     def out_of_db(self, family: str, write_back: bool) -> tuple[float, Any]:
         """COPY out -> pandas -> predict_proba (-> COPY in -> UPDATE FROM), timed."""
