@@ -272,21 +272,30 @@ class _Bench:
                         f"{base['tps']:.0f} tps", ours["tps"] / base["tps"] if exact else 0.0, ">= 0.8",
                         counters_exact=exact)
 
-    def p4(self, family: str) -> None:
-        """score_many of every profile against the out-of-DB pipeline, each
-        timed twice, alternating, best of two on each side (a single pair
-        differed by a fifth between runs here); then per-row score() on a
-        sample, best of two as well."""
-        self.vacuum()
-        in_db_runs, out_of_db_runs = [], []
+    def best_of_two(self, in_db: Callable[[], float], out_of_db: Callable[[], float]) -> tuple[dict, float, float]:
+        """Times ``in_db`` and ``out_of_db`` twice each, alternating: the best
+        of two on each side (one pair moved by a fifth between runs here),
+        and every run's seconds for the JSON."""
+        runs: dict[str, list[float]] = {"in_db_runs": [], "out_of_db_runs": []}
         for _ in range(2):
+            runs["in_db_runs"].append(in_db())
+            runs["out_of_db_runs"].append(out_of_db())
+        return runs, min(runs["in_db_runs"]), min(runs["out_of_db_runs"])
+
+    def p4(self, family: str) -> None:
+        """score_many of every profile against the out-of-DB pipeline (best of
+        two alternating runs each); then per-row score() on a sample, best of
+        two as well."""
+        def score_many() -> float:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute("SELECT scoring.warmup()")
                 started = time.perf_counter()
                 conn.execute("SELECT count(*) FROM scoring.score_many("
                              "(SELECT array_agg(customer_id) FROM public.customer_profiles))").fetchone()
-                in_db_runs.append(time.perf_counter() - started)
-            out_of_db_runs.append(self.out_of_db(family, write_back=False)[0])
+                return time.perf_counter() - started
+
+        self.vacuum()
+        runs, in_db, out_of_db = self.best_of_two(score_many, lambda: self.out_of_db(family, write_back=False)[0])
         per_row_runs = []
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("SELECT scoring.warmup()")
@@ -296,29 +305,28 @@ class _Bench:
                              " WHERE customer_id <= %s", [self.sizes.per_row]).fetchone()
                 per_row_runs.append(time.perf_counter() - started)
         per_row = min(per_row_runs) * self.sizes.profiles / self.sizes.per_row
-        in_db, out_of_db = min(in_db_runs), min(out_of_db_runs)
         self.report.add("P4", family, f"score_many {self.sizes.profiles} in {in_db:.2f} s",
-                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.0",
-                        in_db_runs=in_db_runs, out_of_db_runs=out_of_db_runs)
+                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.0", **runs)
         self.report.add("P4", family, f"score_many {in_db:.2f} s",
                         f"per-row score() {per_row:.1f} s (extrapolated)", per_row / in_db, ">= 20")
 
     def p5(self, family: str) -> None:
-        """rescore against the out-of-DB pipeline, each run twice, alternating,
-        best of two on each side (as P4), each run on a freshly vacuumed table."""
-        in_db_runs, out_of_db_runs = [], []
-        for _ in range(2):
+        """rescore against the out-of-DB pipeline with its write-back (best of
+        two alternating runs each), every run on a freshly vacuumed table."""
+        def rescore() -> float:
             self.vacuum()
             started = time.perf_counter()
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute("CALL scoring.rescore('churn', 50000)")
-            in_db_runs.append(time.perf_counter() - started)
+            return time.perf_counter() - started
+
+        def out_of_db() -> float:
             self.vacuum()
-            out_of_db_runs.append(self.out_of_db(family, write_back=True)[0])
-        in_db, out_of_db = min(in_db_runs), min(out_of_db_runs)
+            return self.out_of_db(family, write_back=True)[0]
+
+        runs, in_db, baseline = self.best_of_two(rescore, out_of_db)
         self.report.add("P5", family, f"rescore {self.sizes.profiles} in {in_db:.2f} s",
-                        f"out-of-DB {out_of_db:.2f} s", out_of_db / in_db, ">= 1.5",
-                        in_db_runs=in_db_runs, out_of_db_runs=out_of_db_runs)
+                        f"out-of-DB {baseline:.2f} s", baseline / in_db, ">= 1.5", **runs)
 
     def out_of_db(self, family: str, write_back: bool) -> tuple[float, Any]:
         """COPY out -> pandas -> predict_proba (-> COPY in -> UPDATE FROM), timed."""

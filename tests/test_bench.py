@@ -50,7 +50,14 @@ def test_every_figure_of_every_family_is_measured_and_saved(bench_run):
     assert measured == {(figure, family) for figure in FIGURES for family in FAMILIES}
     # P4 has two rows per family: against out-of-DB scoring and against per-row score().
     assert len(saved["figures"]) == len(FIGURES) * len(FAMILIES) + len(FAMILIES)
+    timed_twice = [row for row in saved["figures"] if "in_db_runs" in row]
+    assert {(row["figure"], row["family"]) for row in timed_twice} == {
+        (figure, family) for figure in ("P4", "P5") for family in FAMILIES}
     for row in saved["figures"]:
+        if row["figure"] in ("P4", "P5") and "in_db_runs" in row:
+            # Best of two alternating runs on each side.
+            assert len(row["in_db_runs"]) == len(row["out_of_db_runs"]) == 2, row
+            assert row["ratio"] == round(min(row["out_of_db_runs"]) / min(row["in_db_runs"]), 4), row
         if row["figure"] != "P7":
             assert row["ratio"] is not None and math.isfinite(row["ratio"]) and row["ratio"] > 0, row
         assert row["met"] in (True, False, None), row
