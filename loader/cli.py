@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the local server running afterwards")
 
     bench = command("bench", cmd_bench, "the benchmark suite: prints a table, saves JSON")
-    bench.add_argument("--quick", action="store_true", help="small sizes: 50,000 profiles, about a minute (default: 1,000,000, 7-8 minutes)")
+    bench.add_argument("--quick", action="store_true",
+                       help="small sizes: 50,000 profiles, about a minute (default: 1,000,000, 7-8 minutes)")
     bench.add_argument("--out", default="bench-results/bench.json")
     return parser
 
