@@ -272,16 +272,6 @@ class _Bench:
                         f"{base['tps']:.0f} tps", ours["tps"] / base["tps"] if exact else 0.0, ">= 0.8",
                         counters_exact=exact)
 
-    def best_of_two(self, in_db: Callable[[], float], out_of_db: Callable[[], float]) -> tuple[dict, float, float]:
-        """Times ``in_db`` and ``out_of_db`` twice each, alternating: the best
-        of two on each side (one pair moved by a fifth between runs here),
-        and every run's seconds for the JSON."""
-        runs: dict[str, list[float]] = {"in_db_runs": [], "out_of_db_runs": []}
-        for _ in range(2):
-            runs["in_db_runs"].append(in_db())
-            runs["out_of_db_runs"].append(out_of_db())
-        return runs, min(runs["in_db_runs"]), min(runs["out_of_db_runs"])
-
     def p4(self, family: str) -> None:
         """score_many of every profile against the out-of-DB pipeline (best of
         two alternating runs each); then per-row score() on a sample, best of
@@ -295,7 +285,7 @@ class _Bench:
                 return time.perf_counter() - started
 
         self.vacuum()
-        runs, in_db, out_of_db = self.best_of_two(score_many, lambda: self.out_of_db(family, write_back=False)[0])
+        runs, in_db, out_of_db = _best_of_two(score_many, lambda: self.out_of_db(family, write_back=False)[0])
         per_row_runs = []
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("SELECT scoring.warmup()")
@@ -324,7 +314,7 @@ class _Bench:
             self.vacuum()
             return self.out_of_db(family, write_back=True)[0]
 
-        runs, in_db, baseline = self.best_of_two(rescore, out_of_db)
+        runs, in_db, baseline = _best_of_two(rescore, out_of_db)
         self.report.add("P5", family, f"rescore {self.sizes.profiles} in {in_db:.2f} s",
                         f"out-of-DB {baseline:.2f} s", baseline / in_db, ">= 1.5", **runs)
 
@@ -410,6 +400,17 @@ class _Bench:
         worst = max(abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local))
         self.report.add("P7", family, f"max |diff| {worst:.2e} over {len(rows)} rows", "predict_proba",
                         worst, "<= 1e-9")
+
+
+def _best_of_two(in_db: Callable[[], float], out_of_db: Callable[[], float]) -> tuple[dict, float, float]:
+    """Times ``in_db`` and ``out_of_db`` twice each, alternating: the best of
+    two on each side (one pair moved by a fifth between runs here), and every
+    run's seconds for the JSON."""
+    runs: dict[str, list[float]] = {"in_db_runs": [], "out_of_db_runs": []}
+    for _ in range(2):
+        runs["in_db_runs"].append(in_db())
+        runs["out_of_db_runs"].append(out_of_db())
+    return runs, min(runs["in_db_runs"]), min(runs["out_of_db_runs"])
 
 
 def _memory_mib(pid: int, database: str) -> dict[str, float]:
