@@ -117,9 +117,9 @@ class LocalDatabase:
         return self.dsn()
 
     def _move(self, state: dict, port: int) -> None:
+        """The server listens on ``port`` from its next start (start() then saves ``state``)."""
         state["port"] = port
         self._write_conf(port)
-        self.state_file.write_text(json.dumps(state))
 
     def stop(self) -> bool:
         """Stops the server; returns False when it was not running."""
