@@ -14,6 +14,10 @@ Figures (see README, Performance):
   P6 first score in a new connection, and that backend's RSS growth
   P7 max abs difference from the loader's predict_proba
   P8 8 clients inserting for 10 hot customers
+and with --floors, P1, P2 and P8 of the trigger designs without a model's cost:
+  floor    pgscore's statement trigger writing constant scores
+  floorpy  the same calling PL/Python as the compiled path does, for a constant
+  row-lr   a row trigger scoring with the LR's SQL expression instead
 """
 
 from __future__ import annotations
@@ -59,6 +63,36 @@ CREATE OR REPLACE TRIGGER bench_count_complaint AFTER INSERT ON public.complaint
     FOR EACH ROW EXECUTE FUNCTION public.bench_count_complaint();
 """
 
+# The trigger designs without a model's cost, measured beside P1, P2 and
+# P8: what pgscore's statement-level trigger costs when the model costs
+# nothing ("floor": its generated body, sqlpath.TRIGGER_BODY, writing
+# constant scores), the same with the compiled path's PL/Python call
+# returning a constant ("floorpy"), and a row-level trigger scoring with the
+# LR's SQL expression ("row-lr"; no transition table, but it locks profiles
+# in insertion order, so multi-row inserts can deadlock, and it pays an
+# UPDATE per row in bulk). Each replaces complaints_rescore for its runs.
+CONSTANT_SCORE_SQL = """
+CREATE OR REPLACE FUNCTION public.bench_constant_score(model_id bigint, customer_id bigint, layout text,
+    floats double precision[], ints bigint[], flags boolean[], texts text[])
+RETURNS double precision LANGUAGE plpython3u AS $$ return 0.5 $$;
+"""
+ROW_TRIGGER_SQL = """
+CREATE OR REPLACE FUNCTION public.bench_row_lr() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    UPDATE public.customer_profiles p
+       SET complaint_count = p.complaint_count + 1,
+           churn_score = coalesce({expression}, p.churn_score), churn_model_id = {model_id}, churn_scored_at = now()
+     WHERE p.customer_id = NEW.customer_id;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE TRIGGER bench_row_lr AFTER INSERT ON public.complaints
+    FOR EACH ROW EXECUTE FUNCTION public.bench_row_lr();
+"""
+FLOORS = {"floor": "bench_floor", "floorpy": "bench_floor_py", "row-lr": "bench_row_lr"}
+TRIGGERS = ("complaints_rescore", "bench_count_complaint", *FLOORS.values())
+FLOOR_ROUNDS = 4
+
 
 @dataclass
 class Sizes:
@@ -103,10 +137,11 @@ def _meets(ratio: float | None, target: str) -> bool | None:
 
 
 def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/bench.json", *,
-              sizes: Sizes | None = None, database: str = BENCH_DATABASE) -> dict:
+              floors: bool = False, sizes: Sizes | None = None, database: str = BENCH_DATABASE) -> dict:
     """Runs every figure in a fresh ``database`` (dropped first if it exists)
-    and writes the results to ``out``. ``sizes`` overrides the default or
-    quick sizes (the tests run the whole bench small)."""
+    and writes the results to ``out``; with ``floors``, the trigger designs'
+    floors too (FLOORS). ``sizes`` overrides the default or quick sizes (the
+    tests run the whole bench small)."""
     sizes = sizes or Sizes.for_run(quick)
     admin, stop_local = _server(dsn)
     started = time.perf_counter()
@@ -133,9 +168,10 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
         report = Report()
         print(f"{'fig':<3} {'family':<7} {'measured':<34} {'baseline':<34} {'ratio':>9} {'target':<10} met")
         bench = _Bench(target, sizes, report, models, workdir)
-        bench.run_all()
+        bench.run_all(floors)
         results = {
-            "quick": quick, "sizes": sizes.__dict__, "machine": {"cores": os.cpu_count(), "node": platform.node()},
+            "quick": quick, "floors": floors, "sizes": sizes.__dict__,
+            "machine": {"cores": os.cpu_count(), "node": platform.node()},
             "seconds": round(time.perf_counter() - started, 1), "figures": report.rows,
         }
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -164,12 +200,14 @@ class _Bench:
         self.dsn, self.sizes, self.report, self.models, self.workdir = dsn, sizes, report, models, workdir
         self.pgbench = str(localdb.local_database()._bindir() / "pgbench")
 
-    def run_all(self) -> None:
+    def run_all(self, floors: bool = False) -> None:
         for family in FAMILIES:
             self.activate(family)
             self.p1_p2(family)
             self.p3(family)
             self.p8(family)
+        if floors:
+            self.floors()  # the forest is active: its trigger shows the compiled path's call
         for family in FAMILIES:
             self.activate(family)
             self.p4(family)
@@ -191,13 +229,18 @@ class _Bench:
             conn.execute("VACUUM ANALYZE public.customer_profiles")
 
     def triggers(self, baseline: bool) -> None:
+        self.use_trigger("bench_count_complaint" if baseline else "complaints_rescore")
+
+    def use_trigger(self, enabled: str) -> None:
+        """Enables one of TRIGGERS on the complaints (those that exist) and disables the others."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            if baseline:
-                conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER complaints_rescore")
-                conn.execute("ALTER TABLE public.complaints ENABLE TRIGGER bench_count_complaint")
-            else:
-                conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER bench_count_complaint")
-                conn.execute("ALTER TABLE public.complaints ENABLE TRIGGER complaints_rescore")
+            existing = {row[0] for row in conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'public.complaints'::regclass AND NOT tgisinternal")}
+            for name in TRIGGERS:
+                if name in existing and name != enabled:
+                    conn.execute(sql.SQL("ALTER TABLE public.complaints DISABLE TRIGGER {}").format(
+                        sql.Identifier(name)))
+            conn.execute(sql.SQL("ALTER TABLE public.complaints ENABLE TRIGGER {}").format(sql.Identifier(enabled)))
 
     def run_pgbench(self, transactions: int, clients: int, customers: int, options: str = "") -> dict:
         script = self.workdir / f"insert-{customers}.sql"
@@ -220,15 +263,21 @@ class _Bench:
         return {"tps": tps, "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)]}
 
     def paired(self, run: Callable[[], dict]) -> tuple[dict, dict]:
-        """(baseline, pgscore) measured as baseline, pgscore, baseline, pgscore: medians by tps."""
-        base, ours = [], []
-        for _ in range(2):
-            self.triggers(baseline=True)
-            base.append(run())
-            self.triggers(baseline=False)
-            ours.append(run())
-        pick = lambda runs: sorted(runs, key=lambda r: r["tps"])[len(runs) // 2]  # noqa: E731
-        return pick(base), pick(ours)
+        """(baseline, pgscore) measured as baseline, pgscore, baseline, pgscore."""
+        runs = self.alternating(run, ["bench_count_complaint", "complaints_rescore"])
+        return runs["bench_count_complaint"], runs["complaints_rescore"]
+
+    def alternating(self, run: Callable[[], dict], triggers: list[str], rounds: int = 2) -> dict[str, dict]:
+        """Trigger name -> its median run by tps (the upper one of an even
+        number: of two, the faster), the triggers taking turns (a, b, .., a,
+        b, ..) for ``rounds`` rounds."""
+        runs: dict[str, list[dict]] = {name: [] for name in triggers}
+        for _ in range(rounds):
+            for name in triggers:
+                self.use_trigger(name)
+                runs[name].append(run())
+        self.use_trigger("complaints_rescore")
+        return {name: sorted(done, key=lambda r: r["tps"])[len(done) // 2] for name, done in runs.items()}
 
     # -- figures
 
@@ -241,6 +290,56 @@ class _Bench:
                 figure, family, f"{ours['tps']:.0f} tps p50 {ours['p50']:.2f} p99 {ours['p99']:.2f} ms",
                 f"{base['tps']:.0f} tps p50 {base['p50']:.2f} p99 {base['p99']:.2f} ms",
                 ours["tps"] / base["tps"], target, pgscore=ours, baseline_run=base)
+
+    def floors(self) -> None:
+        """P1, P2 and P8 of the trigger designs without a model's cost (FLOORS),
+        each against the baseline in the same alternating runs: FLOOR_ROUNDS
+        of them, because these ratios are read against the targets' margins
+        (two rounds moved a floor by a tenth between runs)."""
+        self.install_floors()
+        figures = (("P1", lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles)),
+                   ("P2", lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles,
+                                                   "-c synchronous_commit=off")),
+                   ("P8", lambda: self.run_pgbench(self.sizes.concurrent, 8, 10, "-c synchronous_commit=off")))
+        for figure, run in figures:
+            runs = self.alternating(run, ["bench_count_complaint", *FLOORS.values()], rounds=FLOOR_ROUNDS)
+            base = runs["bench_count_complaint"]
+            for label, trigger in FLOORS.items():
+                ours = runs[trigger]
+                self.report.add(figure, label, f"{ours['tps']:.0f} tps p50 {ours['p50']:.2f} p99 {ours['p99']:.2f} ms",
+                                f"{base['tps']:.0f} tps p50 {base['p50']:.2f} p99 {base['p99']:.2f} ms",
+                                ours["tps"] / base["tps"], "-", pgscore=ours, baseline_run=base)
+
+    def install_floors(self) -> None:
+        """Creates the FLOORS triggers, disabled: "floorpy" from the active
+        model's generated trigger, which must be on the compiled path."""
+        from pgscore_server import sqlpath
+
+        logreg = self.models["logreg"][1].model_id
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            body = sqlpath.TRIGGER_BODY.format(
+                model_id=logreg, path="none: the bench's floor",
+                one=f"churn_score = 0.5::float8, churn_model_id = {int(logreg)}, churn_scored_at = now()",
+                many="        NULL;")
+            conn.execute(sqlpath.FUNCTION_SQL.format(signature="public.bench_floor()", returns="trigger",
+                                                     attributes="", settings="", body=_dollar_quoted(body)))
+            compiled = conn.execute("SELECT pg_get_functiondef('scoring._on_complaints_inserted()'::regprocedure)"
+                                    ).fetchone()[0]
+            if "scoring._score_profile(" not in compiled:
+                raise RuntimeError("the floors need the active model on the compiled path (the bench's forest)")
+            conn.execute(compiled.replace("scoring._on_complaints_inserted()", "public.bench_floor_py()", 1)
+                         .replace("scoring._score_profile(", "public.bench_constant_score("))
+            conn.execute(CONSTANT_SCORE_SQL)
+            expression = conn.execute("SELECT scoring.sql_expression(%s)", [logreg]).fetchone()[0]
+            # The score of the profile as this insert leaves it, as pgscore's trigger computes it.
+            expression = expression.replace("p.complaint_count", "(p.complaint_count + 1)")
+            conn.execute(ROW_TRIGGER_SQL.format(expression=expression, model_id=int(logreg)))
+            for trigger in ("bench_floor", "bench_floor_py"):
+                conn.execute(sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT ON public.complaints"
+                                     " REFERENCING NEW TABLE AS new_complaints FOR EACH STATEMENT"
+                                     " EXECUTE FUNCTION {}()").format(sql.Identifier(trigger),
+                                                                      sql.Identifier("public", trigger)))
+        self.use_trigger("complaints_rescore")
 
     def p3(self, family: str) -> None:
         def bulk() -> float:
@@ -400,6 +499,12 @@ class _Bench:
         worst = max(abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local))
         self.report.add("P7", family, f"max |diff| {worst:.2e} over {len(rows)} rows", "predict_proba",
                         worst, "<= 1e-9")
+
+
+def _dollar_quoted(body: str) -> str:
+    if "$body$" in body:
+        raise ValueError("a generated trigger body holds the quote $body$")
+    return f"$body${body}$body$"
 
 
 def _best_of_two(in_db: Callable[[], float], out_of_db: Callable[[], float]) -> tuple[dict, float, float]:

@@ -111,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true",
                        help="small sizes: 50,000 profiles, about a minute (default: 1,000,000, 7-8 minutes)")
     bench.add_argument("--out", default="bench-results/bench.json")
+    bench.add_argument("--floors", action="store_true",
+                       help="also measure P1, P2 and P8 of the trigger designs without a model's cost"
+                            " (about 1.5 minutes more)")
     return parser
 
 
@@ -231,7 +234,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_bench
 
-    run_bench(args.dsn, quick=args.quick, out=args.out)
+    run_bench(args.dsn, quick=args.quick, out=args.out, floors=args.floors)
 
 
 # -- output

@@ -14,12 +14,14 @@ import os
 
 import psycopg
 import pytest
-from pgscore.bench import FAMILIES, Sizes, backend_here, run_bench
+from pgscore.bench import FAMILIES, FLOORS, Sizes, backend_here, run_bench
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from tests.conftest import _server_dsn
 
 FIGURES = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"}
+FLOOR_FIGURES = {"P1", "P2", "P8"}
 TINY = Sizes(profiles=2_000, inserts=60, bulk=400, per_row=100, parity=1_000, concurrent=10, naive_starts=1)
 
 
@@ -29,8 +31,8 @@ def bench_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     with _server_dsn("local") as dsn:
         try:
-            results = run_bench(dsn, out=str(out), sizes=TINY, database=database)
-            yield results, json.loads(out.read_text()), _runs_here(dsn)
+            results = run_bench(dsn, out=str(out), floors=True, sizes=TINY, database=database)
+            yield results, json.loads(out.read_text()), _runs_here(dsn), make_conninfo(dsn, dbname=database)
         finally:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
@@ -43,13 +45,14 @@ def _runs_here(dsn: str) -> bool:
 
 
 def test_every_figure_of_every_family_is_measured_and_saved(bench_run):
-    results, saved, _ = bench_run
+    results, saved, _, _ = bench_run
     assert saved == json.loads(json.dumps(results, default=str))
     assert saved["sizes"]["profiles"] == TINY.profiles
     measured = {(row["figure"], row["family"]) for row in saved["figures"]}
-    assert measured == {(figure, family) for figure in FIGURES for family in FAMILIES}
+    assert measured == ({(figure, family) for figure in FIGURES for family in FAMILIES}
+                        | {(figure, floor) for figure in FLOOR_FIGURES for floor in FLOORS})
     # P4 has two rows per family: against out-of-DB scoring and against per-row score().
-    assert len(saved["figures"]) == len(FIGURES) * len(FAMILIES) + len(FAMILIES)
+    assert len(saved["figures"]) == len(FIGURES) * len(FAMILIES) + len(FAMILIES) + len(FLOOR_FIGURES) * len(FLOORS)
     timed_twice = [row for row in saved["figures"] if "in_db_runs" in row]
     assert {(row["figure"], row["family"]) for row in timed_twice} == {
         (figure, family) for figure in ("P4", "P5") for family in FAMILIES}
@@ -64,7 +67,7 @@ def test_every_figure_of_every_family_is_measured_and_saved(bench_run):
 
 
 def test_scores_match_predict_proba_and_counters_stay_exact(bench_run):
-    _, saved, _ = bench_run
+    _, saved, _, _ = bench_run
     by_figure = {(row["figure"], row["family"]): row for row in saved["figures"]}
     for family in FAMILIES:
         assert by_figure["P7", family]["ratio"] <= 1e-9, by_figure["P7", family]
@@ -73,7 +76,7 @@ def test_scores_match_predict_proba_and_counters_stay_exact(bench_run):
 
 
 def test_first_score_memory_is_split_into_its_parts_where_the_server_runs_here(bench_run):
-    _, saved, here = bench_run
+    _, saved, here, _ = bench_run
     for row in saved["figures"]:
         if row["figure"] != "P6":
             continue
@@ -84,3 +87,35 @@ def test_first_score_memory_is_split_into_its_parts_where_the_server_runs_here(b
         assert set(parts) == {"rss", "private", "libraries", "shared_buffers"}, row
         # The naive path imports scikit-learn: far more private memory than the compiled or sql path.
         assert row["naive_rss_parts_mib"]["private"] > parts["private"] + 20, row
+
+
+def test_the_floor_triggers_count_and_score_as_they_say(bench_run):
+    """The floors are pgscore's trigger with constant scores, the same with
+    a PL/Python call returning one, and a row trigger writing the LR's score:
+    each counts the complaint, and row-lr's score is pgscore's."""
+    _, _, _, database = bench_run
+    with psycopg.connect(database, autocommit=True) as conn:
+        lr_version = conn.execute("SELECT version FROM scoring.models WHERE note = 'bench logreg'").fetchone()[0]
+        conn.execute("SELECT scoring.activate('churn', %s)", [lr_version])
+        # Customers the bench's inserts did not reach (P8 hammers 1-10):
+        # one complaint more still moves their score.
+        customers = [row[0] for row in conn.execute(
+            "SELECT customer_id FROM customer_profiles WHERE customer_id > 10 ORDER BY complaint_count, customer_id"
+            " LIMIT %s", [len(FLOORS)])]
+        for customer, trigger in zip(customers, FLOORS.values()):
+            for name in ("complaints_rescore", "bench_count_complaint", *FLOORS.values()):
+                action = "ENABLE" if name == trigger else "DISABLE"
+                conn.execute(sql.SQL("ALTER TABLE complaints {} TRIGGER {}").format(sql.SQL(action),
+                                                                                    sql.Identifier(name)))
+            count, before = conn.execute("SELECT complaint_count, scoring.score(customer_id) FROM customer_profiles"
+                                         " WHERE customer_id = %s", [customer]).fetchone()
+            conn.execute("INSERT INTO complaints (customer_id, channel) VALUES (%s, 'test')", [customer])
+            stored, new_count, after = conn.execute(
+                "SELECT churn_score, complaint_count, scoring.score(customer_id) FROM customer_profiles"
+                " WHERE customer_id = %s", [customer]).fetchone()
+            assert new_count == count + 1, trigger
+            if trigger == "bench_row_lr":
+                assert abs(after - before) > 1e-6  # the complaint moved the score: the check below means something
+                assert stored == pytest.approx(after, abs=1e-12)
+            else:
+                assert stored == 0.5, trigger
