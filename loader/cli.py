@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = command("bench", cmd_bench, "the benchmark suite: prints a table, saves JSON")
     bench.add_argument("--quick", action="store_true",
-                       help="small sizes: 50,000 profiles, about a minute (default: 1,000,000, 7-8 minutes)")
+                       help="small sizes: 50,000 profiles, about a minute (default: 1,000,000, 6-9 minutes)")
     bench.add_argument("--out", default="bench-results/bench.json")
     bench.add_argument("--floors", action="store_true",
                        help="also measure P1, P2 and P8 of the trigger designs without a model's cost"
