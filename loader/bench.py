@@ -228,9 +228,6 @@ class _Bench:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE public.customer_profiles")
 
-    def triggers(self, baseline: bool) -> None:
-        self.use_trigger("bench_count_complaint" if baseline else "complaints_rescore")
-
     def use_trigger(self, enabled: str) -> None:
         """Enables one of TRIGGERS on the complaints (those that exist) and disables the others."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -262,6 +259,13 @@ class _Bench:
         latencies.sort()
         return {"tps": tps, "p50": latencies[len(latencies) // 2], "p99": latencies[int(len(latencies) * 0.99)]}
 
+    def inserts(self, figure: str) -> Callable[[], dict]:
+        """The pgbench run of single-row inserts that P1, P2 or P8 times."""
+        if figure == "P8":  # 8 clients on 10 hot customers
+            return lambda: self.run_pgbench(self.sizes.concurrent, 8, 10, "-c synchronous_commit=off")
+        options = "-c synchronous_commit=off" if figure == "P2" else ""
+        return lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles, options)
+
     def paired(self, run: Callable[[], dict]) -> tuple[dict, dict]:
         """(baseline, pgscore) measured as baseline, pgscore, baseline, pgscore."""
         runs = self.alternating(run, ["bench_count_complaint", "complaints_rescore"])
@@ -282,10 +286,9 @@ class _Bench:
     # -- figures
 
     def p1_p2(self, family: str) -> None:
-        for figure, options, target in (("P1", "", ">= 0.95" if family != "rf" else "-"),
-                                        ("P2", "-c synchronous_commit=off",
-                                         {"logreg": ">= 0.8", "gbm": ">= 0.6"}.get(family, "-"))):
-            base, ours = self.paired(lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles, options))
+        for figure, target in (("P1", ">= 0.95" if family != "rf" else "-"),
+                               ("P2", {"logreg": ">= 0.8", "gbm": ">= 0.6"}.get(family, "-"))):
+            base, ours = self.paired(self.inserts(figure))
             self.report.add(
                 figure, family, f"{ours['tps']:.0f} tps p50 {ours['p50']:.2f} p99 {ours['p99']:.2f} ms",
                 f"{base['tps']:.0f} tps p50 {base['p50']:.2f} p99 {base['p99']:.2f} ms",
@@ -297,12 +300,9 @@ class _Bench:
         of them, because these ratios are read against the targets' margins
         (two rounds moved a floor by a tenth between runs)."""
         self.install_floors()
-        figures = (("P1", lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles)),
-                   ("P2", lambda: self.run_pgbench(self.sizes.inserts, 1, self.sizes.profiles,
-                                                   "-c synchronous_commit=off")),
-                   ("P8", lambda: self.run_pgbench(self.sizes.concurrent, 8, 10, "-c synchronous_commit=off")))
-        for figure, run in figures:
-            runs = self.alternating(run, ["bench_count_complaint", *FLOORS.values()], rounds=FLOOR_ROUNDS)
+        for figure in ("P1", "P2", "P8"):
+            runs = self.alternating(self.inserts(figure), ["bench_count_complaint", *FLOORS.values()],
+                                    rounds=FLOOR_ROUNDS)
             base = runs["bench_count_complaint"]
             for label, trigger in FLOORS.items():
                 ours = runs[trigger]
@@ -349,9 +349,9 @@ class _Bench:
                              " SELECT 1 + (g * 7919) %% %s, 'bulk' FROM generate_series(1, %s) g",
                              [self.sizes.profiles, self.sizes.bulk])
                 return time.perf_counter() - started
-        self.triggers(baseline=True)
+        self.use_trigger("bench_count_complaint")
         base = bulk()
-        self.triggers(baseline=False)
+        self.use_trigger("complaints_rescore")
         ours = bulk()
         self.report.add("P3", family, f"{self.sizes.bulk} rows in {ours:.2f} s",
                         f"row trigger {base:.2f} s", base / ours, ">= 0.67")
@@ -361,7 +361,7 @@ class _Bench:
             before = conn.execute("SELECT sum(complaint_count) FROM public.customer_profiles"
                                   " WHERE customer_id <= 10").fetchone()[0]
             rows_before = conn.execute("SELECT count(*) FROM public.complaints WHERE customer_id <= 10").fetchone()[0]
-        base, ours = self.paired(lambda: self.run_pgbench(self.sizes.concurrent, 8, 10, "-c synchronous_commit=off"))
+        base, ours = self.paired(self.inserts("P8"))
         with psycopg.connect(self.dsn) as conn:
             after = conn.execute("SELECT sum(complaint_count) FROM public.customer_profiles"
                                  " WHERE customer_id <= 10").fetchone()[0]
