@@ -35,6 +35,7 @@ from sklearn.tree import DecisionTreeClassifier
 from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
 from pgscore_server import compiled
 from pgscore_server.features import to_frame
+from tests.floats import assert_within_ulps
 
 TEXT = {
     "gender": ["Female", "Male"],
@@ -211,7 +212,7 @@ def test_parity_with_predict_proba(family: str, pipelines: dict[str, Pipeline], 
 
     # Tuples in feature order are the fast form of the same rows.
     tuples = [tuple(r[f] for f in FEATURES) for r in score_rows[:2000]]
-    assert np.array_equal(evaluator.predict(tuples), got[:2000])
+    assert_within_ulps(evaluator.predict(tuples), got[:2000])
 
     edges = edge_rows(model)
     assert np.max(np.abs(evaluator.predict(edges) - reference(model, edges))) <= TOLERANCE
@@ -224,11 +225,11 @@ def test_parity_with_predict_proba(family: str, pipelines: dict[str, Pipeline], 
 
 
 @pytest.mark.parametrize("family", ["gbm", "hgb", "tree", "rf", "extra_trees"])
-def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, Pipeline],
-                                             score_rows: list[Row]) -> None:
+def test_one_row_equals_the_batch(family: str, pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
     """predict_one (generated Python from raw values to the leaves for small
     ensembles, the numpy walk for large ones, the general path for rows with
-    missing or unusual values) gives the batch's bits, edge rows included."""
+    missing or unusual values) gives the batch's scores to a few ulps (the
+    leaves are the same; their sum and exp round as the CPU does), edge rows included."""
     model = pipelines[family]
     evaluator = roundtrip(model)
     small = family in ("gbm", "hgb", "tree")
@@ -240,7 +241,7 @@ def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, P
     rows = score_rows[:1500] + edge_rows(model)
     batch = evaluator.predict(rows)
     one = np.array([evaluator.predict_one(row) for row in rows])
-    assert np.array_equal(one, batch)
+    assert_within_ulps(one, batch)
     if small:
         # The generated pipeline scores the usual rows itself (it would pass
         # the check above trivially by always handing over to the general path).
@@ -255,8 +256,8 @@ def test_one_row_equals_the_batch_to_the_bit(family: str, pipelines: dict[str, P
 
 
 @pytest.mark.parametrize("family", ["gbm", "rf"])
-def test_threaded_batch_walk_gives_the_same_bits(family: str, pipelines: dict[str, Pipeline],
-                                                 score_rows: list[Row]) -> None:
+def test_threaded_batch_walk_gives_the_same_scores(family: str, pipelines: dict[str, Pipeline],
+                                                   score_rows: list[Row]) -> None:
     """A large batch walked in several threads (scoring.score_many, rescore)
     scores every row exactly as one thread does, including rows whose
     missing values are imputed, and refuses what one thread refuses."""
@@ -266,7 +267,7 @@ def test_threaded_batch_walk_gives_the_same_bits(family: str, pipelines: dict[st
     columns = [list(column) for column in zip(*(evaluator._row(row) for row in rows))]
     one = evaluator.predict_columns(columns, threads=1)
     for threads in (2, 3):
-        assert np.array_equal(evaluator.predict_columns(columns, threads=threads), one)
+        assert_within_ulps(evaluator.predict_columns(columns, threads=threads), one)
     columns[FEATURES.index("monthly_charges")][12345] = math.inf  # the imputer and scaler refuse it
     with pytest.raises(ValueError, match="'monthly_charges'"):
         evaluator.predict_columns(columns, threads=2)
@@ -304,7 +305,7 @@ def test_one_input_encoded_twice_scores_one_row_like_the_batch(train: tuple[list
     probe = [{k: r[k] for k in features} for r in score_rows[:400]]
     expected = reference(model, probe, features)
     one = np.array([evaluator.predict_one(row) for row in probe])
-    assert np.array_equal(one, evaluator.predict(probe))
+    assert_within_ulps(one, evaluator.predict(probe))
     assert np.max(np.abs(one - expected)) <= TOLERANCE
 
 
@@ -348,12 +349,13 @@ def test_bare_trees_on_thresholds_and_missing_values(make: Any, train: tuple[lis
         assert abs(evaluator.predict_one(row) - reference(model, [row], features)[0]) <= TOLERANCE
 
 
-def test_bit_exact_for_demo_families(pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
-    """Beyond the 1e-9 contract: the same float operations give the same bits."""
+def test_within_a_few_ulps_for_demo_families(pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
+    """Beyond the 1e-9 contract: the same float operations, in pgscore's order
+    and scikit-learn's, agree to a few ulps on any CPU."""
     rows = score_rows[:5000]
     for family in ("lr", "gbm", "rf"):
         model = pipelines[family]
-        assert np.array_equal(roundtrip(model).predict(rows), reference(model, rows)), family
+        assert_within_ulps(roundtrip(model).predict(rows), reference(model, rows), what=family)
 
 
 def test_missing_category_single_row_follows_pandas_inference(train: tuple[list[Row], np.ndarray]) -> None:
@@ -579,7 +581,7 @@ CODED_VARIANTS = {
 @pytest.mark.parametrize("variant", list(CODED_VARIANTS))
 def test_category_codes_score_as_the_strings(variant: str, train: tuple[list[Row], np.ndarray]) -> None:
     """Text columns sent as category codes (what batch reads do) give the
-    bits and the errors the strings give, wherever the evaluator accepts the
+    scores (to a few ulps) and the errors the strings give, wherever the evaluator accepts the
     codes; it declines them only where they cannot say what the strings do:
     an unknown string the model names in its error."""
     import random
@@ -625,7 +627,7 @@ def test_category_codes_score_as_the_strings(variant: str, train: tuple[list[Row
             assert str(raised.value) == str(expected)
         else:
             outcomes["scored"] += 1
-            assert np.array_equal(evaluator.predict_columns(coded), expected)
+            assert_within_ulps(evaluator.predict_columns(coded), expected)
             part = slice(1, None)  # batch paths cut codes into chunks
             try:
                 strings_part: Any = evaluator.predict_columns([c[part] for c in columns])
@@ -635,8 +637,10 @@ def test_category_codes_score_as_the_strings(variant: str, train: tuple[list[Row
                 coded_part: Any = evaluator.predict_columns([c[part] for c in coded])
             except ValueError as exc:
                 coded_part = str(exc)
-            assert np.array_equal(coded_part, strings_part) if isinstance(coded_part, np.ndarray) else (
-                coded_part == strings_part)
+            if isinstance(coded_part, np.ndarray):
+                assert_within_ulps(coded_part, strings_part)
+            else:
+                assert coded_part == strings_part
     assert outcomes["scored"], outcomes
     if variant == "unknown_text_is_an_error":
         # A NULL contract is unknown without its string; 'Three year' needs it.

@@ -24,6 +24,7 @@ from pgscore.demo_data import (
     train_demo_model,
 )
 from pgscore_server.features import to_frame
+from tests.floats import assert_within_ulps
 
 ADDONS = (
     "online_security",
@@ -221,4 +222,4 @@ def test_save_model_round_trip(tmp_path: Path, trained: dict[str, tuple[Any, dic
     assert save_model(pipe, target) == str(target)
     loaded = joblib.load(target)
     X = to_frame(synthetic_profiles(100, seed=5), PROFILE_COLUMNS)
-    np.testing.assert_array_equal(loaded.predict_proba(X), pipe.predict_proba(X))
+    assert_within_ulps(loaded.predict_proba(X), pipe.predict_proba(X))

@@ -197,9 +197,13 @@ def test_kill_during_big_insert_keeps_counters_exact(crash_server, model_files):
                 conn.execute("SET scoring.on_error = 'raise'")
                 conn.execute("SELECT scoring.warmup()")
                 outcome["started"] = time.monotonic()
+                # Every 25,000th row sleeps 0.5 s: the statement runs for at least 4 s on
+                # any machine, so the crash at 1.5 s always finds it running.
                 conn.execute(
                     "INSERT INTO complaints (customer_id, channel, body)"
-                    " SELECT 1 + g %% %s, 'batch', 'big' FROM generate_series(1, %s) g", [PROFILES_A, BIG_ROWS])
+                    " SELECT 1 + g %% %s, 'batch', 'big' FROM generate_series(1, %s) g"
+                    " WHERE g %% 25000 <> 0 OR pg_catalog.length(pg_catalog.pg_sleep(0.5)::text) = 0",
+                    [PROFILES_A, BIG_ROWS])
                 outcome["big"] = "committed"
         except psycopg.OperationalError as exc:
             outcome["big"] = exc
