@@ -92,7 +92,7 @@ class SqlUnsupported(Exception):
         self.reason = reason
 
 
-#: Column types of the reference ``public.customer_profiles`` (DESIGN.md), with typmods.
+#: Column types of the reference ``public.customer_profiles`` (docs/contract.md), with typmods.
 PROFILE_COLUMN_TYPES: dict[str, str] = {
     "customer_id": "bigint",
     "gender": "text",

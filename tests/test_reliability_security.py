@@ -7,7 +7,7 @@ that it ran. The roles then put ``evil`` before pg_catalog in their
 search_path and use pgscore as usual: nothing of ``evil`` may run, and the
 results must be right.
 
-(b) Each role, logged in, can do what DESIGN.md gives it and gets
+(b) Each role, logged in, can do what docs/contract.md gives it and gets
 psycopg.errors.InsufficientPrivilege for everything else.
 """
 

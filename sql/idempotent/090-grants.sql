@@ -1,4 +1,4 @@
--- Least privilege for the three group roles (DESIGN.md "Roles").
+-- Least privilege for the three group roles (docs/contract.md, "Roles").
 -- Functions are executable by PUBLIC by default: take that back first.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA scoring FROM PUBLIC;
 REVOKE ALL ON ALL PROCEDURES IN SCHEMA scoring FROM PUBLIC;

@@ -1,4 +1,4 @@
--- The three group roles of DESIGN.md, and scoring_owner, which owns the
+-- The three group roles (docs/contract.md), and scoring_owner, which owns the
 -- scoring schema and runs its SECURITY DEFINER functions, so that nothing
 -- runs as a superuser after the migration. Roles are cluster-wide: create
 -- them only when absent, so a second database on the same cluster can
