@@ -3,6 +3,7 @@
 # PL/Python) when missing, the virtualenv, and the server's pinned runtime
 # (installed by `pgscore db start` on first use).
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -32,7 +33,15 @@ $(VENV)/.installed: pyproject.toml loader/runtime-requirements.txt loader/client
 demo: setup
 	$(BIN)/pgscore demo
 
-test: test-local test-docker
+# Both halves always run; the target fails if either did, after both summaries.
+test: setup
+	@set -o pipefail; mkdir -p .pgscore; \
+	$(BIN)/python -m pytest -m "not docker" -p no:cacheprovider 2>&1 | tee .pgscore/test-local.log; local=$$?; \
+	bash docker/test-docker.sh 2>&1 | tee .pgscore/test-docker.log; docker=$$?; \
+	echo "== summary"; \
+	echo "local:  $$(tail -n 1 .pgscore/test-local.log) (exit $$local)"; \
+	echo "docker: $$(tail -n 1 .pgscore/test-docker.log) (exit $$docker)"; \
+	[ $$local -eq 0 ] && [ $$docker -eq 0 ]
 
 test-local: setup
 	$(BIN)/python -m pytest -m "not docker" -p no:cacheprovider

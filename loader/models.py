@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 from pgscore_server import catalog, features, formats
 from pgscore_server import runtime as server_runtime
 
+from . import check_rows
 from .connection import connect
 
 # Profiles test-scored in the database before a push is accepted.
@@ -33,6 +34,8 @@ SAMPLE_SIZE = 200
 PARITY_TOLERANCE = 1e-9
 # Profiles the compiled form is checked on, locally, before it may be used.
 COMPILE_CHECK_SIZE = 2000
+# Generated rows also scored one at a time by scikit-learn, at most.
+ROW_BY_ROW_MAX = 150
 SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
 # 'auto' puts a model on the sql path only when its SQL is at most this long.
 # PostgreSQL sets the expression up again in every statement (about 4 ns per
@@ -246,9 +249,9 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     """(compiled bytes or None, scoring path, why) for a model about to be pushed.
 
     The compiled form is used only if it matches predict_proba to
-    PARITY_TOLERANCE on real profiles and on edge cases (see
-    :func:`edge_case_rows`). Raises PushError when 'compiled' was forced and
-    is not possible.
+    PARITY_TOLERANCE on real profiles and on rows generated from the model
+    (see :func:`check_rows_for`), and never when it was checked on no row at
+    all. Raises PushError when 'compiled' was forced and is not possible.
     """
     from .compile import UnsupportedModel, compile_model
 
@@ -257,12 +260,13 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     forced = wanted in ("compiled", "sql")
     try:
         compiled = compile_model(estimator)
-        ids = [row[0] for row in conn.execute(
-            "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [COMPILE_CHECK_SIZE])]
-        rows = fetch_feature_rows(conn, feature_names, ids)
-        edges = edge_case_rows(conn, feature_names)
-        worst = max(_batch_parity(estimator, compiled, rows) if rows else 0.0,
-                    _row_by_row_parity(estimator, compiled, rows[:50] + edges))
+        checks = check_rows_for(conn, compiled, feature_names)
+        if not checks.total:
+            raise UnsupportedModel("no profile and no generated row to check the compiled form on")
+        edges = checks.edges
+        worst = max(_batch_parity(estimator, compiled, checks.profiles) if checks.profiles else 0.0,
+                    _batch_parity(estimator, compiled, edges) if edges else 0.0,
+                    _row_by_row_parity(estimator, compiled, checks.profiles[:50] + _one_by_one_sample(checks)))
         if not worst <= PARITY_TOLERANCE:
             raise UnsupportedModel(f"compiled form differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
     except UnsupportedModel as exc:
@@ -273,16 +277,29 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
         if forced:
             raise PushError(f"{origin} cannot use the compiled path: {type(exc).__name__}: {exc}") from None
         return None, "sklearn", f"not compiled: checking it raised {type(exc).__name__}: {exc}"
-    return compiled.to_bytes(), "compiled", (
-        f"compiled; max difference {worst:.1e} over {len(rows)} profiles and {len(edges)} edge cases")
+    return compiled.to_bytes(), "compiled", f"compiled; max difference {worst:.1e} over {checks.describe()}"
+
+
+def _one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:
+    """Generated rows scored one at a time too (the trigger's case; pandas
+    infers a lone row's dtypes differently): every kind but the thresholds,
+    then thresholds sampled evenly up to ROW_BY_ROW_MAX rows in all (a row
+    through a ColumnTransformer costs scikit-learn several ms)."""
+    rows = [row for kind, generated in checks.generated.items() if kind != "thresholds" for row in generated]
+    thresholds = checks.generated.get("thresholds", [])
+    room = max(0, ROW_BY_ROW_MAX - len(rows))
+    return rows + (thresholds[:: max(1, -(-len(thresholds) // room))] if room else [])
 
 
 def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], wanted: str,
               origin: str, compiled_note: str | None) -> tuple[str, str | None]:
     """('sql', note) when the SQL the server generates for ``model_id`` equals
-    predict_proba to PARITY_TOLERANCE on real profiles and edge cases (and,
-    under 'auto', is short enough to pay off); else ('compiled', why not).
+    predict_proba to PARITY_TOLERANCE on real profiles and rows generated
+    from the model (and, under 'auto', is short enough to pay off); else
+    ('compiled', why not). Never 'sql' when no row was checked.
     Raises PushError when 'sql' was forced and is not possible."""
+    from .compile import CompiledModel
+
     def refuse(reason: str) -> tuple[str, str | None]:
         if wanted == "sql":
             raise PushError(f"{origin} cannot use the sql path: {reason}")
@@ -290,28 +307,23 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
 
     try:
         with conn.transaction():
-            expression = conn.execute("SELECT scoring.sql_expression(%s)", [model_id]).fetchone()[0]
+            expression, data = conn.execute(
+                "SELECT scoring.sql_expression(%s), compiled FROM scoring.models WHERE model_id = %s",
+                [model_id, model_id]).fetchone()
     except psycopg.Error as exc:
         return refuse(exc.diag.message_primary or str(exc))
     if wanted == "auto" and len(expression) > SQL_PATH_MAX_CHARS:
         return refuse(f"its SQL is {len(expression):,} characters (> {SQL_PATH_MAX_CHARS:,}); "
                       "slower per statement than the compiled path")
-    ids = [row[0] for row in conn.execute(
-        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [COMPILE_CHECK_SIZE])]
-    rows = fetch_feature_rows(conn, feature_names, ids)
+    checks = check_rows_for(conn, CompiledModel.from_bytes(data), feature_names)
+    if not checks.total:
+        return refuse("no profile and no generated row to check its SQL on")
+    ids = [row["customer_id"] for row in checks.profiles]
     in_sql = dict(conn.execute(
         f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
         [ids]).fetchall())
-    pairs = [(in_sql[row["customer_id"]], row) for row in rows]
-    edges = edge_case_rows(conn, feature_names)
-    for row in edges:
-        with conn.transaction():  # a value the profile table refuses (CHECK) is no edge case of the SQL
-            try:
-                pairs.append((conn.execute(
-                    f"SELECT {expression} FROM jsonb_populate_record(NULL::public.customer_profiles, %s) p",  # noqa: S608
-                    [Jsonb(row)]).fetchone()[0], row))
-            except psycopg.errors.DataException:
-                continue
+    pairs = [(in_sql[row["customer_id"]], row) for row in checks.profiles]
+    pairs += _sql_scores_of_rows(conn, expression, checks.edges)
     worst = 0.0
     for (in_db, row), local in zip(pairs, _scores_one_by_one(estimator, [row for _, row in pairs], feature_names)):
         if (in_db is None) != (local is None):
@@ -321,10 +333,29 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
             worst = max(worst, abs(in_db - local))
     if not worst <= PARITY_TOLERANCE:
         return refuse(f"SQL differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
-    note = (f"sql ({len(expression):,} characters); max difference {worst:.1e} over {len(rows)} profiles "
-            f"and {len(pairs) - len(rows)} edge cases")
+    note = f"sql ({len(expression):,} characters); max difference {worst:.1e} over {checks.describe()}"
     conn.execute("UPDATE scoring.models SET scoring_path = 'sql', path_note = %s WHERE model_id = %s", [note, model_id])
     return "sql", note
+
+
+def _sql_scores_of_rows(conn: psycopg.Connection, expression: str, rows: list[dict]) -> list[tuple[Any, dict]]:
+    """(the SQL's score, row) of rows that are no profile, each read as a
+    profile record; a batch the profile type refuses (a value out of a
+    column's range) is halved until the refused rows stand alone, and those
+    are left out: they are no input the SQL can meet."""
+    if not rows:
+        return []
+    try:
+        with conn.transaction():
+            scores = [score for _, score in conn.execute(
+                f"SELECT p.ordinality, {expression} FROM ROWS FROM (jsonb_populate_recordset(NULL::public.customer_profiles, %s))"  # noqa: S608
+                " WITH ORDINALITY AS p ORDER BY p.ordinality", [Jsonb(rows)]).fetchall()]
+        return list(zip(scores, rows))
+    except psycopg.errors.DataException:
+        if len(rows) == 1:
+            return []
+    middle = len(rows) // 2
+    return _sql_scores_of_rows(conn, expression, rows[:middle]) + _sql_scores_of_rows(conn, expression, rows[middle:])
 
 
 def _scores_one_by_one(estimator: Any, rows: list[dict], feature_names: list[str]) -> list[float | None]:
@@ -397,34 +428,18 @@ def _row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float
     return worst
 
 
-def edge_case_rows(conn: psycopg.Connection, feature_names: Sequence[str]) -> list[dict]:
-    """Profiles at the edges: zeros, extremes, NULLs where the column allows them.
-
-    Built from one real profile with one feature changed at a time, so each
-    row stays valid for the other features. Categorical values outside the
-    training set are left out: they raise or are ignored as the pipeline
-    says, and both evaluators must then agree, which check_parity covers by
-    raising.
-    """
-    columns = profile_columns(conn)
-    base_ids = [row[0] for row in conn.execute("SELECT customer_id FROM public.customer_profiles LIMIT 1")]
-    base_rows = fetch_feature_rows(conn, feature_names, base_ids)
-    if not base_rows:
-        return []
-    base = {key: value for key, value in base_rows[0].items() if key in feature_names}
-    edges: list[dict] = []
-    for name in feature_names:
-        kind = columns[name]
-        if kind in catalog.INTEGER_TYPES:
-            values: list[Any] = [0, 1, 72, 10**6, None]
-        elif kind in catalog.NUMBER_TYPES:
-            values = [0.0, 0.01, 18.25, 1e6, -1.0, None]
-        elif kind in catalog.BOOLEAN_TYPES:
-            values = [True, False, None]
-        else:
-            values = [None]
-        edges.extend({**base, name: value} for value in values)
-    return edges
+def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Sequence[str],
+                   size: int = COMPILE_CHECK_SIZE) -> check_rows.CheckRows:
+    """Up to ``size`` random real profiles, and rows generated from the
+    compiled model (``pgscore.check_rows``) on one of them, or on the model's
+    own typical values when the table is empty."""
+    ids = [row[0] for row in conn.execute(
+        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [size])]
+    profiles = fetch_feature_rows(conn, feature_names, ids)
+    base = {name: profiles[0][name] for name in feature_names} if profiles else None
+    declared = {name: declared for name, _type, declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+    generated = check_rows.generate(compiled.manifest, compiled.arrays, declared, base)
+    return check_rows.CheckRows(profiles, generated)
 
 
 def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], sample_size: int,

@@ -28,7 +28,7 @@ def trigger_source(db):
 def test_auto_puts_a_short_exact_model_on_the_sql_path(seeded, model_files):
     result = push_model(seeded.dsn("loader"), model_files["logreg"], name="churn", activate=True)
     assert result.scoring_path == "sql"
-    assert "max difference" in result.path_note and "edge cases" in result.path_note
+    assert "max difference" in result.path_note and "generated rows" in result.path_note
     assert f"for model_id {result.model_id} (scoring_path 'sql')" in trigger_source(seeded)
     with seeded.connect() as admin:
         definition = admin.execute("SELECT prosrc FROM pg_proc WHERE oid = 'scoring.score(bigint)'::regprocedure"
