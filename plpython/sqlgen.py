@@ -204,9 +204,24 @@ def _quote_ident(name: str) -> str:
 
 
 def _quote_literal(text: str) -> str:
+    """A string constant that reads back as ``text`` whatever the session's
+    standard_conforming_strings (any role may turn it off, and a generated
+    PL/pgSQL body is parsed in the caller's session): as PostgreSQL's own
+    quote_literal writes it, an E'' constant with backslashes doubled where
+    ``text`` has one, a plain constant otherwise."""
     if "\x00" in text:
         raise SqlUnsupported(f"category {text!r} contains a NUL character")
-    return "'" + text.replace("'", "''") + "'"
+    quoted = "'" + text.replace("'", "''") + "'"
+    if "\\" in text:
+        return "E" + quoted.replace("\\", "\\\\")
+    return quoted
+
+
+def _message(before: str, ref: str, after: str) -> str:
+    """Text SQL of a rejected row's message: ``before``, the column's value
+    (quoted, or NULL), ``after``; the constant parts quoted as literals, since
+    column, step and estimator names come from the model."""
+    return f"{_quote_literal(before)} || pg_catalog.quote_nullable({ref}::text) || {_quote_literal(after)}"
 
 
 def _f8(value: float) -> str:
@@ -587,21 +602,18 @@ class _Generator:
                 cond = f"{ref} IS NULL OR {ref} NOT IN ({', '.join(known)})"
             else:
                 cond = "true"
-            message = (
-                f"'pgscore: feature ''{_quote_literal(hot.column.name)[1:-1]}'': unknown category ' || "
-                f"pg_catalog.quote_nullable({ref}::text) || "
-                f"' (OneHotEncoder in step {_quote_literal(hot.step)[1:-1]}: handle_unknown=''error'')'"
-            )
+            message = _message(f"pgscore: feature '{hot.column.name}': unknown category ", ref,
+                               f" (OneHotEncoder in step {hot.step}: handle_unknown='error')")
             guards.append((cond, message))
         for feature in self.numeric:
             column = feature.column
-            name = _quote_literal(column.name)[1:-1]
+            prefix = f"pgscore: feature '{column.name}': value "
             status, _ = self._missing(feature)
             if status == "invalid":
                 guards.append((
                     column.missing_sql,
-                    f"'pgscore: feature ''{name}'': value ' || pg_catalog.quote_nullable({column.ref}::text) || "
-                    f"' is missing and {self.estimator} does not accept missing values here'",
+                    _message(prefix, column.ref,
+                             f" is missing and {self.estimator} does not accept missing values here"),
                 ))
             if self.allow_inf:
                 # SimpleImputer and StandardScaler refuse infinite input
@@ -609,8 +621,8 @@ class _Generator:
                 if feature.ops and column.kind == "num" and column.precision is None:
                     guards.append((
                         f"({column.ref} = 'Infinity' OR {column.ref} = '-Infinity')",
-                        f"'pgscore: feature ''{name}'': value ' || pg_catalog.quote_nullable({column.ref}::text) || "
-                        "' is infinite, which the pipeline''s SimpleImputer/StandardScaler refuses'",
+                        _message(prefix, column.ref,
+                                 " is infinite, which the pipeline's SimpleImputer/StandardScaler refuses"),
                     ))
                 continue
             # The valid non-missing values form an interval (the transform is monotone).
@@ -631,8 +643,7 @@ class _Generator:
             if conds:
                 guards.append((
                     " OR ".join(f"({c})" for c in conds),
-                    f"'pgscore: feature ''{name}'': value ' || pg_catalog.quote_nullable({column.ref}::text) || "
-                    f"' is infinite or too large for {self.estimator}'",
+                    _message(prefix, column.ref, f" is infinite or too large for {self.estimator}"),
                 ))
         return guards
 
