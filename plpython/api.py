@@ -79,6 +79,7 @@ def score_features(plpy: Any, cache: dict, model_name: str, document: str | None
 def score_bits_in_order(plpy: Any, cache: dict, customer_ids: list[int] | None, model_name: str) -> list[int]:
     """scoring.score_many on the Python paths: one score per id, in input
     order, as float8 bits (SQL decodes them and pairs them with the ids)."""
+    settings.check_batch_ids(plpy, cache, len(customer_ids or ()))
     model = registry.active_model(plpy, cache, model_name)
     return floatbits.as_bits(_score_ids(plpy, cache, model, customer_ids))
 
@@ -141,6 +142,12 @@ def on_complaints_inserted(plpy: Any, cache: dict, new_ids: list[int]) -> None:
 def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,
                   floats: list | None, ints: list | None, flags: list | None, texts: list | None) -> float | None:
     return trigger.score_profile(plpy, cache, model_id, customer_id, layout, (floats, ints, flags, texts))
+
+
+@sql_errors
+def score_rejected(plpy: Any, cache: dict, model_id: int, customer_id: int, message: str | None,
+                   mode: str | None) -> None:
+    return trigger.score_rejected(plpy, cache, model_id, customer_id, message, mode)
 
 
 @sql_errors

@@ -20,13 +20,18 @@ functions with versions that have the model written in:
   UPDATE with the expression; for 'compiled' ones the vectorised Python
   path (``scoring._score_new_complaints``).
 - ``scoring.score(bigint)`` and ``scoring.score_many(ids)`` for a 'sql'
-  model: no Python in the backend at all. A long expression's batches
+  model: no Python in the backend at all (until a row is rejected:
+  ``scoring._score_rejected`` raises or records it in Python). A long expression's batches
   (score_many, rescore) are scored with the compiled arrays in Python
   instead (BATCH_SQL_MAX_CHARS).
 
 The SQL is generated here, in the database, from the model's compiled
 arrays (numbers and quoted category literals only), never taken from text
-a loader supplied: these functions run as the schema owner. Every other
+a loader supplied: these functions run as the schema owner. A body is
+parsed in the session of whoever calls it first, under that session's
+standard_conforming_strings: every literal in it reads back the same either
+way (sqlgen writes E'' constants for text with a backslash; bodies and
+queries are quoted by plpy.quote_literal, which does the same). Every other
 model gets the Python path back (``scoring._install_scoring_functions()``
 in sql/idempotent/050-complaint-trigger.sql writes it first, then calls
 :func:`install` for models with a compiled form); the triggers on
@@ -36,7 +41,7 @@ or its path changes, in the same transaction.
 
 from __future__ import annotations
 
-from . import catalog, plans, registry
+from . import catalog, plans, registry, settings
 from .errors import NOT_IN_PREREQUISITE_STATE, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
@@ -165,6 +170,7 @@ DECLARE
     v_count integer := coalesce(cardinality(customer_ids), 0);
     v_missing bigint[];
     v_bits bigint[];
+    v_cap text;
 BEGIN
     IF model_name IS DISTINCT FROM 'churn' THEN
         -- Not inside RETURN QUERY, where planning would call it a second time.
@@ -174,7 +180,7 @@ BEGIN
         RETURN QUERY SELECT unnest(customer_ids), scoring._float8_from_bits(unnest(v_bits));
         RETURN;
     END IF;
-    IF array_position(customer_ids, NULL) IS NOT NULL THEN
+{batch_check}    IF array_position(customer_ids, NULL) IS NOT NULL THEN
         RAISE EXCEPTION 'customer_ids contains NULL'
             USING ERRCODE = 'invalid_parameter_value', HINT = 'remove NULLs, e.g. array_remove(ids, NULL)';
     END IF;
@@ -247,7 +253,8 @@ def _install_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any) -> str:
         return f"model_id {model_id} scored by generated SQL (batches in Python)"
     query = plpy.quote_literal(SCORE_MANY_JOIN.format(expression=raising))
     range_query = plpy.quote_literal(SCORE_MANY_RANGE.format(expression=raising))
-    _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, query=query, range_query=range_query))
+    _write(plpy, SCORE_MANY_SIGNATURE, SCORE_MANY_BODY.format(model_id=model_id, query=query, range_query=range_query,
+                                                              batch_check=settings.BATCH_IDS_CHECK_PLPGSQL))
     return f"model_id {model_id} scored by generated SQL"
 
 

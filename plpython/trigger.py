@@ -16,7 +16,9 @@ Usually two prepared statements:
 A scoring failure never loses the complaint: with scoring.on_error = 'keep'
 the counter still grows, the old score stays, and the failure goes to
 scoring.errors and a WARNING; with 'raise' the insert fails. The setting is
-read only when something failed.
+read only when something failed. What this client statement recorded
+already is kept in the backend's cache (GD), keyed by transaction and
+statement, never in a setting that any role could forge.
 
 :func:`score_profile` is the other entry: the generated PL/pgSQL trigger
 (pgscore_server.sqlpath) locks and updates the profile itself and calls it
@@ -74,6 +76,10 @@ STATEMENT_SQL = (
     "SELECT pg_catalog.pg_current_xact_id()::text || ' ' || pg_catalog.statement_timestamp()::text AS statement"
 )
 STILL_RECORDED_SQL = "SELECT coalesce(array_agg(error_id), '{}') AS kept FROM scoring.errors WHERE error_id = ANY($1)"
+MODEL_LABEL_SQL = (
+    "SELECT pg_catalog.format('model %L v%s (model_id %s)', m.name, m.version, m.model_id) AS label"
+    " FROM scoring.models m WHERE m.model_id = $1"
+)
 
 
 def on_complaints_inserted(plpy: Any, cache: dict, model_name: str, new_ids: list[int]) -> None:
@@ -222,6 +228,25 @@ def _not_yet_recorded(plpy: Any, cache: dict, model_id: int | None, failures: di
         kept = set(plans.run(plpy, cache, STILL_RECORDED_SQL, ["bigint[]"], [list(earlier.values())])[0]["kept"])
         failures = {c: e for c, e in failures.items() if earlier.get(c) not in kept}
     return failures, recorded
+
+
+def score_rejected(plpy: Any, cache: dict, model_id: int, customer_id: int, message: str | None,
+                   mode: str | None) -> None:
+    """A profile the generated SQL of the 'sql' path rejects (``message``
+    names the feature and the value): raises under 'raise' (``mode``, else
+    scoring.on_error), else records it as this path records its own failures
+    (once per client statement) and returns None, so the old score stays.
+    """
+    message = message or ""
+    rows = plans.run(plpy, cache, MODEL_LABEL_SQL, ["bigint"], [model_id])
+    label = rows[0]["label"] if rows.nrows() else f"model_id {model_id}"
+    prefix = "pgscore: "
+    reason = message[len(prefix):] if message.startswith(prefix) else message
+    failure = ScoringError(f"{label} failed to score: {reason}")
+    if settings.on_error(plpy, cache, mode) == "raise":
+        raise failure
+    _record(plpy, cache, model_id, {customer_id: failure})
+    return None
 
 
 def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,

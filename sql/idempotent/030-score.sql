@@ -33,15 +33,21 @@ COMMENT ON FUNCTION scoring.score(text, jsonb) IS 'probability for an arbitrary 
 -- passes every float through its text form (printed in Python, parsed
 -- here: ~1 us a score) and an integer costs a fraction of that. Plain SQL,
 -- so that queries inline it.
+-- No SET search_path: a SET clause stops the planner inlining a SQL function. Its body is
+-- parsed under the caller's search_path instead, so every operator, type and function in it
+-- is schema-qualified (OPERATOR(pg_catalog.&), pg_catalog.float8, ...): none can resolve to a
+-- look-alike in a schema the caller puts first (OPERATOR() syntax has one precedence: hence
+-- the parentheses).
 CREATE OR REPLACE FUNCTION scoring._float8_from_bits(bits bigint)
 RETURNS double precision
 LANGUAGE sql
 IMMUTABLE PARALLEL SAFE
 AS $$
-SELECT CASE WHEN bits < 4503599627370496  -- exponent field 0: zero or subnormal, significand * 2^-1074
-            THEN bits::float8 * 4.9406564584124654e-324::float8
-            ELSE ((bits & 4503599627370495) + 4503599627370496)::float8
-                 * pg_catalog.power(2::float8, ((bits >> 52) - 1075)::float8) END
+SELECT CASE WHEN bits OPERATOR(pg_catalog.<) 4503599627370496  -- exponent field 0: zero or subnormal, significand * 2^-1074
+            THEN bits::pg_catalog.float8 OPERATOR(pg_catalog.*) 4.9406564584124654e-324::pg_catalog.float8
+            ELSE ((bits OPERATOR(pg_catalog.&) 4503599627370495) OPERATOR(pg_catalog.+) 4503599627370496)::pg_catalog.float8
+                 OPERATOR(pg_catalog.*) pg_catalog.power(2::pg_catalog.float8,
+                                                         ((bits OPERATOR(pg_catalog.>>) 52) OPERATOR(pg_catalog.-) 1075)::pg_catalog.float8) END
 $$;
 COMMENT ON FUNCTION scoring._float8_from_bits(bigint) IS 'internal: a non-negative float8 from its IEEE 754 bits, as scores cross from Python';
 

@@ -7,7 +7,8 @@
 -- Chosen by the active churn model's scoring_path:
 --   'sql'       generated PL/pgSQL with the model's SQL expression written in
 --               (pgscore_server.sqlpath), no Python in the inserting backend
---               (one customer with a long expression: scoring._score_profile);
+--               (one customer with a long expression: scoring._score_profile;
+--               a rejected row: scoring._score_rejected);
 --   'compiled'  generated PL/pgSQL: one customer is locked, counted and
 --               updated in SQL, scored by scoring._score_profile (Python,
 --               compiled numpy evaluator); several go to the Python path;
@@ -39,6 +40,7 @@ CREATE OR REPLACE FUNCTION scoring._score_profile(model_id bigint, customer_id b
                                                   flags boolean[], texts text[])
 RETURNS double precision
 LANGUAGE plpython3u
+SET search_path = pg_catalog, pg_temp
 AS $python$
 #pgscore:runtime
 return api.score_profile(plpy, GD, model_id, customer_id, layout, floats, ints, flags, texts)
@@ -49,47 +51,22 @@ COMMENT ON FUNCTION scoring._score_profile(bigint, bigint, text, double precisio
 -- A row the 'sql' path cannot score (the same rows the Python evaluator
 -- rejects): with scoring.on_error = 'keep' (or mode NULL and no setting)
 -- the complaint stays and the old score too, the failure goes to
--- scoring.errors and a WARNING; with 'raise' the statement fails.
+-- scoring.errors and a WARNING, once per client statement; with 'raise'
+-- (or mode 'raise') the statement fails. The same rule as the Python path
+-- (pgscore_server.trigger), which keeps what it recorded in this backend's
+-- memory: no setting a caller could forge decides that a failure was
+-- recorded already.
+-- Not a security definer: the loader's rescore raises through it (it needs
+-- only to read the model's name), and only the owner, whose trigger calls it
+-- with mode NULL, may write scoring.errors.
 CREATE OR REPLACE FUNCTION scoring._score_rejected(model_id bigint, customer_id bigint, message text, mode text)
 RETURNS double precision
-LANGUAGE plpgsql
-SECURITY DEFINER
+LANGUAGE plpython3u
 SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    setting text := lower(btrim(coalesce(mode, nullif(current_setting('scoring.on_error', true), ''), 'keep')));
-    label text;
-    -- This failure in this client statement: when a concurrent insert for the
-    -- same customer committed first, PostgreSQL evaluates the trigger's UPDATE
-    -- again on the newer row version (EvalPlanQual) and calls this again.
-    failure text := format('%s %s %s %s', pg_current_xact_id(), statement_timestamp(),
-                           _score_rejected.model_id, _score_rejected.customer_id);
-    previous text := current_setting('pgscore.recorded_rejection', true);
-    recorded bigint;
-BEGIN
-    SELECT format('model %L v%s (model_id %s)', m.name, m.version, m.model_id) INTO label
-      FROM scoring.models m WHERE m.model_id = _score_rejected.model_id;
-    message := format('%s failed to score: %s', label, regexp_replace(message, '^pgscore: ', ''));
-    IF setting NOT IN ('keep', 'raise') THEN
-        RAISE EXCEPTION 'scoring.on_error is %; it must be ''keep'' or ''raise''', quote_literal(setting)
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'SET scoring.on_error = ''keep''  -- or ''raise''';
-    END IF;
-    IF setting = 'raise' THEN
-        RAISE EXCEPTION '%', message USING ERRCODE = 'external_routine_invocation_exception';
-    END IF;
-    IF split_part(previous, '|', 1) = failure
-       AND EXISTS (SELECT FROM scoring.errors e WHERE e.error_id = split_part(previous, '|', 2)::bigint) THEN
-        RETURN NULL;  -- recorded already (and not rolled back since)
-    END IF;
-    INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message)
-    VALUES (_score_rejected.model_id, _score_rejected.customer_id, '39000', message)
-    RETURNING error_id INTO recorded;
-    PERFORM set_config('pgscore.recorded_rejection', failure || '|' || recorded, true);
-    RAISE WARNING 'complaint saved but not scored for customer_id %: %', customer_id, message
-        USING HINT = 'see scoring.errors; SET scoring.on_error = ''raise'' to make such inserts fail instead';
-    RETURN NULL;
-END
-$$;
+AS $python$
+#pgscore:runtime
+return api.score_rejected(plpy, GD, model_id, customer_id, message, mode)
+$python$;
 COMMENT ON FUNCTION scoring._score_rejected(bigint, bigint, text, text) IS 'internal: a profile the sql scoring path rejects';
 
 CREATE OR REPLACE FUNCTION scoring.sql_expression(model_id bigint)

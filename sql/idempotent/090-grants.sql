@@ -35,3 +35,6 @@ GRANT EXECUTE ON FUNCTION scoring.activate(text, integer), scoring.rollback(text
                           scoring.sql_expression(bigint), scoring._load_runtime(),
                           scoring._float8_from_bits(bigint) TO scoring_loader;  -- rescore writes scores with it
 GRANT EXECUTE ON PROCEDURE scoring.rescore(text, integer) TO scoring_loader;
+-- rescore's UPDATE on the sql path raises through it for a profile the model
+-- rejects; it runs with the caller's rights, so the loader still cannot write scoring.errors.
+GRANT EXECUTE ON FUNCTION scoring._score_rejected(bigint, bigint, text, text) TO scoring_loader;
