@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import localdb, models
+from . import approvals, localdb, models
 from .connection import connect, resolve_conninfo
 from .migrate import migrate
 
@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("migrate", cmd_migrate, "alembic upgrade head on the target database")
 
     push = command("push", cmd_push, "validate, upload and test-score a model")
-    push.add_argument("file", help="a joblib file with a fitted scikit-learn classifier")
+    push.add_argument("file", help="a fitted scikit-learn classifier saved with skops.io.dump (.skops) or joblib.dump "
+                                   "(.joblib: a pickle, unpickled in a child process without database credentials)")
     push.add_argument("--name", required=True, help="model name, e.g. churn")
     push.add_argument("--activate", action="store_true", help="make it the active version")
     push.add_argument("--note", help="free text kept with the version")
@@ -76,6 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--format", choices=("skops", "joblib"), default="skops",
                       help="how the blob is stored: skops (default; only trusted types are rebuilt) or "
                            "joblib (a pickle: loading it runs code; push only models you trust)")
+    push.add_argument("--i-trust-this-pickle", action="store_true",
+                      help="unpickle a joblib file in this process (runs its code here), for pipelines skops "
+                           "cannot rebuild; the server still loads a joblib blob only once a superuser approved it")
+
+    approve = command("approve", cmd_approve,
+                      "as a superuser: let the server unpickle a model blob with this sha256 (runs its code)")
+    approve.add_argument("sha256", nargs="?", help="the blob's sha256 (64 hex digits), as the refusal shows it")
+    approve.add_argument("--note", help="why it is trusted, kept with the approval")
+    approve.add_argument("--revoke", action="store_true", help="withdraw the approval of SHA256 instead")
+    approve.add_argument("--list", action="store_true", help="list the approved sha256s and their models")
 
     listing = command("models", cmd_models, "list model versions, which is active, metrics")
     listing.add_argument("--name", help="only this model name")
@@ -147,7 +158,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     result = models.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
-                               scoring_path=args.path, format=args.format)
+                               scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
     print(f"stored as {args.format}; scoring path: {result.scoring_path} ({result.path_note})")
@@ -155,6 +166,35 @@ def cmd_push(args: argparse.Namespace) -> None:
         print(f"test-scored {result.sample_size} profiles in the database: max difference {result.max_abs_diff:.2g}")
     for note in result.notes:
         print(f"note: {note}")
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    if args.list:
+        rows = approvals.list_approvals(args.dsn)
+        if not rows:
+            print("no pickle is approved: the server unpickles no model blob")
+            return 0
+        print_table(["sha256", "approved", "by", "models", "note"],
+                    [[r["sha256"], f"{r['approved_at']:%Y-%m-%d %H:%M}", r["approved_by"], r["models"] or "-",
+                      r["note"] or ""] for r in rows])
+        return 0
+    if not args.sha256:
+        print("pgscore: give the SHA256 to approve (or --list)", file=sys.stderr)
+        return 2
+    try:
+        if args.revoke:
+            found = approvals.revoke(args.dsn, args.sha256)
+            print(f"revoked {args.sha256}" if found else f"{args.sha256} was not approved")
+            return 0
+        pushed = approvals.approve(args.dsn, args.sha256, args.note)
+    except ValueError as exc:
+        print(f"pgscore: {exc}", file=sys.stderr)
+        return 1
+    print(f"approved {args.sha256.strip().lower()}: the server may now unpickle it, which runs its code as the "
+          "server's OS user")
+    print(f"models with this blob: {', '.join(pushed)}" if pushed else
+          "no pushed model has this blob yet: push it with --format joblib")
+    return 0
 
 
 def cmd_models(args: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgscore_server import catalog, features, formats
+from pgscore_server import approvals, catalog, features, formats
 from pgscore_server import runtime as server_runtime
 
 from . import check_rows
@@ -65,21 +65,130 @@ class PushResult:
     notes: list[str] = field(default_factory=list)
 
 
-def load_model_file(path: str | os.PathLike) -> tuple[Any, bytes, dict[str, str]]:
-    """(estimator, file bytes, versions it was saved with) of a joblib file.
+# What a model file must be, said whenever a file is not one.
+EXPECTED_FILE = ("pgscore push expects a fitted scikit-learn estimator saved with joblib.dump (.joblib) "
+                 "or skops.io.dump (.skops)")
+# How long the child process may take to unpickle and convert a joblib file.
+UNPICKLE_TIMEOUT = 600
+# What the child made of the last few joblib files (by their sha256): the
+# same file pushed again in this process is not unpickled again (a child
+# costs 1-3 s, mostly importing scikit-learn and skops).
+_CONVERTED: dict[str, tuple[dict, bytes]] = {}
+_CONVERTED_KEPT = 4
+# Leading bytes of a pickle (protocol 2 and later, as joblib.dump writes)
+# and of joblib's compressed files (zlib, gzip, bz2, xz, lzma, lz4).
+_PICKLE_MAGIC = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00", b"\x5d\x00\x00", b"\x04\x22\x4d\x18")
+_ZIP_MAGIC = b"PK\x03\x04"  # a skops file is a zip archive
 
-    Raises PushError when the file is missing or does not load.
+
+def file_format(data: bytes) -> str | None:
+    """'skops' or 'joblib' by a file's leading bytes (not its name), None for anything else."""
+    if data.startswith(_ZIP_MAGIC):
+        return "skops"
+    if data.startswith(_PICKLE_MAGIC):
+        return "joblib"
+    return None
+
+
+def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[Any, bytes, dict[str, str]]:
+    """(estimator, file bytes, versions it was saved with) of a skops or joblib file.
+
+    A skops file is loaded here with skops' trusted-types check: no pickle.
+    A joblib file is a pickle, which runs code when loaded: it is unpickled
+    in a child process without the database's credentials that hands back
+    the model in skops form (see :mod:`pgscore.unpickle`), and only with
+    ``trust_pickle`` in this process (for models skops cannot represent).
+    Raises PushError when the file is missing, not a model file, or does not load.
     """
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         raise PushError(f"cannot read model file {path}: {exc.strerror}") from None
-    estimator, saved = _load_blob(blob, str(path))
-    return estimator, blob, saved
+    origin = str(path)
+    kind = file_format(data)
+    if kind is None:
+        raise PushError(f"{origin} is not a model file: {EXPECTED_FILE}")
+    if kind == "skops":
+        return _load_skops(data, origin), data, dict(server_runtime.versions())
+    if trust_pickle:
+        estimator, saved = _load_blob(data, origin)
+    else:
+        estimator, saved = _unpickle_in_child(data, origin)
+    return estimator, data, saved
+
+
+def _load_skops(data: bytes, origin: str) -> Any:
+    try:
+        return formats.loads(data, "skops")
+    except formats.UntrustedTypes as exc:
+        raise PushError(f"{origin} needs types pgscore does not trust in skops format: {', '.join(exc.types)}; "
+                        "use scikit-learn estimators only") from None
+    except Exception as exc:
+        raise PushError(f"{origin} is not a loadable skops model ({type(exc).__name__}: {exc}): "
+                        f"{EXPECTED_FILE}") from None
+
+
+def child_environment() -> dict[str, str]:
+    """This process's environment without what locates or unlocks a database:
+    DATABASE_URL and every PG* variable go; libpq's password and service
+    files point nowhere."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith("PG") and key != "DATABASE_URL"}
+    env.update(PGPASSFILE=os.devnull, PGSERVICEFILE=os.devnull, PGSYSCONFDIR=os.devnull)
+    return env
+
+
+def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
+    """(estimator rebuilt from skops bytes, saved versions) of a joblib file
+    unpickled by ``python -m pgscore.unpickle``. Raises PushError."""
+    import subprocess
+    import sys
+
+    digest = hashlib.sha256(data).hexdigest()
+    if digest in _CONVERTED:
+        report, skops_bytes = _CONVERTED[digest]
+    else:
+        try:
+            done = subprocess.run([sys.executable, "-P", "-m", "pgscore.unpickle"], input=data, capture_output=True,
+                                  env=child_environment(), timeout=UNPICKLE_TIMEOUT, close_fds=True, check=False)
+        except subprocess.TimeoutExpired:
+            raise PushError(f"{origin} took more than {UNPICKLE_TIMEOUT} s to unpickle; not pushed") from None
+        out = done.stdout
+        size = int.from_bytes(out[:8], "big") if len(out) >= 8 else -1
+        try:
+            report = json.loads(out[8:8 + size]) if 0 <= size <= len(out) - 8 else None
+        except ValueError:
+            report = None
+        if done.returncode != 0 or not isinstance(report, dict):
+            last = (done.stderr.decode(errors="replace").strip().splitlines() or [""])[-1]
+            raise PushError(f"{origin} could not be loaded as a joblib model: the process unpickling it exited "
+                            f"with status {done.returncode}" + (f" ({last})" if last else "") + f"; {EXPECTED_FILE}")
+        skops_bytes = out[8 + size:]
+        _CONVERTED[digest] = (report, skops_bytes)
+        while len(_CONVERTED) > _CONVERTED_KEPT:
+            del _CONVERTED[next(iter(_CONVERTED))]
+    if "error" in report:
+        raise PushError(f"{origin} could not be loaded as a joblib model ({report['error']}): {EXPECTED_FILE}")
+    refused = report.get("untrusted") or []
+    if "skops_error" in report or refused:
+        why = report.get("skops_error") or "it needs types pgscore does not trust: " + ", ".join(map(str, refused))
+        raise PushError(
+            f"{origin} holds a {report.get('type')} that pgscore cannot rebuild without unpickling it ({why}). "
+            "Checking it here would run the pickle's code in this process: if you made or trust the file, push it "
+            "with --i-trust-this-pickle and --format joblib (the server then loads it only once a superuser has "
+            "run pgscore approve on its sha256)")
+    # Rebuilt here from the skops bytes, with the trusted-types check again:
+    # nothing the child reports is taken on trust.
+    estimator = _load_skops(skops_bytes, origin)
+    saved = report.get("saved")
+    if not isinstance(saved, dict):
+        saved = dict(server_runtime.versions())
+    return estimator, {str(k): (None if v is None else str(v)) for k, v in saved.items()}
 
 
 def _load_blob(blob: bytes, origin: str) -> tuple[Any, dict[str, str]]:
+    """Unpickles a joblib file in this process: only with --i-trust-this-pickle."""
     import joblib
     from sklearn.exceptions import InconsistentVersionWarning
 
@@ -90,7 +199,7 @@ def _load_blob(blob: bytes, origin: str) -> tuple[Any, dict[str, str]]:
             estimator = joblib.load(io.BytesIO(blob))
         except Exception as exc:
             raise PushError(
-                f"{origin} is not a loadable joblib model: {type(exc).__name__}: {exc}"
+                f"{origin} could not be loaded as a joblib model ({type(exc).__name__}: {exc}): {EXPECTED_FILE}"
             ) from None
     for warning in caught:
         if isinstance(warning.message, InconsistentVersionWarning):
@@ -151,10 +260,13 @@ def push_model(
     sample_size: int = SAMPLE_SIZE,
     scoring_path: str = "auto",
     format: str = "skops",
+    trust_pickle: bool = False,
 ) -> PushResult:
     """Validates, uploads and test-scores a model; activates it if asked.
 
-    ``model_or_path`` is a joblib file or a fitted estimator.
+    ``model_or_path`` is a skops or joblib file (see :func:`load_model_file`;
+    ``trust_pickle`` lets it unpickle a joblib file in this process) or a
+    fitted estimator.
     ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
     unpickled in the server) when the pipeline compiles and matches
     predict_proba to 1e-9, else scikit-learn; and of a compiled model whose
@@ -163,7 +275,8 @@ def push_model(
     'compiled' or 'sklearn' force one.
     ``format``: how the blob is stored: 'skops' (default; the server rebuilds
     only trusted types) or 'joblib' (a pickle: loading it runs code; only on
-    explicit request).
+    explicit request, and on the scikit-learn path the server loads it only
+    once a superuser approved its sha256: ``pgscore approve``).
     Raises PushError (nothing written) when the model is refused, and
     psycopg errors for connection or permission problems.
     """
@@ -174,7 +287,7 @@ def push_model(
     file_bytes = None
     if isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
-        estimator, file_bytes, saved = load_model_file(model_or_path)
+        estimator, file_bytes, saved = load_model_file(model_or_path, trust_pickle=trust_pickle)
         if metrics is None:
             metrics = _sidecar_metrics(Path(model_or_path))
     else:
@@ -183,8 +296,10 @@ def push_model(
     feature_names = check_estimator(estimator, origin)
     if format == "skops":
         blob = _skops_blob(estimator, origin)
-    else:  # a joblib file is uploaded as it is
-        blob = file_bytes if file_bytes is not None else formats.dumps(estimator, "joblib")
+    elif file_bytes is not None and file_format(file_bytes) == "joblib":  # a joblib file is uploaded as it is
+        blob = file_bytes
+    else:
+        blob = formats.dumps(estimator, "joblib")
     local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
     if local_problems:
         raise PushError(
@@ -211,6 +326,8 @@ def push_model(
                 "or re-save the model with the server's versions"
             )
         compiled, path, path_note = _compile(conn, estimator, feature_names, scoring_path, origin)
+        if path == "sklearn":
+            _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})")
         with conn.transaction():
             model_id, version = conn.execute(
                 "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime,"
@@ -226,6 +343,20 @@ def push_model(
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes)
+
+
+def _require_approval(conn: psycopg.Connection, fmt: str, digest: str, subject: str) -> None:
+    """Raises PushError before anything is written when the server would
+    refuse to unpickle the blob (pgscore_server.approvals.require decides
+    the same there): a pickle on the scikit-learn path whose sha256 no
+    superuser approved."""
+    if not formats.unpickles(fmt):
+        return
+    approved = conn.execute("SELECT EXISTS (SELECT FROM scoring_trusted.approved_pickles WHERE sha256 = %s)",
+                            [digest]).fetchone()[0]
+    if not approved:
+        message, hint = approvals.refusal_text(subject, fmt, digest)
+        raise PushError(f"{message}; {hint}; then push it again. Nothing was pushed")
 
 
 def _skops_blob(estimator: Any, origin: str) -> bytes:

@@ -4,7 +4,9 @@ Function bodies under sql/idempotent/ hold a ``#pgscore:runtime`` line where
 the in-database Python is needed; it becomes a check that this backend has
 imported the current code (by its sha256) and an import of
 ``pgscore_server.api``. The code itself is stored in
-``scoring.runtime_modules`` (the ``-- {{RUNTIME_MODULES}}`` line).
+``scoring_trusted.runtime_modules`` (the ``-- {{RUNTIME_MODULES}}`` line), a
+schema that only the migrating superuser owns, and imported by
+``scoring_trusted.load_runtime()``.
 """
 
 from __future__ import annotations
@@ -47,20 +49,31 @@ def idempotent_files() -> list[str]:
 
 
 def modules_sql(sources: dict[str, str]) -> str:
-    statements = ["DELETE FROM scoring.runtime_modules;"]
+    statements = ["DELETE FROM scoring_trusted.runtime_modules;"]
     for module, source in sources.items():
         if SOURCE_QUOTE in source:
             raise ValueError(f"{module} contains {SOURCE_QUOTE}, which the renderer uses to quote sources")
         statements.append(
-            f"INSERT INTO scoring.runtime_modules (module, source) VALUES ('{module}', {SOURCE_QUOTE}{source}{SOURCE_QUOTE});"
+            f"INSERT INTO scoring_trusted.runtime_modules (module, source)"
+            f" VALUES ('{module}', {SOURCE_QUOTE}{source}{SOURCE_QUOTE});"
         )
     return "\n".join(statements)
 
 
 def runtime_shim(sha: str) -> str:
+    """The lines that make a function body's ``api`` the stored code of ``sha``.
+
+    The loader is called schema-qualified in scoring_trusted, which no
+    pgscore role can write: nothing in schema scoring (whose owner may drop
+    and recreate its objects) decides which code is imported. A backend
+    whose loader did not install that code stops rather than import a
+    ``pgscore_server`` from anywhere else (the file system)."""
     return (
         f'if GD.get("pgscore_server.code_sha") != "{sha}":\n'
-        '    plpy.execute("SELECT scoring._load_runtime()")\n'
+        '    plpy.execute("SELECT scoring_trusted.load_runtime()")\n'
+        f'    if GD.get("pgscore_server.code_sha") != "{sha}":\n'
+        '        plpy.error("pgscore\'s in-database code is not the code this function was installed with",\n'
+        '                   hint="run the migrations again (pgscore migrate), then start a new session")\n'
         "from pgscore_server import api"
     )
 

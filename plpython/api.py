@@ -173,6 +173,14 @@ def warmup(plpy: Any, cache: dict, model_name: str) -> None:
 
 
 @sql_errors
+def require_loadable(plpy: Any, cache: dict, model_id: int, path: str | None) -> None:
+    """scoring._require_loadable: refuses a pickle no superuser approved (approvals.check_model)."""
+    from . import approvals
+
+    approvals.check_model(plpy, cache, model_id, path)
+
+
+@sql_errors
 def runtime_info(plpy: Any, cache: dict) -> str:
     import json  # here, as in score_features: scoring profiles never needs it
 

@@ -19,7 +19,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from . import catalog, features, plans, runtime
+from . import approvals, catalog, features, plans, runtime
 from .errors import (
     INVALID_PARAMETER_VALUE,
     MODEL_FAILED,
@@ -292,8 +292,10 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     else:
         blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
         verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
+        # The one gate before a blob is deserialised: a pickle needs a superuser's approval of its sha256.
+        approved = approvals.require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"])
         runtime.check_compatible(runtime.parse_recorded(row["runtime"]), label)
-        estimator = deserialize(row["format"], blob, label)
+        estimator = deserialize(row["format"], blob, label, approved)
     model = LoadedModel(
         model_id=model_id,
         name=row["name"],
@@ -342,12 +344,13 @@ def load_compiled(data: bytes, label: str) -> Any:
         ) from None
 
 
-def deserialize(fmt: str, blob: bytes, label: str) -> Any:
-    """The estimator in ``blob``. Only called on a blob whose sha256 was verified."""
+def deserialize(fmt: str, blob: bytes, label: str, approved_sha256: str | None = None) -> Any:
+    """The estimator in ``blob``. Only called on a blob whose sha256 was
+    verified, and for a pickle with the digest approvals.require returned."""
     from . import formats
 
     try:
-        estimator = formats.loads(blob, fmt)
+        estimator = formats.loads(blob, fmt, approved_sha256)
     except formats.UntrustedTypes as exc:
         raise ScoringError(
             f"{label} needs types pgscore does not trust: {', '.join(exc.types)}; refusing to load it",

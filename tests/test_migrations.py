@@ -30,8 +30,10 @@ def schema_objects(dsn):
     with psycopg.connect(dsn) as conn:
         return conn.execute(
             "SELECT n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')'"
-            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'scoring'"
-            " UNION ALL SELECT schemaname || '.' || tablename FROM pg_tables WHERE schemaname = 'scoring'"
+            " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname IN ('scoring', 'scoring_trusted')"
+            " UNION ALL SELECT schemaname || '.' || tablename FROM pg_tables"
+            " WHERE schemaname IN ('scoring', 'scoring_trusted')"
             " OR tablename IN ('customer_profiles', 'complaints') ORDER BY 1").fetchall()
 
 
@@ -39,12 +41,15 @@ def test_upgrade_downgrade_upgrade(empty_db):
     migrate(empty_db)
     installed = schema_objects(empty_db)
     assert ("scoring.score(customer_id bigint)",) in installed
+    assert ("scoring_trusted.load_runtime()",) in installed
     downgrade(empty_db, "base")
     assert schema_objects(empty_db) == []
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT to_regnamespace('scoring_trusted')").fetchone()[0] is None
     migrate(empty_db)
     assert schema_objects(empty_db) == installed
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0008"
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0009"
 
 
 def function_definitions(dsn):
@@ -55,8 +60,11 @@ def function_definitions(dsn):
 
 
 def runtime_modules(dsn):
+    """The stored in-database Python: in scoring_trusted from 0009, in scoring before."""
     with psycopg.connect(dsn) as conn:
-        return conn.execute("SELECT module, source FROM scoring.runtime_modules ORDER BY 1").fetchall()
+        table = conn.execute("SELECT coalesce(to_regclass('scoring_trusted.runtime_modules'),"
+                             " to_regclass('scoring.runtime_modules'))::text").fetchone()[0]
+        return conn.execute(f"SELECT module, source FROM {table} ORDER BY 1").fetchall()  # noqa: S608
 
 
 @pytest.mark.parametrize("revision, later_function", [
@@ -67,6 +75,7 @@ def runtime_modules(dsn):
     ("0005", None),  # 0006 adds a column (test below) and in-database code
     ("0006", None),  # 0007 changes only in-database code
     ("0007", "scoring._score_bits_py(customer_ids bigint[], model_name text)"),
+    ("0008", "scoring_trusted.load_runtime()"),  # 0009 moves the runtime out of scoring
 ])
 def test_downgrading_to_a_revision_restores_it_exactly(empty_db, revision, later_function):
     migrate(empty_db, revision)
@@ -98,15 +107,17 @@ def runtime_info(dsn):
 def test_backends_import_the_code_the_migration_compiled(empty_db):
     migrate(empty_db)
     with psycopg.connect(empty_db, autocommit=True) as conn:
-        assert conn.execute("SELECT count(*) FROM scoring.runtime_modules WHERE bytecode IS NULL").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM scoring_trusted.runtime_modules WHERE bytecode IS NULL"
+                            ).fetchone()[0] == 0
         assert runtime_info(empty_db)["code_from"] == "bytecode"
         # Code stamped for another interpreter (or code sha) is not run: the sources are compiled.
-        conn.execute("UPDATE scoring.runtime_modules SET bytecode = 'other'::bytea || bytecode"
+        conn.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = 'other'::bytea || bytecode"
                      " WHERE module = 'pgscore_server.plans'")
         info = runtime_info(empty_db)
         assert info["code_from"] == "source"
-        assert info["schema_revision"] == "0008"
-        conn.execute("UPDATE scoring.runtime_modules SET bytecode = NULL WHERE module = 'pgscore_server.plans'")
+        assert info["schema_revision"] == "0009"
+        conn.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = NULL"
+                     " WHERE module = 'pgscore_server.plans'")
         assert runtime_info(empty_db)["code_from"] == "source"
     downgrade(empty_db, "0005")
     with psycopg.connect(empty_db) as conn:
@@ -119,7 +130,7 @@ def test_running_migrations_twice_is_harmless(empty_db):
     migrate(empty_db)
     migrate(empty_db)
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0009",)]
 
 
 def test_offline_sql_is_reviewable_without_a_database():
@@ -130,7 +141,7 @@ def test_offline_sql_is_reviewable_without_a_database():
     assert result.returncode == 0, result.stderr
     sql = result.stdout
     assert "CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)" in sql
-    assert "INSERT INTO scoring.runtime_modules" in sql
+    assert "INSERT INTO scoring_trusted.runtime_modules" in sql
     assert "#pgscore:runtime" not in sql  # every marker was rendered
     assert sql.count("SET search_path = pg_catalog, pg_temp") >= 8
 
@@ -161,13 +172,23 @@ def test_scoring_objects_belong_to_a_role_that_is_not_superuser(db):
         owners = conn.execute(
             "SELECT DISTINCT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.pronamespace = 'scoring'::regnamespace"
             " UNION SELECT pg_get_userbyid(c.relowner) FROM pg_class c"
-            " WHERE c.relnamespace = 'scoring'::regnamespace AND c.relkind IN ('r', 'v')"
-            " AND c.relname <> 'runtime_modules'").fetchall()
+            " WHERE c.relnamespace = 'scoring'::regnamespace AND c.relkind IN ('r', 'v')").fetchall()
         superuser = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = 'scoring_owner'").fetchone()[0]
+        trusted_owners = conn.execute(
+            "SELECT DISTINCT r.rolsuper FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner"
+            " WHERE n.nspname = 'scoring_trusted'"
+            " UNION SELECT r.rolsuper FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+            " WHERE c.relnamespace = 'scoring_trusted'::regnamespace"
+            " UNION SELECT r.rolsuper FROM pg_proc p JOIN pg_roles r ON r.oid = p.proowner"
+            " WHERE p.pronamespace = 'scoring_trusted'::regnamespace").fetchall()
         code_writers = conn.execute(
-            "SELECT r.rolname FROM pg_roles r WHERE NOT r.rolsuper AND r.rolname LIKE 'scoring%'"
-            " AND (has_table_privilege(r.oid, 'scoring.runtime_modules', 'INSERT')"
-            " OR has_table_privilege(r.oid, 'scoring.runtime_modules', 'UPDATE'))").fetchall()
+            "SELECT r.rolname, t.name FROM pg_roles r,"
+            " unnest(ARRAY['scoring_trusted.runtime_modules', 'scoring_trusted.approved_pickles']) t(name)"
+            " WHERE NOT r.rolsuper AND r.rolname LIKE 'scoring%'"
+            " AND (has_table_privilege(r.oid, t.name, 'INSERT') OR has_table_privilege(r.oid, t.name, 'UPDATE')"
+            " OR has_table_privilege(r.oid, t.name, 'DELETE') OR has_table_privilege(r.oid, t.name, 'TRUNCATE')"
+            " OR has_schema_privilege(r.oid, 'scoring_trusted', 'CREATE'))").fetchall()
     assert owners == [("scoring_owner",)]
     assert superuser is False
-    assert code_writers == []  # the in-database Python is writable by superusers only
+    assert trusted_owners == [(True,)]  # schema, tables and loader: the migrating superuser's
+    assert code_writers == []  # the in-database Python and the approvals are writable by superusers only

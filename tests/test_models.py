@@ -21,7 +21,7 @@ def model_count(db) -> int:
 def test_push_refuses_a_file_that_is_not_a_model(seeded, tmp_path):
     junk = tmp_path / "junk.joblib"
     junk.write_bytes(b"not a pickle at all")
-    with pytest.raises(PushError, match="is not a loadable joblib model"):
+    with pytest.raises(PushError, match="junk.joblib is not a model file: pgscore push expects a fitted"):
         push_model(seeded.dsn("loader"), junk, name="churn")
     assert model_count(seeded) == 0
 

@@ -115,7 +115,10 @@ def current_runtime() -> dict:
 
 def insert_model(admin, blob: bytes, feature_names: list[str], *, runtime: dict | None = None,
                  scoring_path: str = "sklearn", compiled: bytes | None = None) -> int:
-    """Inserts (as superuser, bypassing push's checks) and activates a 'churn' version; its model_id."""
+    """Inserts (as superuser, bypassing push's checks) and activates a 'churn' version; its model_id.
+    The superuser approves the pickle first (pgscore approve): these faults are trusted models that fail."""
+    admin.execute("INSERT INTO scoring_trusted.approved_pickles (sha256, note) VALUES (%s, 'test_reliability_faults')"
+                  " ON CONFLICT DO NOTHING", [hashlib.sha256(blob).hexdigest()])
     model_id, version = admin.execute(
         "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime,"
         " compiled, scoring_path, path_note)"

@@ -22,7 +22,7 @@ depends_on = None
 def upgrade() -> None:
     # Replaced by scoring._score_bits_py, which score_many decodes.
     run_sql("DROP FUNCTION IF EXISTS scoring._scores_py(bigint[], text);")
-    run_sql(render.render_idempotent())
+    run_sql(render.frozen("0008"))
 
 
 def downgrade() -> None:

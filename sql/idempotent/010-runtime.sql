@@ -1,15 +1,20 @@
--- scoring._load_runtime(): imports the in-database Python that the
--- migration stored in scoring.runtime_modules into this backend, replacing
--- an older copy. Every PL/Python function calls it once per backend (and
--- again after a migration changed the code, which changes CODE_SHA).
+-- scoring_trusted.load_runtime(): imports the in-database Python that the
+-- migration stored in scoring_trusted.runtime_modules into this backend,
+-- replacing an older copy. Every PL/Python function calls it once per
+-- backend (and again after a migration changed the code, which changes
+-- CODE_SHA). Both live in scoring_trusted, owned by the migrating superuser:
+-- whoever may write or replace them runs code as the server's OS user, and
+-- scoring_owner, which owns (and may drop anything in) schema scoring, must
+-- not be able to (docs/security.md).
 -- The modules come as the code objects the migration compiled with the
 -- server's Python (about 1 ms and 0.7 MiB for all of them, where compiling
 -- the sources costs a new backend ~30 ms and ~4 MiB); from source when that
 -- code is missing or stamped for another interpreter or another code sha.
-CREATE OR REPLACE FUNCTION scoring._load_runtime()
+-- It runs as its caller (no SECURITY DEFINER: it needs no more than the
+-- scoring functions' owner, the only role that may execute it).
+CREATE OR REPLACE FUNCTION scoring_trusted.load_runtime()
 RETURNS void
 LANGUAGE plpython3u
-SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $python$
 import importlib.machinery
@@ -19,20 +24,20 @@ import sys
 from importlib._bootstrap_external import MAGIC_NUMBER
 
 stamp = MAGIC_NUMBER + b"{{CODE_SHA}}"
-stored = plpy.execute("SELECT module, bytecode FROM scoring.runtime_modules")
+stored = plpy.execute("SELECT module, bytecode FROM scoring_trusted.runtime_modules")
 if all(row["bytecode"] is not None and row["bytecode"].startswith(stamp) for row in stored):
     code_from = "bytecode"
     modules = {row["module"]: row["bytecode"] for row in stored}
 else:
     code_from = "source"
     modules = {row["module"]: row["source"] for row in
-               plpy.execute("SELECT module, source FROM scoring.runtime_modules")}
+               plpy.execute("SELECT module, source FROM scoring_trusted.runtime_modules")}
 del stored
 
 # A finder and loader by protocol, not by the importlib.abc classes, whose
 # import costs a new backend about 15 ms.
 class StoredModules:
-    """Serves pgscore_server.* from scoring.runtime_modules, never from disk."""
+    """Serves pgscore_server.* from scoring_trusted.runtime_modules, never from disk."""
     def find_spec(self, fullname, path=None, target=None):
         if fullname in modules:
             return importlib.machinery.ModuleSpec(
@@ -46,7 +51,7 @@ class StoredModules:
             # Only the migrating superuser can write this table, as the sources.
             code = marshal.loads(memoryview(modules[name])[len(stamp):])
         else:
-            code = compile(modules[name], "scoring.runtime_modules:" + name, "exec")
+            code = compile(modules[name], "scoring_trusted.runtime_modules:" + name, "exec")
         exec(code, module.__dict__)
 
 for name in [m for m in sys.modules if m == "pgscore_server" or m.startswith("pgscore_server.")]:
@@ -63,11 +68,11 @@ import pgscore_server.api
 GD["pgscore_server.code_sha"] = "{{CODE_SHA}}"
 GD["pgscore_server.code_from"] = code_from
 $python$;
-COMMENT ON FUNCTION scoring._load_runtime() IS 'internal: (re)imports pgscore_server from scoring.runtime_modules';
+COMMENT ON FUNCTION scoring_trusted.load_runtime() IS 'internal: (re)imports pgscore_server from scoring_trusted.runtime_modules';
 
 -- {{RUNTIME_MODULES}}
 
--- The modules compiled by the server's Python for scoring._load_runtime(),
+-- The modules compiled by the server's Python for scoring_trusted.load_runtime(),
 -- stamped with that interpreter's magic number (bytecode differs between
 -- Python versions) and the code sha, checked here against the sources.
 DO $compile$
@@ -75,17 +80,17 @@ import hashlib
 import marshal
 from importlib._bootstrap_external import MAGIC_NUMBER
 
-rows = sorted(plpy.execute("SELECT module, source FROM scoring.runtime_modules"), key=lambda row: row["module"])
+rows = sorted(plpy.execute("SELECT module, source FROM scoring_trusted.runtime_modules"), key=lambda row: row["module"])
 digest = hashlib.sha256()
 for row in rows:  # as pgscore.render.code_sha
     digest.update(row["module"].encode() + b"\0" + row["source"].encode() + b"\0")
 if digest.hexdigest() != "{{CODE_SHA}}":
-    plpy.error("scoring.runtime_modules does not hold the code this migration installs",
+    plpy.error("scoring_trusted.runtime_modules does not hold the code this migration installs",
                hint="run the migration again")
 stamp = MAGIC_NUMBER + b"{{CODE_SHA}}"
-store = plpy.prepare("UPDATE scoring.runtime_modules SET bytecode = $2 WHERE module = $1", ["text", "bytea"])
+store = plpy.prepare("UPDATE scoring_trusted.runtime_modules SET bytecode = $2 WHERE module = $1", ["text", "bytea"])
 for row in rows:
-    code = compile(row["source"], "scoring.runtime_modules:" + row["module"], "exec")
+    code = compile(row["source"], "scoring_trusted.runtime_modules:" + row["module"], "exec")
     plpy.execute(store, [row["module"], stamp + marshal.dumps(code)])
 $compile$ LANGUAGE plpython3u;
 

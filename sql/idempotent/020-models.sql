@@ -28,6 +28,23 @@ SELECT DISTINCT ON (d.name)
  ORDER BY d.name, d.deployment_id DESC;
 COMMENT ON VIEW scoring.active_models IS 'the active version of each model name: its latest deployment';
 
+-- scoring._require_loadable: raises (SQLSTATE 42501, with the command to run
+-- in the HINT) when the server would have to unpickle MODEL_ID's blob on
+-- PATH (NULL: its recorded path) and no superuser approved its sha256.
+-- activate, rollback and set_scoring_path call it before they change
+-- anything; loading a model checks the same again (pgscore_server.approvals).
+CREATE OR REPLACE FUNCTION scoring._require_loadable(model_id bigint, path text)
+RETURNS void
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+api.require_loadable(plpy, GD, model_id, path)
+$python$;
+COMMENT ON FUNCTION scoring._require_loadable(bigint, text) IS 'internal: refuses a pickle no superuser approved (pgscore approve)';
+
 -- scoring.activate: make NAME's VERSION the active model; returns its model_id.
 CREATE OR REPLACE FUNCTION scoring.activate(model_name text, version integer)
 RETURNS bigint
@@ -51,6 +68,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = format('list the versions with: pgscore models --name %s', model_name);
     END IF;
+    PERFORM scoring._require_loadable(found_id, NULL);
     INSERT INTO scoring.deployments (name, model_id, action) VALUES (model_name, found_id, 'activate');
     RETURN found_id;
 END
@@ -86,6 +104,7 @@ BEGIN
                                 model_name, model_name);
     END IF;
     target := stack[cardinality(stack) - 1];
+    PERFORM scoring._require_loadable(target, NULL);
     INSERT INTO scoring.deployments (name, model_id, action) VALUES (model_name, target, 'rollback');
     RETURN target;
 END
@@ -95,7 +114,8 @@ COMMENT ON FUNCTION scoring.rollback(text) IS 're-activates the deployment befor
 -- scoring.set_scoring_path: force how a model version is evaluated in the
 -- database: 'sql' (generated SQL in the complaint trigger and score(bigint),
 -- the compiled arrays elsewhere), 'compiled' (numpy on the data-only arrays)
--- or 'sklearn' (unpickle the blob). Takes effect on the next scoring call
+-- or 'sklearn' (scikit-learn on the blob: a skops blob, or a pickle whose
+-- sha256 a superuser approved). Takes effect on the next scoring call
 -- everywhere.
 CREATE OR REPLACE FUNCTION scoring.set_scoring_path(model_name text, version integer, path text)
 RETURNS bigint
@@ -127,6 +147,7 @@ BEGIN
         -- Raises, naming the reason, when plain SQL cannot express the model exactly.
         PERFORM scoring.sql_expression(found_id);
     END IF;
+    PERFORM scoring._require_loadable(found_id, path);
     UPDATE scoring.models m SET scoring_path = path,
            path_note = concat_ws('; ', m.path_note, format('set to %s by %s at %s', path, session_user, now()))
      WHERE m.model_id = found_id;

@@ -4,9 +4,11 @@
 --
 -- Only a superuser can create functions in plpython3u (an untrusted
 -- language), so the migration itself runs as one; ownership is handed over
--- afterwards. scoring.runtime_modules stays with the migrating superuser:
--- its rows are Python that the functions execute, and whoever may write
--- them may run code in the server.
+-- afterwards. Schema scoring_trusted and everything in it stay with the
+-- migrating superuser: the in-database Python (runtime_modules), the
+-- function that imports it (load_runtime) and the approved pickles. Whoever
+-- may write those may run code as the server's OS user, and the owner of a
+-- schema may drop and recreate anything in it.
 ALTER SCHEMA scoring OWNER TO scoring_owner;
 DO $$
 DECLARE
@@ -23,15 +25,13 @@ BEGIN
                       CASE c.relkind WHEN 'v' THEN 'VIEW' ELSE 'TABLE' END, c.oid::regclass)
           FROM pg_catalog.pg_class c
          WHERE c.relnamespace = 'scoring'::regnamespace AND c.relkind IN ('r', 'v', 'p')
-           AND c.oid <> 'scoring.runtime_modules'::regclass
     LOOP
         EXECUTE object.statement;
     END LOOP;
 END
 $$;
 
--- What the owner's functions need outside its own schema.
-GRANT SELECT ON scoring.runtime_modules TO scoring_owner;
+-- What the owner's functions need outside its own schema (scoring_trusted: 090-grants.sql).
 GRANT SELECT, UPDATE (complaint_count, churn_score, churn_model_id, churn_scored_at)
     ON public.customer_profiles TO scoring_owner;
 DO $$

@@ -1,0 +1,29 @@
+"""Security (issue 18): the server unpickles a model blob only when a
+superuser approved its sha256 (scoring_trusted.approved_pickles, written by
+`pgscore approve`); the in-database Python and its loader move from schema
+scoring, which scoring_owner owns and may drop objects in, to
+scoring_trusted, owned by the migrating superuser. Joblib models in use are
+not approved automatically: the upgrade warns about each one.
+
+Revision ID: 0009
+Revises: 0008
+Create Date: 2026-11-24
+"""
+
+from pgscore import render
+from pgscore.migrations.sqlops import run_sql
+
+revision = "0009"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    run_sql(render.sql_file("incremental", "0009-trusted-code.sql"))
+    run_sql(render.render_idempotent())
+
+
+def downgrade() -> None:
+    run_sql(render.sql_file("incremental", "0009-trusted-code.down.sql"))
+    run_sql(render.frozen("0008"))
