@@ -103,7 +103,7 @@ def test_runtime_info_and_warmup(scored):
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
-    assert info["schema_revision"] == "0008"
+    assert info["schema_revision"] == "0009"
     assert info["code_from"] == "bytecode"
     assert info["python"].startswith("3.")
 
