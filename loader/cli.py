@@ -1,13 +1,16 @@
 """The ``pgscore`` command: a thin layer over the Python API.
 
 Connection: ``--dsn``, else ``DATABASE_URL``, else libpq's environment.
-Errors print one line (plus PostgreSQL's hint) and exit with status 1.
+An error prints one line that says what to do (plus PostgreSQL's hint, if
+it gave one) and exits with status 1; never a traceback, unless
+PGSCORE_DEBUG=1 asks for one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Any, Callable, Sequence
@@ -15,8 +18,15 @@ from typing import Any, Callable, Sequence
 import psycopg
 
 from . import approvals, localdb, models
-from .connection import connect, resolve_conninfo
-from .migrate import migrate
+from .connection import SchemaMissing, connect, resolve_conninfo
+from .migrate import MigrationError, migrate
+from .runtime import RuntimeInstallError
+
+# pgscore's own errors: their messages name the problem and the next step.
+PGSCORE_ERRORS = (models.PushError, models.ModelNotFound, SchemaMissing, MigrationError,
+                  localdb.LocalDatabaseError, RuntimeInstallError)
+# How PL/Python prefixes an error raised in (or passed through) its Python.
+PLPYTHON_PREFIX = re.compile(r"^(plpy\.Error|plpy\.SPIError|spiexceptions\.\w+): ")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,17 +34,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (models.PushError, localdb.LocalDatabaseError) as exc:
-        print(f"pgscore: {exc}", file=sys.stderr)
-    except psycopg.Error as exc:
-        diag = exc.diag
-        print(f"pgscore: {diag.message_primary or exc}", file=sys.stderr)
-        if diag.message_hint:
-            print(f"hint: {diag.message_hint}", file=sys.stderr)
     except KeyboardInterrupt:
         print("pgscore: interrupted", file=sys.stderr)
         return 130
-    return 1
+    except Exception as exc:  # the one place where any error becomes a line and an exit status
+        if os.environ.get("PGSCORE_DEBUG"):
+            raise
+        for line in error_lines(exc):
+            print(line, file=sys.stderr)
+        return 1
+
+
+def error_lines(exc: Exception) -> list[str]:
+    """What the CLI prints for an error: 'pgscore: ...' in one line, then
+    PostgreSQL's hint, if any, on a line of its own."""
+    if isinstance(exc, PGSCORE_ERRORS):
+        return [f"pgscore: {one_line(str(exc))}"]
+    if isinstance(exc, psycopg.Error):
+        diag = exc.diag
+        if diag.sqlstate is None and isinstance(exc, psycopg.OperationalError):
+            # No SQLSTATE: the connection itself failed (libpq's message, often two lines).
+            return [f"pgscore: cannot connect to PostgreSQL: {' '.join(str(exc).split())}",
+                    "hint: pass --dsn, set DATABASE_URL, or start a local server with `pgscore db start` "
+                    "and export the DATABASE_URL it prints"]
+        message = PLPYTHON_PREFIX.sub("", diag.message_primary or one_line(str(exc)))
+        lines = [f"pgscore: {one_line(message)}"]
+        if diag.message_hint:
+            lines.append(f"hint: {one_line(diag.message_hint)}")
+        return lines
+    if isinstance(exc, OSError) and exc.strerror:
+        return [f"pgscore: {exc.filename + ': ' if exc.filename else ''}{exc.strerror}"]
+    return [f"pgscore: unexpected error: {type(exc).__name__}: {one_line(str(exc))} "
+            "(PGSCORE_DEBUG=1 shows the traceback)"]
+
+
+def one_line(text: str) -> str:
+    """A message on one line: a multi-line one (a command's output, say) is
+    cut to its first line and its last, which usually says what failed."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return " ".join(lines)
+    return f"{lines[0]} ... {lines[-1]}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +273,8 @@ def rescore_with_progress(dsn: str, name: str, batch_size: int, quiet: bool = Fa
     from tqdm import tqdm
 
     progress = re.compile(r"pgscore rescore: (\d+)/(\d+) profiles")
-    bar = tqdm(unit=" profiles", disable=quiet, file=sys.stderr)
+    # Shown after a second only: an error at once (no such model, say) prints its line alone.
+    bar = tqdm(unit=" profiles", disable=quiet, file=sys.stderr, delay=1)
     done = 0
 
     def on_notice(diag: psycopg.errors.Diagnostic) -> None:
@@ -244,10 +285,12 @@ def rescore_with_progress(dsn: str, name: str, batch_size: int, quiet: bool = Fa
             bar.total = total
             bar.update(done - bar.n)
 
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.add_notice_handler(on_notice)
-        conn.execute("CALL scoring.rescore(%s, %s)", [name, batch_size])
-    bar.close()
+    try:
+        with connect(dsn, autocommit=True) as conn:
+            conn.add_notice_handler(on_notice)
+            conn.execute("CALL scoring.rescore(%s, %s)", [name, batch_size])
+    finally:
+        bar.close()
     if not quiet:
         print(f"rescored {done} profiles with the active {name!r} model")
     return done

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from pgscore_server import approvals, catalog, features, formats
 from pgscore_server import runtime as server_runtime
+from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE, unknown_model_hint
 
 from . import check_rows
 from .connection import connect
@@ -280,6 +282,7 @@ def push_model(
     Raises PushError (nothing written) when the model is refused, and
     psycopg errors for connection or permission problems.
     """
+    check_model_name(name)
     if scoring_path not in SCORING_PATHS:
         raise PushError(f"scoring path must be one of {', '.join(SCORING_PATHS)}, not {scoring_path!r}")
     if format not in formats.FORMATS:
@@ -605,8 +608,32 @@ def _sidecar_metrics(path: Path) -> dict:
     return {}
 
 
+class ModelNotFound(LookupError):
+    """No model of that name has been pushed; the message names the closest that has."""
+
+
+def check_model_name(name: str) -> None:
+    """Raises PushError unless ``name`` may name a model (scoring.models' CHECK,
+    checked here before anything is loaded or uploaded)."""
+    if isinstance(name, str) and re.fullmatch(MODEL_NAME, name):
+        return
+    suggestion = re.sub(r"[^a-z0-9_]+", "_", str(name).lower()).strip("_")[:63]
+    example = suggestion if re.fullmatch(MODEL_NAME, suggestion) else "churn_v2"
+    raise PushError(f"{name!r} cannot name a model: a model name is {MODEL_NAME_RULE} "
+                    f"(e.g. --name {example})")
+
+
+def _unknown_model(conn: psycopg.Connection, name: str) -> ModelNotFound:
+    names = [row[0] for row in conn.execute("SELECT DISTINCT name FROM scoring.models ORDER BY 1")]
+    return ModelNotFound(f"no model named {name!r} has been pushed: {unknown_model_hint(name, names)}")
+
+
 def activate(dsn: str | None, name: str, version: int) -> int:
-    """Activates NAME's VERSION; returns its model_id. Raises psycopg.errors.UndefinedObject if absent."""
+    """Activates NAME's VERSION; returns its model_id.
+
+    Raises psycopg.errors.UndefinedObject when NAME was never pushed (its
+    hint names the closest name that was) or has no VERSION.
+    """
     with connect(dsn) as conn:
         return conn.execute("SELECT scoring.activate(%s, %s)", [name, version]).fetchone()[0]
 
@@ -614,7 +641,8 @@ def activate(dsn: str | None, name: str, version: int) -> int:
 def rollback(dsn: str | None, name: str) -> tuple[int, int]:
     """Re-activates the previous deployment of NAME; returns (model_id, version).
 
-    Raises psycopg.errors.ObjectNotInPrerequisiteState when there is none.
+    Raises psycopg.errors.ObjectNotInPrerequisiteState when there is none,
+    psycopg.errors.UndefinedObject when NAME was never pushed.
     """
     with connect(dsn) as conn:
         model_id = conn.execute("SELECT scoring.rollback(%s)", [name]).fetchone()[0]
@@ -623,7 +651,10 @@ def rollback(dsn: str | None, name: str) -> tuple[int, int]:
 
 
 def list_models(dsn: str | None, name: str | None = None) -> list[dict]:
-    """Every pushed version (newest first per name) with whether it is active."""
+    """Every pushed version (newest first per name) with whether it is active.
+
+    Raises ModelNotFound when ``name`` is given and was never pushed.
+    """
     with connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
         cur.execute(
             "SELECT m.name, m.version, m.model_id, (a.model_id IS NOT NULL) AS active, m.format,"
@@ -634,7 +665,10 @@ def list_models(dsn: str | None, name: str | None = None) -> list[dict]:
             " ORDER BY m.name, m.version DESC",
             {"name": name},
         )
-        return cur.fetchall()
+        rows = cur.fetchall()
+        if name is not None and not rows:
+            raise _unknown_model(conn, name)
+        return rows
 
 
 def export_sql(dsn: str | None, name: str, version: int, function_name: str | None = None,

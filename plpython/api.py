@@ -3,7 +3,10 @@
 Every function takes ``plpy`` and the backend's cache dict (``GD``).
 ScoringError becomes a PostgreSQL error with its SQLSTATE and hint; any
 other Python exception from a model is reported in one line, never as a
-traceback in the message.
+traceback in the message. PL/Python still puts a traceback in CONTEXT and
+the exception's class before the message: the functions users call are
+PL/pgSQL around these and raise such errors again without either
+(scoring._raise_python_error in sql/idempotent/030-score.sql).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from . import (
     sqlpath,
     trigger,
 )
-from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError
+from .errors import INVALID_PARAMETER_VALUE, MODEL_FAILED, NO_DATA_FOUND, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -160,9 +163,20 @@ def sql_expression(plpy: Any, cache: dict, model_id: int) -> str:
     return sqlpath.expression_for(plpy, cache, model_id)
 
 
-@sql_errors
-def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
-    batch.rescore(plpy, cache, model_name, batch_size)
+def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> list[str | None] | None:
+    """scoring._rescore_plpython: rescores, and returns a failure as
+    [sqlstate, message, detail, hint] rather than raising it: the procedure
+    that calls it commits, so it cannot catch an error to report it without
+    PL/Python's traceback. None when every batch was rescored."""
+    spi_error = getattr(plpy, "SPIError", ())  # an error of SQL run by the Python (a model the SQL path rejects)
+    try:
+        batch.rescore(plpy, cache, model_name, batch_size)
+    except ScoringError as exc:
+        return [exc.sqlstate, exc.message, exc.detail, exc.hint]
+    except spi_error as exc:
+        return [getattr(exc, "sqlstate", None) or MODEL_FAILED, str(exc.args[0] if exc.args else exc),
+                getattr(exc, "detail", None), getattr(exc, "hint", None)]
+    return None
 
 
 @sql_errors
@@ -178,6 +192,12 @@ def require_loadable(plpy: Any, cache: dict, model_id: int, path: str | None) ->
     from . import approvals
 
     approvals.check_model(plpy, cache, model_id, path)
+
+
+def unknown_model_hint(plpy: Any, cache: dict, model_name: str | None) -> str:
+    """scoring._unknown_model_hint: the HINT of activate's and rollback's error
+    for a model name never pushed (their message says that much in SQL)."""
+    return registry.unknown_model_hint(model_name, registry.pushed_names(plpy, cache))
 
 
 @sql_errors

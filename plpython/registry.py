@@ -54,7 +54,13 @@ MODEL_SQL = (
     " FROM scoring.models WHERE model_id = $1"
 )
 BLOB_SQL = "SELECT blob FROM scoring.models WHERE model_id = $1"
-NAME_EXISTS_SQL = "SELECT EXISTS (SELECT FROM scoring.models WHERE name = $1) AS pushed"
+PUSHED_NAMES_SQL = "SELECT DISTINCT name FROM scoring.models ORDER BY name"
+# What a model name may be: the CHECK constraint on scoring.models.name
+# (sql/incremental/0001-tables.sql), which the loader checks before it uploads.
+MODEL_NAME = "[a-z][a-z0-9_]{0,62}"
+MODEL_NAME_RULE = "a lowercase letter followed by up to 62 lowercase letters, digits or underscores"
+# Names listed in an unknown model name's hint, at most.
+NAMES_SHOWN = 10
 
 
 class LoadedModel:
@@ -244,18 +250,45 @@ def active_model(plpy: Any, cache: dict, name: str) -> LoadedModel:
 
 
 def no_active_model(plpy: Any, cache: dict, name: str) -> ScoringError:
-    pushed = plans.run(plpy, cache, NAME_EXISTS_SQL, ["text"], [name])[0]["pushed"]
-    if not pushed:
+    names = pushed_names(plpy, cache)
+    if name not in names:
         return ScoringError(
             f"no model named {name!r} has been pushed",
             sqlstate=UNDEFINED_OBJECT,
-            hint=f"push one with: pgscore push FILE --name {name} --activate",
+            hint=unknown_model_hint(name, names),
         )
     return ScoringError(
         f"no active model named {name!r}",
         sqlstate=NOT_IN_PREREQUISITE_STATE,
         hint=f"activate a version with: pgscore activate {name} VERSION",
     )
+
+
+def pushed_names(plpy: Any, cache: dict) -> list[str]:
+    """Every model name pushed to this database, sorted."""
+    return [row["name"] for row in plans.run(plpy, cache, PUSHED_NAMES_SQL)]
+
+
+def unknown_model_hint(name: str, names: Sequence[str]) -> str:
+    """The hint for a model name that was never pushed: the closest pushed
+    name (a typo, most often) and the names pushed, or how to push one. The
+    one wording, for the database's functions and the loader's commands."""
+    import difflib  # here: only an unknown name needs them
+    import re
+
+    push = f"pgscore push FILE --name {name} --activate"
+    valid = isinstance(name, str) and re.fullmatch(MODEL_NAME, name) is not None
+    if not names:
+        return f"push one with: {push}" if valid else f"no model is pushed yet; a model name is {MODEL_NAME_RULE}"
+    shown = ", ".join(names[:NAMES_SHOWN])
+    if len(names) > NAMES_SHOWN:
+        shown += f" and {len(names) - NAMES_SHOWN} more"
+    folded = {known.casefold(): known for known in names}
+    closest = ([folded[name.casefold()]] if isinstance(name, str) and name.casefold() in folded
+               else difflib.get_close_matches(str(name), list(names), n=1, cutoff=0.6))
+    if closest:
+        return f"did you mean {closest[0]!r}? Models pushed: {shown}"
+    return f"models pushed: {shown}" + (f"; to push one under this name: {push}" if valid else "")
 
 
 def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = None,

@@ -49,6 +49,8 @@ ALLOWED = {
         "a procedure that commits per batch (a SET clause forbids COMMIT): it pins search_path with "
         "pg_catalog.set_config(..., true) at the start of every batch's transaction",
     "scoring._rescore_plpython(text,integer,text[])":
+        "rescore's Python (rescore is PL/pgSQL around it, to report errors without a traceback): the same reason",
+    "scoring._rescore_plpython(text,integer,text[])":
         "rescore's Python, a procedure that commits per batch: as rescore",
 }
 
@@ -259,6 +261,9 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
             "scoring._load_runtime()": ["SELECT scoring._load_runtime()"],
             "scoring_trusted.load_runtime()": ["SELECT scoring_trusted.load_runtime()"],
             "scoring._require_loadable(bigint,text)": [("SELECT scoring._require_loadable(%s, 'sql')", [model_id])],
+            "scoring._unknown_model_hint(text)": ["SELECT scoring._unknown_model_hint('chrun')"],
+            # profile 42 is rejected: its failure comes back as the INOUT argument, for rescore to raise
+            "scoring._rescore_plpython(text,integer,text[])": ["CALL scoring._rescore_plpython('churn', 37, NULL)"],
             "scoring._score_rejected(bigint,bigint,text,text)": [
                 (psycopg.errors.ExternalRoutineInvocationException,
                  "SELECT scoring._score_rejected(%s, 5, 'pgscore: probe', 'raise')", [model_id]),

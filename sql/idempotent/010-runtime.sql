@@ -106,7 +106,7 @@ return api.runtime_info(plpy, GD)
 $python$;
 COMMENT ON FUNCTION scoring.runtime_info() IS 'Python and library versions of the server''s scoring runtime, and the schema revision';
 
-CREATE OR REPLACE FUNCTION scoring.warmup(model_name text DEFAULT 'churn')
+CREATE OR REPLACE FUNCTION scoring._warmup_plpython(model_name text)
 RETURNS void
 LANGUAGE plpython3u
 STABLE
@@ -116,4 +116,26 @@ AS $python$
 #pgscore:runtime
 api.warmup(plpy, GD, model_name)
 $python$;
+COMMENT ON FUNCTION scoring._warmup_plpython(text) IS 'internal: scoring.warmup in Python';
+
+-- PL/pgSQL around the Python: errors without PL/Python's traceback
+-- (scoring._raise_python_error, 030-score.sql).
+CREATE OR REPLACE FUNCTION scoring.warmup(model_name text DEFAULT 'churn')
+RETURNS void
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sqlstate text; v_message text; v_detail text; v_hint text;
+BEGIN
+    PERFORM scoring._warmup_plpython(model_name);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
+    v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
+    RAISE;
+END
+$$;
 COMMENT ON FUNCTION scoring.warmup(text) IS 'loads the runtime and the active model into this backend (for a pool''s connect hook)';

@@ -45,6 +45,21 @@ api.require_loadable(plpy, GD, model_id, path)
 $python$;
 COMMENT ON FUNCTION scoring._require_loadable(bigint, text) IS 'internal: refuses a pickle no superuser approved (pgscore approve)';
 
+-- The HINT for a model name never pushed: the closest pushed name and the
+-- names pushed (pgscore_server.registry.unknown_model_hint, the one
+-- wording, which the Python scoring functions use too).
+CREATE OR REPLACE FUNCTION scoring._unknown_model_hint(model_name text)
+RETURNS text
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.unknown_model_hint(plpy, GD, model_name)
+$python$;
+COMMENT ON FUNCTION scoring._unknown_model_hint(text) IS 'internal: the hint for a model name never pushed (did you mean ...?)';
+
 -- scoring.activate: make NAME's VERSION the active model; returns its model_id.
 CREATE OR REPLACE FUNCTION scoring.activate(model_name text, version integer)
 RETURNS bigint
@@ -61,8 +76,7 @@ BEGIN
     IF found_id IS NULL THEN
         IF NOT EXISTS (SELECT FROM scoring.models m WHERE m.name = model_name) THEN
             RAISE EXCEPTION 'no model named % has been pushed', quote_literal(model_name)
-                USING ERRCODE = 'undefined_object',
-                      HINT = format('push one with: pgscore push FILE --name %s', model_name);
+                USING ERRCODE = 'undefined_object', HINT = scoring._unknown_model_hint(model_name);
         END IF;
         RAISE EXCEPTION 'model % has no version %', quote_literal(model_name), version
             USING ERRCODE = 'undefined_object',
@@ -97,6 +111,10 @@ BEGIN
             stack := stack[1:cardinality(stack) - 1];
         END IF;
     END LOOP;
+    IF cardinality(stack) = 0 AND NOT EXISTS (SELECT FROM scoring.models m WHERE m.name = model_name) THEN
+        RAISE EXCEPTION 'no model named % has been pushed', quote_literal(model_name)
+            USING ERRCODE = 'undefined_object', HINT = scoring._unknown_model_hint(model_name);
+    END IF;
     IF cardinality(stack) < 2 THEN
         RAISE EXCEPTION 'model % has no earlier deployment to roll back to', quote_literal(model_name)
             USING ERRCODE = 'object_not_in_prerequisite_state',

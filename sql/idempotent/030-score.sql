@@ -1,6 +1,88 @@
 -- What analysts call. Each runs as the schema owner (it reads model blobs
 -- that analysts may not read) and only reads.
 
+-- Errors from the in-database Python, without PL/Python's traceback.
+-- PL/Python reports any exception that leaves a function, plpy.error()
+-- included, with a Python traceback in CONTEXT and the exception's class
+-- before the message ("plpy.Error: no model named 'chrun' has been
+-- pushed"). So a function that users call and that runs Python is PL/pgSQL
+-- around a PL/Python function (named *_plpython, or _score_customer_py), and
+-- hands what it catches to this: pgscore's own errors (plpy.Error, a
+-- ScoringError with its SQLSTATE, detail and hint) and PostgreSQL's errors
+-- that passed through Python (spiexceptions.*) are raised again as they
+-- were, without the traceback. Anything else (a Python exception pgscore did
+-- not expect: a bug) comes back (its message), and the caller's RAISE passes
+-- it on with its traceback. Callers assign the result (v := ...), which
+-- spares CONTEXT a "SQL statement" line that PERFORM would add. The
+-- EXCEPTION block costs a subtransaction, ~0.3 us a call (these functions
+-- only read, so it takes no transaction id).
+CREATE OR REPLACE FUNCTION scoring._raise_python_error(sqlstate text, message text, detail text, hint text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF message !~ '^(plpy\.Error|plpy\.SPIError|spiexceptions\.\w+): ' THEN
+        RETURN message;
+    END IF;
+    message := regexp_replace(message, '^[^:]+: ', '');
+    detail := nullif(detail, '');
+    hint := nullif(hint, '');
+    -- RAISE refuses a NULL option.
+    IF detail IS NULL AND hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
+    ELSIF detail IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = hint;
+    ELSIF hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail, HINT = hint;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION scoring._raise_python_error(text, text, text, text) IS 'internal: raises an error caught from PL/Python again without its traceback';
+
+-- Errors from the in-database Python, without PL/Python's traceback.
+-- PL/Python reports any exception that leaves a function, plpy.error()
+-- included, with a Python traceback in CONTEXT and the exception's class
+-- before the message ("plpy.Error: no model named 'chrun' has been
+-- pushed"). So a function that users call and that runs Python is PL/pgSQL
+-- around a PL/Python function (named *_plpython, or _score_customer_py), and
+-- hands what it catches to this: pgscore's own errors (plpy.Error, a
+-- ScoringError with its SQLSTATE, detail and hint) and PostgreSQL's errors
+-- that passed through Python (spiexceptions.*) are raised again as they
+-- were, without the traceback. Anything else (a Python exception pgscore did
+-- not expect: a bug) comes back (its message), and the caller's RAISE passes
+-- it on with its traceback. Callers assign the result (v := ...), which
+-- spares CONTEXT a "SQL statement" line that PERFORM would add. The
+-- EXCEPTION block costs a subtransaction, ~0.3 us a call (these functions
+-- only read, so it takes no transaction id).
+CREATE OR REPLACE FUNCTION scoring._raise_python_error(sqlstate text, message text, detail text, hint text)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF message !~ '^(plpy\.Error|plpy\.SPIError|spiexceptions\.\w+): ' THEN
+        RETURN message;
+    END IF;
+    message := regexp_replace(message, '^[^:]+: ', '');
+    detail := nullif(detail, '');
+    hint := nullif(hint, '');
+    -- RAISE refuses a NULL option.
+    IF detail IS NULL AND hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
+    ELSIF detail IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = hint;
+    ELSIF hint IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail;
+    ELSE
+        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail, HINT = hint;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION scoring._raise_python_error(text, text, text, text) IS 'internal: raises an error caught from PL/Python again without its traceback';
+
 -- scoring.score(bigint) itself is written by scoring._install_scoring_functions()
 -- (050-complaint-trigger.sql): generated SQL for a 'sql' model, else this.
 CREATE OR REPLACE FUNCTION scoring._score_customer_py(customer_id bigint)
@@ -15,7 +97,7 @@ return api.score_customer(plpy, GD, customer_id)
 $python$;
 COMMENT ON FUNCTION scoring._score_customer_py(bigint) IS 'internal: scoring.score(bigint) in Python, for models not on the sql path';
 
-CREATE OR REPLACE FUNCTION scoring.score(model_name text, features jsonb)
+CREATE OR REPLACE FUNCTION scoring._score_features_plpython(model_name text, features jsonb)
 RETURNS double precision
 LANGUAGE plpython3u
 STABLE
@@ -25,6 +107,26 @@ AS $python$
 #pgscore:runtime
 return api.score_features(plpy, GD, model_name, features)
 $python$;
+COMMENT ON FUNCTION scoring._score_features_plpython(text, jsonb) IS 'internal: scoring.score(text, jsonb) in Python';
+
+CREATE OR REPLACE FUNCTION scoring.score(model_name text, features jsonb)
+RETURNS double precision
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sqlstate text; v_message text; v_detail text; v_hint text;
+BEGIN
+    RETURN scoring._score_features_plpython(model_name, features);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
+    v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
+    RAISE;
+END
+$$;
 COMMENT ON FUNCTION scoring.score(text, jsonb) IS 'probability for an arbitrary feature record (what-if analysis) with the active model of a name';
 
 -- A float8 from the bigint of its IEEE 754 bits (a non-negative number;
@@ -57,7 +159,7 @@ COMMENT ON FUNCTION scoring._float8_from_bits(bigint) IS 'internal: a non-negati
 -- scores cross from Python as one array of their float8 bits (see
 -- scoring._float8_from_bits): a set-returning PL/Python function converts
 -- every (id, score) row on its own (1M profiles: ~2.5 s more).
-CREATE OR REPLACE FUNCTION scoring._score_bits_py(customer_ids bigint[], model_name text)
+CREATE OR REPLACE FUNCTION scoring._score_bits_plpython(customer_ids bigint[], model_name text)
 RETURNS bigint[]
 LANGUAGE plpython3u
 STABLE
@@ -67,6 +169,28 @@ AS $python$
 #pgscore:runtime
 return api.score_bits_in_order(plpy, GD, customer_ids, model_name)
 $python$;
+COMMENT ON FUNCTION scoring._score_bits_plpython(bigint[], text) IS 'internal: scoring._score_bits_py in Python';
+
+-- The score_many functions call this one (sqlpath's too): PL/pgSQL, so that
+-- an unknown model name or customer id is reported without a traceback.
+CREATE OR REPLACE FUNCTION scoring._score_bits_py(customer_ids bigint[], model_name text)
+RETURNS bigint[]
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_sqlstate text; v_message text; v_detail text; v_hint text;
+BEGIN
+    RETURN scoring._score_bits_plpython(customer_ids, model_name);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
+    v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
+    RAISE;
+END
+$$;
 COMMENT ON FUNCTION scoring._score_bits_py(bigint[], text) IS 'internal: the scores of customer_ids in input order as float8 bits, in Python, one model call per batch';
 
 -- Internal: score customers with one given model version, active or not.

@@ -126,8 +126,15 @@ BEGIN
     SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $body$
+    DECLARE
+        v_sqlstate text; v_message text; v_detail text; v_hint text;
     BEGIN
         RETURN scoring._score_customer_py($1);
+    EXCEPTION WHEN OTHERS THEN  -- reported without PL/Python's traceback (030-score.sql)
+        GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
+                                v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
+        v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
+        RAISE;
     END
     $body$;
     CREATE OR REPLACE FUNCTION scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')

@@ -35,6 +35,10 @@ GRANT EXECUTE ON FUNCTION scoring.activate(text, integer), scoring.rollback(text
                           scoring.sql_expression(bigint), scoring._require_loadable(bigint, text),
                           scoring._float8_from_bits(bigint) TO scoring_loader;  -- rescore writes scores with it
 GRANT EXECUTE ON PROCEDURE scoring.rescore(text, integer) TO scoring_loader;
+-- rescore runs as its caller and calls its Python; activate and rollback
+-- (as their caller too) name the closest model when a name is unknown.
+GRANT EXECUTE ON PROCEDURE scoring._rescore_plpython(text, integer, text[]) TO scoring_loader;
+GRANT EXECUTE ON FUNCTION scoring._unknown_model_hint(text) TO scoring_loader;
 
 -- scoring_trusted (owned by the migrating superuser): read-only for pgscore's
 -- roles. scoring_owner's functions and the loader's rescore (a procedure,
