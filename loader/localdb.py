@@ -83,11 +83,20 @@ class LocalDatabase:
                 f"run `apt-get install postgresql-{bindir.parent.name} postgresql-plpython3-{bindir.parent.name}` "
                 "(or `make setup`), or use the Docker image (docker/README in README.md)"
             )
+        running = self.is_running()
+        if running and port and port != self.state().get("port"):
+            raise LocalDatabaseError(
+                f"the local server in {self.dir} already runs on port {self.state().get('port')}, not {port}: "
+                f"leave out --port to use it, or stop it first (`pgscore db stop{self._dir_option()}`) "
+                f"to move it to port {port}"
+            )
+        if not (self.data / "PG_VERSION").exists():
+            self._announce_new_server()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
         runtime_dir = runtime.install(self.dir / "runtime", runtime.server_python_version(plpython))
         state = self.state()
-        if self.is_running():
+        if running:
             if state.get("runtime") == str(runtime_dir.resolve()):
                 return self.dsn()
             print("pgscore: the pinned runtime changed; restarting the local server on it", file=sys.stderr)
@@ -115,6 +124,23 @@ class LocalDatabase:
                   env=env)
         self._create_database()
         return self.dsn()
+
+    def _announce_new_server(self) -> None:
+        """Says, before a new server is made, which folder it goes to and
+        where pgscore servers already run: a folder is chosen by the current
+        directory (./.pgscore), so running pgscore from another folder makes
+        another server without this."""
+        print(f"pgscore: creating a new local server in {self.dir} "
+              "(set PGSCORE_HOME or pass --dir to use another folder)", file=sys.stderr)
+        for folder, port in running_servers():
+            if folder != self.dir:
+                where = f" on port {port}" if port else ""
+                print(f"pgscore: a pgscore local server already runs in {folder}{where}: to use it instead, "
+                      f"pass --dir {folder} or set PGSCORE_HOME={folder}", file=sys.stderr)
+
+    def _dir_option(self) -> str:
+        """' --dir DIR' unless DIR is the folder pgscore picks by itself."""
+        return "" if self.dir == DEFAULT_DIR.resolve() else f" --dir {self.dir}"
 
     def _move(self, state: dict, port: int) -> None:
         """The server listens on ``port`` from its next start (start() then saves ``state``)."""
@@ -210,6 +236,29 @@ def _env_args(env: dict | None) -> list[str]:
     keep = ("PYTHONPATH", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "LANG", "LC_ALL",
             "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
     return [f"{key}={env[key]}" for key in keep if key in env]
+
+
+def running_servers() -> list[tuple[Path, int | None]]:
+    """(folder, port) of every pgscore local server running on this machine:
+    a postmaster whose data folder lies in a folder with pgscore's state file."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours to read
+        if not args or not args[0].endswith(b"/postgres") or b"-D" not in args[:-1]:
+            continue
+        data = Path(os.fsdecode(args[args.index(b"-D") + 1]))
+        folder = data.parent
+        if data.name != "data" or not (folder / "state.json").exists():
+            continue
+        try:
+            port = json.loads((folder / "state.json").read_text()).get("port")
+        except (OSError, ValueError):
+            port = None
+        found.append((folder.resolve(), port))
+    return sorted(set(found), key=lambda entry: str(entry[0]))
 
 
 def _free_port(preferred: int) -> int:
