@@ -18,13 +18,11 @@ from typing import Any, Callable, Sequence
 import psycopg
 
 from . import approvals, localdb, models
-from .connection import SchemaMissing, connect, resolve_conninfo
-from .migrate import MigrationError, migrate
-from .runtime import RuntimeInstallError
+from .connection import connect, resolve_conninfo
+from .console import print_table, rescore_with_progress
+from .errors import PgscoreError
+from .migrate import migrate
 
-# pgscore's own errors: their messages name the problem and the next step.
-PGSCORE_ERRORS = (models.PushError, models.ModelNotFound, SchemaMissing, MigrationError,
-                  localdb.LocalDatabaseError, RuntimeInstallError)
 # How PL/Python prefixes an error raised in (or passed through) its Python.
 PLPYTHON_PREFIX = re.compile(r"^(plpy\.Error|plpy\.SPIError|spiexceptions\.\w+): ")
 
@@ -48,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def error_lines(exc: Exception) -> list[str]:
     """What the CLI prints for an error: 'pgscore: ...' in one line, then
     PostgreSQL's hint, if any, on a line of its own."""
-    if isinstance(exc, PGSCORE_ERRORS):
+    if isinstance(exc, PgscoreError):  # pgscore's own: the message names the problem and the next step
         return [f"pgscore: {one_line(str(exc))}"]
     if isinstance(exc, psycopg.Error):
         diag = exc.diag
@@ -268,34 +266,6 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     rescore_with_progress(resolve_conninfo(args.dsn), args.name, args.batch_size)
 
 
-def rescore_with_progress(dsn: str, name: str, batch_size: int, quiet: bool = False) -> int:
-    """CALL scoring.rescore with a progress bar fed by its NOTICEs; returns profiles rescored."""
-    from tqdm import tqdm
-
-    progress = re.compile(r"pgscore rescore: (\d+)/(\d+) profiles")
-    # Shown after a second only: an error at once (no such model, say) prints its line alone.
-    bar = tqdm(unit=" profiles", disable=quiet, file=sys.stderr, delay=1)
-    done = 0
-
-    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
-        nonlocal done
-        found = progress.match(diag.message_primary or "")
-        if found:
-            done, total = int(found.group(1)), int(found.group(2))
-            bar.total = total
-            bar.update(done - bar.n)
-
-    try:
-        with connect(dsn, autocommit=True) as conn:
-            conn.add_notice_handler(on_notice)
-            conn.execute("CALL scoring.rescore(%s, %s)", [name, batch_size])
-    finally:
-        bar.close()
-    if not quiet:
-        print(f"rescored {done} profiles with the active {name!r} model")
-    return done
-
-
 def cmd_train_demo(args: argparse.Namespace) -> None:
     from .demo_data import save_model, train_demo_model
 
@@ -326,16 +296,6 @@ def _metrics(metrics: Any) -> str:
     if not metrics:
         return ""
     return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: Any = None) -> None:
-    out = out or sys.stdout
-    cells = [[str(c) for c in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
 
 
 if __name__ == "__main__":

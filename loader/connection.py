@@ -12,6 +12,8 @@ from typing import Any
 
 import psycopg
 
+from .errors import PgscoreError
+
 # What `pgscore migrate` creates and every other command reads; looked up in
 # pg_catalog, which any role may read, whatever its grants on the schemas.
 SCHEMA_SQL = (
@@ -20,7 +22,7 @@ SCHEMA_SQL = (
 )
 
 
-class SchemaMissing(RuntimeError):
+class SchemaMissing(PgscoreError, RuntimeError):
     """The database has no pgscore schema: ``pgscore migrate`` has not run on it."""
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import psycopg
 
 from . import localdb, models
-from .cli import print_table, rescore_with_progress
 from .connection import resolve_conninfo
+from .console import print_table, rescore_with_progress
+from .errors import PgscoreError
 from .demo_data import save_model, train_demo_model
 from .migrate import migrate
 from .seed import seed_profiles
@@ -24,15 +25,26 @@ from .seed import seed_profiles
 DEMO_DATABASE = "pgscore_demo"
 
 
+class DemoRefused(PgscoreError):
+    """The database given to the demo holds data the demo would change."""
+
+
 def step(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
 def run_demo(dsn: str | None, profiles: int = 5000, keep: bool = False) -> None:
+    """The whole flow, in a fresh database on the local server, or in the
+    database of ``dsn`` (else ``DATABASE_URL``, else libpq's environment)
+    when one is given. Raises DemoRefused, changing nothing, when that
+    database already has pushed models or complaints: the demo pushes and
+    activates models named 'churn' and inserts complaints."""
     target = resolve_conninfo(dsn)
     started_here = False
     local = None
-    if not target:
+    if target:
+        refuse_a_database_in_use(target, "--dsn" if dsn else "DATABASE_URL")
+    else:
         local = localdb.local_database()
         step("starting the local PostgreSQL (pgscore db start)")
         started_here = not local.is_running()
@@ -48,6 +60,26 @@ def run_demo(dsn: str | None, profiles: int = 5000, keep: bool = False) -> None:
         if started_here and not keep and local is not None:
             local.stop()
             print("\nstopped the local PostgreSQL (run with --keep to explore it, then `pgscore db stop`)")
+
+
+def refuse_a_database_in_use(dsn: str, source: str) -> None:
+    """Raises DemoRefused when the database (given by ``source``) holds
+    profiles, complaints or pushed models: the demo would change them."""
+    tables = {"public.customer_profiles": "profile(s)", "public.complaints": "complaint(s)",
+              "scoring.models": "pushed model(s)"}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        held = []
+        for table, what in tables.items():
+            if conn.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone()[0]:
+                count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # noqa: S608 (fixed names)
+                if count:
+                    held.append(f"{count} {what}")
+    if held:
+        raise DemoRefused(
+            f"database {name!r} (from {source}) already holds {', '.join(held)}; the demo would add profiles "
+            "and complaints and push and activate models named 'churn' there. Run it on a throwaway local "
+            "server instead (`env -u DATABASE_URL pgscore demo`), or give --dsn of an empty database")
 
 
 def _flow(dsn: str, profiles: int) -> None:

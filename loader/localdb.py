@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg
 
 from . import runtime
+from .errors import PgscoreError
 
 DEFAULT_DIR = Path(os.environ.get("PGSCORE_HOME", ".pgscore"))
 DEFAULT_PORT = 54329
@@ -30,7 +31,7 @@ DATABASE = "pgscore"
 SUPERUSER = "postgres"
 
 
-class LocalDatabaseError(RuntimeError):
+class LocalDatabaseError(PgscoreError, RuntimeError):
     """The local database could not be set up, started or stopped."""
 
 

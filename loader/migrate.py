@@ -9,6 +9,7 @@ from alembic import command
 from alembic.config import Config
 
 from .connection import resolve_conninfo
+from .errors import PgscoreError
 
 # Who may migrate, said whenever a role may not: the migrations create
 # plpython3u functions, and PL/Python is an untrusted language.
@@ -16,7 +17,7 @@ WHO_MAY_MIGRATE = ("run `pgscore migrate` as a superuser (e.g. postgres), since 
                    "plpython3u functions, which only a superuser may create")
 
 
-class MigrationError(RuntimeError):
+class MigrationError(PgscoreError, RuntimeError):
     """A migration was refused by the server; the message says why and who may run it."""
 
 

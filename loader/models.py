@@ -30,6 +30,7 @@ from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE, unknown_model_h
 
 from . import check_rows
 from .connection import connect
+from .errors import PgscoreError
 
 # Profiles test-scored in the database before a push is accepted.
 SAMPLE_SIZE = 200
@@ -49,7 +50,7 @@ SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
 SQL_PATH_MAX_CHARS = 200_000
 
 
-class PushError(Exception):
+class PushError(PgscoreError):
     """A model was refused by ``push_model``; nothing was written."""
 
 
@@ -608,7 +609,7 @@ def _sidecar_metrics(path: Path) -> dict:
     return {}
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(PgscoreError, LookupError):
     """No model of that name has been pushed; the message names the closest that has."""
 
 

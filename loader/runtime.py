@@ -21,8 +21,10 @@ from pathlib import Path
 
 from pgscore_server.runtime import versions as local_versions  # noqa: F401  (re-exported)
 
+from .errors import PgscoreError
 
-class RuntimeInstallError(RuntimeError):
+
+class RuntimeInstallError(PgscoreError, RuntimeError):
     """The server-side runtime could not be installed."""
 
 
