@@ -9,7 +9,10 @@ The Python API behind the ``pgscore`` command::
     pgscore.rollback(dsn, "churn")
 """
 
-from .models import PushError, PushResult, activate, list_models, push_model, rollback
-from .migrate import migrate
+from .connection import SchemaMissing
+from .errors import PgscoreError
+from .migrate import MigrationError, migrate
+from .models import ModelNotFound, PushError, PushResult, activate, list_models, push_model, rollback
 
-__all__ = ["PushError", "PushResult", "activate", "list_models", "migrate", "push_model", "rollback"]
+__all__ = ["MigrationError", "ModelNotFound", "PgscoreError", "PushError", "PushResult", "SchemaMissing",
+           "activate", "list_models", "migrate", "push_model", "rollback"]
