@@ -42,47 +42,6 @@ END
 $$;
 COMMENT ON FUNCTION scoring._raise_python_error(text, text, text, text) IS 'internal: raises an error caught from PL/Python again without its traceback';
 
--- Errors from the in-database Python, without PL/Python's traceback.
--- PL/Python reports any exception that leaves a function, plpy.error()
--- included, with a Python traceback in CONTEXT and the exception's class
--- before the message ("plpy.Error: no model named 'chrun' has been
--- pushed"). So a function that users call and that runs Python is PL/pgSQL
--- around a PL/Python function (named *_plpython, or _score_customer_py), and
--- hands what it catches to this: pgscore's own errors (plpy.Error, a
--- ScoringError with its SQLSTATE, detail and hint) and PostgreSQL's errors
--- that passed through Python (spiexceptions.*) are raised again as they
--- were, without the traceback. Anything else (a Python exception pgscore did
--- not expect: a bug) comes back (its message), and the caller's RAISE passes
--- it on with its traceback. Callers assign the result (v := ...), which
--- spares CONTEXT a "SQL statement" line that PERFORM would add. The
--- EXCEPTION block costs a subtransaction, ~0.3 us a call (these functions
--- only read, so it takes no transaction id).
-CREATE OR REPLACE FUNCTION scoring._raise_python_error(sqlstate text, message text, detail text, hint text)
-RETURNS text
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF message !~ '^(plpy\.Error|plpy\.SPIError|spiexceptions\.\w+): ' THEN
-        RETURN message;
-    END IF;
-    message := regexp_replace(message, '^[^:]+: ', '');
-    detail := nullif(detail, '');
-    hint := nullif(hint, '');
-    -- RAISE refuses a NULL option.
-    IF detail IS NULL AND hint IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message;
-    ELSIF detail IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, HINT = hint;
-    ELSIF hint IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail;
-    ELSE
-        RAISE EXCEPTION USING ERRCODE = sqlstate, MESSAGE = message, DETAIL = detail, HINT = hint;
-    END IF;
-END
-$$;
-COMMENT ON FUNCTION scoring._raise_python_error(text, text, text, text) IS 'internal: raises an error caught from PL/Python again without its traceback';
-
 -- scoring.score(bigint) itself is written by scoring._install_scoring_functions()
 -- (050-complaint-trigger.sql): generated SQL for a 'sql' model, else this.
 CREATE OR REPLACE FUNCTION scoring._score_customer_py(customer_id bigint)
