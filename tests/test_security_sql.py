@@ -49,9 +49,8 @@ ALLOWED = {
         "a procedure that commits per batch (a SET clause forbids COMMIT): it pins search_path with "
         "pg_catalog.set_config(..., true) at the start of every batch's transaction",
     "scoring._rescore_plpython(text,integer,text[])":
-        "rescore's Python (rescore is PL/pgSQL around it, to report errors without a traceback): the same reason",
-    "scoring._rescore_plpython(text,integer,text[])":
-        "rescore's Python, a procedure that commits per batch: as rescore",
+        "rescore's Python (rescore is PL/pgSQL around it, to report errors without a traceback), a procedure "
+        "that commits per batch: as rescore",
 }
 
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema')"
