@@ -39,8 +39,8 @@ test: setup
 	$(BIN)/python -m pytest -m "not docker" -p no:cacheprovider 2>&1 | tee .pgscore/test-local.log; local=$$?; \
 	bash docker/test-docker.sh 2>&1 | tee .pgscore/test-docker.log; docker=$$?; \
 	echo "== summary"; \
-	echo "local:  $$(tail -n 1 .pgscore/test-local.log) (exit $$local)"; \
-	echo "docker: $$(tail -n 1 .pgscore/test-docker.log) (exit $$docker)"; \
+	echo "local:  $$(grep -E '(passed|failed|error|no tests ran| skipped)' .pgscore/test-local.log | tail -n 1) (exit $$local)"; \
+	echo "docker: $$(grep -E '(passed|failed|error|no tests ran| skipped)' .pgscore/test-docker.log | tail -n 1) (exit $$docker)"; \
 	[ $$local -eq 0 ] && [ $$docker -eq 0 ]
 
 test-local: setup
