@@ -4,6 +4,7 @@
 DROP FUNCTION scoring_trusted.load_runtime();
 ALTER TABLE scoring_trusted.runtime_modules SET SCHEMA scoring;
 DROP TABLE scoring_trusted.approved_pickles;
+DROP TABLE scoring_trusted.installed_functions;
 DROP SCHEMA scoring_trusted;
 
 -- Every function the code at head added to schema scoring goes: 0008's

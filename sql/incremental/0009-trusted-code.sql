@@ -24,15 +24,32 @@ CREATE TABLE scoring_trusted.approved_pickles (
 COMMENT ON TABLE scoring_trusted.approved_pickles IS
     'blobs (by sha256) that a superuser approved for unpickling in the server: pgscore approve SHA256';
 
+-- What the migration installed in schema scoring, recorded after every
+-- migration (sql/idempotent/099-record-functions.sql) and compared before a
+-- superuser next touches the schema (sql/idempotent/005-schema-check.sql).
+CREATE TABLE scoring_trusted.installed_functions (
+    signature        text PRIMARY KEY,
+    prokind          "char" NOT NULL,
+    security_definer boolean NOT NULL,
+    language         text NOT NULL,
+    definition_md5   text
+);
+COMMENT ON TABLE scoring_trusted.installed_functions IS
+    'the functions of schema scoring as the last migration left them (the definitions of those that run as their caller)';
+
 -- Not approved automatically: a joblib model already in use stops loading
 -- until a superuser approves it (or it is pushed again as skops). Say which.
 DO $$
 DECLARE
     m record;
 BEGIN
-    FOR m IN SELECT a.name, a.version, s.format, s.sha256
-               FROM scoring.active_models a JOIN scoring.models s USING (model_id)
-              WHERE s.format <> 'skops' AND s.scoring_path NOT IN ('compiled', 'sql')
+    -- The tables, not the view active_models: the schema check that ran
+    -- before this file (005-schema-check.sql) made sure they are plain tables.
+    FOR m IN SELECT a.name, a.version, a.format, a.sha256
+               FROM (SELECT DISTINCT ON (d.name) d.name, s.version, s.format, s.sha256, s.scoring_path
+                       FROM scoring.deployments d JOIN scoring.models s ON s.model_id = d.model_id
+                      ORDER BY d.name, d.deployment_id DESC) a
+              WHERE a.format <> 'skops' AND a.scoring_path NOT IN ('compiled', 'sql')
               ORDER BY a.name
     LOOP
         RAISE WARNING 'active model % v% is a % pickle: the server no longer loads it until a superuser approves it',
