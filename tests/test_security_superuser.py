@@ -75,8 +75,8 @@ def test_a_superusers_session_runs_as_scoring_loader(seeded, model_files):
         assert conn.execute("SELECT current_user, session_user").fetchone() == ("scoring_loader", "postgres")
     result = models.push_model(seeded.dsn(), model_files["logreg"], name="churn", activate=True)
     rows = models.list_models(seeded.dsn(), "churn")
-    # created_by is current_user (the assign_version trigger): the role the session ran as.
-    assert [(r["version"], r["active"], r["created_by"]) for r in rows] == [(result.version, True, "scoring_loader")]
+    # created_by is the login that pushed (session_user), not the role pgscore switched to.
+    assert [(r["version"], r["active"], r["created_by"]) for r in rows] == [(result.version, True, "postgres")]
 
 
 def test_approve_list_and_revoke_after_the_repro_run_no_code_of_scoring_owner(db, marker, capsys):

@@ -11,7 +11,8 @@ BEGIN
     SELECT coalesce(max(m.version), 0) + 1 INTO NEW.version
       FROM scoring.models m WHERE m.name = NEW.name;
     NEW.created_at := now();
-    NEW.created_by := current_user;
+    -- The login that pushed: pgscore runs a superuser's commands as scoring_loader (SET ROLE).
+    NEW.created_by := session_user;
     RETURN NEW;
 END
 $$;
