@@ -739,8 +739,8 @@ class _Trees:
             if len(getattr(self, f"node_{name}")) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         self.n_trees = len(self.node_roots)
-        self._check_nodes(n_nodes, len(output_names))
-        self.python_one = self._leaf_depth_total() <= self._LEVEL_COST * self.max_depth
+        leaf_depth_total = self._check_nodes(n_nodes, len(output_names))
+        self.python_one = leaf_depth_total <= self._LEVEL_COST * self.max_depth
         small = n_nodes <= _RowCode.MAX_NODES and self.max_depth <= _RowCode.MAX_DEPTH
         no_nan = all(t == t for f, t in zip(self.node_feature, self.node_threshold) if f >= 0)
         self.row_code = (_RowCode(self, self.node_feature, self.node_threshold, self.node_left, self.node_right,
@@ -748,37 +748,61 @@ class _Trees:
                          if small and no_nan else None)
         self.children: np.ndarray | None = None  # the batch walk's arrays: _numpy_ready()
 
-    def _check_nodes(self, n_nodes: int, n_outputs: int) -> None:
-        """Raise ValueError unless every root and inner node's children are nodes
-        and every tested feature is a model column."""
-        if n_nodes == 0 or self.n_trees == 0 or not all(0 <= r < n_nodes for r in self.node_roots):
-            raise ValueError("tree arrays of the compiled model are inconsistent")
-        for f, left, right in zip(self.node_feature, self.node_left, self.node_right):
-            if f >= 0 and not (f < n_outputs and 0 <= left < n_nodes and 0 <= right < n_nodes):
-                raise ValueError("tree arrays of the compiled model are inconsistent")
+    def _check_nodes(self, n_nodes: int, n_outputs: int) -> float:
+        """Raise ValueError unless the node table is ``n_trees`` trees that use
+        every node once and whose deepest leaf is ``max_depth`` deep; return the
+        sum over trees of the mean leaf depth (the node steps of one Python walk).
 
-    def _leaf_depth_total(self) -> float:
-        """Sum over trees of the mean leaf depth: the node steps of one Python walk.
-
-        Raises ValueError if some path is longer than max_depth (the
-        vectorised walk would stop short of a leaf).
+        One pass over the nodes. Each root's tree is walked marking nodes: a
+        node reached a second time (children shared by two nodes, a child that
+        points back up, two trees sharing nodes) is refused, as are children
+        outside the table, tested features that are not model columns, nodes
+        no root reaches and a max_depth other than the real depth (the batch
+        walk takes max_depth steps; the manifest cannot make it take more).
+        Without this a crafted table (node i with both children i + 1) had
+        2**depth root-to-leaf paths, which the walk spent hours in.
         """
+        if n_nodes == 0 or self.n_trees == 0:
+            raise ValueError("tree arrays of the compiled model are inconsistent (no nodes or no trees)")
         feature, left, right = self.node_feature, self.node_left, self.node_right
+        seen = bytearray(n_nodes)
         total = 0.0
-        for root in self.node_roots:
+        deepest = 0
+        for tree, root in enumerate(self.node_roots):
+            if not 0 <= root < n_nodes or seen[root]:
+                raise ValueError(f"tree arrays of the compiled model are inconsistent: tree {tree} has root {root}, "
+                                 f"which is not a node or belongs to another tree")
+            seen[root] = 1
             depths = leaves = 0
             stack = [(root, 0)]
             while stack:
                 node, depth = stack.pop()
-                if depth > self.max_depth:
-                    raise ValueError("tree arrays of the compiled model are inconsistent (deeper than max_depth)")
-                if feature[node] < 0:
+                f = feature[node]
+                if f < 0:
                     depths += depth
                     leaves += 1
-                else:
-                    stack.append((left[node], depth + 1))
-                    stack.append((right[node], depth + 1))
+                    if depth > deepest:
+                        deepest = depth
+                    continue
+                lo, hi = left[node], right[node]
+                if f >= n_outputs or not (0 <= lo < n_nodes and 0 <= hi < n_nodes):
+                    raise ValueError(f"tree arrays of the compiled model are inconsistent: tree {tree} node {node} "
+                                     f"tests feature {f} (of {n_outputs}) with children {lo}, {hi} "
+                                     f"(of {n_nodes} nodes)")
+                if seen[lo] or seen[hi] or lo == hi:
+                    raise ValueError(f"tree arrays of the compiled model do not form trees: tree {tree} node {node} "
+                                     f"has children {lo}, {hi}, one of which is already reached from a root "
+                                     "(shared or cyclic children)")
+                seen[lo] = seen[hi] = 1
+                stack.append((lo, depth + 1))
+                stack.append((hi, depth + 1))
             total += depths / max(leaves, 1)
+        if 0 in seen:
+            raise ValueError(f"tree arrays of the compiled model are inconsistent: node {seen.index(0)} "
+                             "is not reached from any root")
+        if self.max_depth != deepest:
+            raise ValueError(f"tree arrays of the compiled model are inconsistent: max_depth is {self.max_depth}, "
+                             f"the trees are {deepest} deep")
         return total
 
     def _numpy_ready(self) -> None:
