@@ -122,8 +122,11 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
 
 
 def _load_skops(data: bytes, origin: str) -> Any:
+    # Types outside formats.NATIVE_SAFE_TYPES are rebuilt here, in the pusher's own
+    # process (as before); the server loads them only once a superuser approved this
+    # blob's sha256, which push checks before writing (_require_approval).
     try:
-        return formats.loads(data, "skops")
+        return formats.loads(data, "skops", approved_sha256=hashlib.sha256(data).hexdigest())
     except formats.UntrustedTypes as exc:
         raise PushError(f"{origin} needs types pgscore does not trust in skops format: {', '.join(exc.types)}; "
                         "use scikit-learn estimators only") from None
@@ -298,7 +301,9 @@ def push_model(
         origin = f"{type(model_or_path).__name__} object"
         estimator, saved = model_or_path, dict(server_runtime.versions())
     feature_names = check_estimator(estimator, origin)
-    if format == "skops":
+    if format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
+        blob = file_bytes  # a skops file is uploaded as it is (checked by _load_skops): its sha256 is what is approved
+    elif format == "skops":
         blob = _skops_blob(estimator, origin)
     elif file_bytes is not None and file_format(file_bytes) == "joblib":  # a joblib file is uploaded as it is
         blob = file_bytes
@@ -331,7 +336,7 @@ def push_model(
             )
         compiled, path, path_note = _compile(conn, estimator, feature_names, scoring_path, origin)
         if path == "sklearn":
-            _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})")
+            _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})", blob)
         with conn.transaction():
             model_id, version = conn.execute(
                 "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime,"
@@ -349,18 +354,25 @@ def push_model(
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes)
 
 
-def _require_approval(conn: psycopg.Connection, fmt: str, digest: str, subject: str) -> None:
+def _require_approval(conn: psycopg.Connection, fmt: str, digest: str, subject: str, blob: bytes) -> None:
     """Raises PushError before anything is written when the server would
-    refuse to unpickle the blob (pgscore_server.approvals.require decides
-    the same there): a pickle on the scikit-learn path whose sha256 no
+    refuse to load the blob (pgscore_server.approvals.require decides
+    the same there): a pickle, or a skops blob holding types outside
+    formats.NATIVE_SAFE_TYPES, on the scikit-learn path whose sha256 no
     superuser approved."""
+    types: list[str] = []
     if not formats.unpickles(fmt):
-        return
+        types = formats.approval_types(blob, fmt)
+        if not types:
+            return
     approved = conn.execute("SELECT EXISTS (SELECT FROM scoring_trusted.approved_pickles WHERE sha256 = %s)",
                             [digest]).fetchone()[0]
     if not approved:
-        message, hint = approvals.refusal_text(subject, fmt, digest)
-        raise PushError(f"{message}; {hint}; then push it again. Nothing was pushed")
+        message, hint = (approvals.native_refusal_text(subject, types, digest) if types
+                         else approvals.refusal_text(subject, fmt, digest))
+        again = ("then push the same .skops file again (its bytes are what is approved; saving a model again"
+                 " changes them)" if types else "then push it again")
+        raise PushError(f"{message}; {hint}; {again}. Nothing was pushed")
 
 
 def _skops_blob(estimator: Any, origin: str) -> bytes:

@@ -1,4 +1,5 @@
-"""Which model blobs the server may unpickle: only those a superuser approved.
+"""Which model blobs the server may unpickle, or rebuild with native code
+pgscore does not check: only those a superuser approved.
 
 Unpickling a blob runs whatever code it names, as the server's OS user; the
 role that pushed it must not be able to decide that. The sha256 of every
@@ -11,6 +12,12 @@ is deserialised, and ``formats.loads`` refuses to unpickle unless handed
 the digest it returned. :func:`check_model` asks the same question earlier,
 where a model is activated or put on the scikit-learn path, so that a
 pickle nobody approved is refused there rather than at the next insert.
+
+A skops blob runs no code of its own, but one holding a type outside
+``formats.NATIVE_SAFE_TYPES`` (an SVC, KMeans, a KDTree, ...) is handed to
+compiled prediction code that trusts its arrays: a crafted one reads or
+writes out of bounds in the server. It needs the same approval of its sha256,
+through the same gate.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ INSUFFICIENT_PRIVILEGE = "42501"  # psycopg.errors.InsufficientPrivilege
 
 APPROVED_SQL = "SELECT EXISTS (SELECT FROM scoring_trusted.approved_pickles WHERE sha256 = $1) AS approved"
 MODEL_SQL = "SELECT name, version, format, sha256, scoring_path FROM scoring.models WHERE model_id = $1"
+BLOB_SQL = "SELECT blob FROM scoring.models WHERE model_id = $1"
 
 
 def refusal_text(subject: str, fmt: str, sha256: str) -> tuple[str, str]:
@@ -40,16 +48,44 @@ def refusal_text(subject: str, fmt: str, sha256: str) -> tuple[str, str]:
     )
 
 
-def require(plpy: Any, cache: dict, fmt: str, sha256: str, name: str, version: int) -> str | None:
-    """The approved sha256 to hand ``formats.loads`` (None for a format that
-    runs no code). Raises ScoringError (SQLSTATE 42501) for a pickle whose
-    sha256 no superuser approved. The approval is read on every load, never
-    cached: a revoked approval holds for the next load in every backend."""
+def native_refusal_text(subject: str, types: list[str], sha256: str) -> tuple[str, str]:
+    """(message, hint) for a skops blob holding types outside
+    formats.NATIVE_SAFE_TYPES that nobody approved. Shared by the server and
+    ``pgscore push``."""
+    return (
+        f"{subject} holds {', '.join(types)} (format skops, sha256 {sha256}), whose compiled prediction code"
+        " trusts the model's arrays, and no superuser has approved it; pgscore will not load it",
+        "a crafted model of such a type makes that code read or write out of bounds in the server (crashing"
+        f" every session); a superuser who trusts {subject} runs: pgscore approve {sha256} (models built only"
+        " from the types in pgscore_server.formats.NATIVE_SAFE_TYPES, whose structures pgscore checks, need"
+        " no approval)",
+    )
+
+
+def require(plpy: Any, cache: dict, fmt: str, sha256: str, name: str, version: int,
+            blob: bytes | None = None) -> str | None:
+    """The approved sha256 to hand ``formats.loads`` (None when no approval
+    is needed: a skops ``blob`` of NATIVE_SAFE_TYPES only). Raises
+    ScoringError (SQLSTATE 42501) for a pickle, or a skops blob holding other
+    types (``blob`` is required for skops), whose sha256 no superuser
+    approved. The approval is read on every load, never cached: a revoked
+    approval holds for the next load in every backend."""
+    types: list[str] = []
     if not formats.unpickles(fmt):
-        return None
+        if blob is None:
+            raise ValueError("approvals.require needs the blob of a skops model")
+        try:
+            if formats.untrusted_types(blob):
+                return None  # refused whatever anyone approved: formats.loads names the untrusted types
+            types = formats.approval_types(blob, fmt)
+        except Exception:  # an archive skops cannot read: formats.loads re-checks it and fails the load
+            return None
+        if not types:
+            return None
     if plans.run(plpy, cache, APPROVED_SQL, ["text"], [sha256])[0]["approved"]:
         return sha256
-    message, hint = refusal_text(f"model {name!r} v{version}", fmt, sha256)
+    subject = f"model {name!r} v{version}"
+    message, hint = native_refusal_text(subject, types, sha256) if types else refusal_text(subject, fmt, sha256)
     raise ScoringError(message, sqlstate=INSUFFICIENT_PRIVILEGE, hint=hint)
 
 
@@ -67,4 +103,7 @@ def check_model(plpy: Any, cache: dict, model_id: int, path: str | None) -> None
     row = rows[0]
     if (path or row["scoring_path"]) in COMPILED_PATHS:
         return  # the compiled arrays: nothing is unpickled
-    require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"])
+    blob = None
+    if not formats.unpickles(row["format"]):
+        blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
+    require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"], blob)

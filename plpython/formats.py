@@ -8,7 +8,11 @@
   bounds checks, so a crafted blob would crash the process that predicts
   (the server: every backend). :func:`loads` therefore checks every such
   structure of the rebuilt model (:func:`check_native_structures`) before
-  anyone can call it.
+  anyone can call it. Other estimators skops trusts have compiled predict
+  code pgscore does not check (libsvm, KMeans, KDTree/BallTree, ...): a
+  skops blob is rebuilt without a superuser's approval only when every type
+  in its archive is in NATIVE_SAFE_TYPES (:func:`approval_types` lists the
+  others); otherwise it needs the same approval of its sha256 as a pickle.
 - 'joblib': a pickle. Loading it runs whatever code it names, so it is
   pushed only on explicit request (``pgscore push --format joblib``), and
   :func:`loads` unpickles it only when handed the sha256 a superuser
@@ -47,6 +51,87 @@ SKOPS_TRUSTED_TYPES = (
 )
 
 
+# The types a skops blob may hold and still be rebuilt WITHOUT a superuser's
+# approval: each one's prediction code is Python/numpy (whose indexing is
+# bounds-checked, so crafted attributes raise, never read out of bounds) or
+# compiled code whose input check_native_structures validates first. Every
+# other type found in a blob's archive (:func:`approval_types`: sklearn.svm,
+# sklearn.neighbors, sklearn.cluster, sklearn.neural_network, functions,
+# anything unknown) makes the blob need the approval of its exact sha256
+# (``pgscore approve``), like a pickle. Names are those skops records (the
+# defining module), so a new scikit-learn class is never allowed by accident.
+NATIVE_SAFE_TYPES = (
+    # Containers and scalars skops rebuilds itself (JSON values are never listed).
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.set", "builtins.str", "builtins.int",
+    "builtins.float", "builtins.bool", "builtins.bytes", "builtins.slice", "collections.OrderedDict",
+    # numpy data: arrays (object arrays hold other nodes, checked themselves), dtypes and scalars.
+    # RandomState / Generator are fit-time parameters (random_state), unused by predict.
+    "numpy.ndarray", "numpy.dtype", "numpy.bool", "numpy.float16", "numpy.float32", "numpy.float64",
+    "numpy.int8", "numpy.int16", "numpy.int32", "numpy.int64", "numpy.uint8", "numpy.uint16", "numpy.uint32",
+    "numpy.uint64", "numpy.str_", "numpy.bytes_",
+    "numpy.random.mtrand.RandomState", "numpy.random._generator.Generator",
+    # sklearn.pipeline, sklearn.compose: Python meta-estimators that call their steps
+    # (each step's type is checked on its own); Bunch is the dict of named estimators.
+    "sklearn.pipeline.Pipeline", "sklearn.pipeline.FeatureUnion",
+    "sklearn.compose._column_transformer.ColumnTransformer",
+    "sklearn.compose._column_transformer.make_column_selector",
+    "sklearn.utils._bunch.Bunch",
+    # sklearn.preprocessing: transform is numpy (searchsorted, interp, take, fancy
+    # indexing: bounds-checked). Not here: PolynomialFeatures (its sparse path sizes
+    # a compiled expansion by the fitted _n_out_full), SplineTransformer (scipy's
+    # compiled BSpline evaluation of fitted knots), KernelCenterer (not a pipeline step
+    # pgscore needs). FunctionTransformer's func is a separate node: a function is
+    # never on this list, so such a blob needs approval.
+    "sklearn.preprocessing._data.StandardScaler", "sklearn.preprocessing._data.MinMaxScaler",
+    "sklearn.preprocessing._data.MaxAbsScaler", "sklearn.preprocessing._data.RobustScaler",
+    "sklearn.preprocessing._data.Normalizer", "sklearn.preprocessing._data.Binarizer",
+    "sklearn.preprocessing._data.PowerTransformer", "sklearn.preprocessing._data.QuantileTransformer",
+    "sklearn.preprocessing._discretization.KBinsDiscretizer",
+    "sklearn.preprocessing._encoders.OneHotEncoder", "sklearn.preprocessing._encoders.OrdinalEncoder",
+    "sklearn.preprocessing._function_transformer.FunctionTransformer",
+    "sklearn.preprocessing._label.LabelEncoder", "sklearn.preprocessing._label.LabelBinarizer",
+    "sklearn.preprocessing._target_encoder.TargetEncoder",
+    # sklearn.impute: SimpleImputer / MissingIndicator transform with numpy masks.
+    # Not here: KNNImputer (distance code over fitted rows), IterativeImputer.
+    "sklearn.impute._base.SimpleImputer", "sklearn.impute._base.MissingIndicator",
+    # sklearn.linear_model (classifiers): decision_function is a numpy dot product,
+    # whose shapes numpy checks; predict_proba is expit/softmax.
+    "sklearn.linear_model._logistic.LogisticRegression", "sklearn.linear_model._logistic.LogisticRegressionCV",
+    "sklearn.linear_model._stochastic_gradient.SGDClassifier", "sklearn.linear_model._ridge.RidgeClassifier",
+    "sklearn.linear_model._ridge.RidgeClassifierCV", "sklearn.linear_model._perceptron.Perceptron",
+    "sklearn.linear_model._passive_aggressive.PassiveAggressiveClassifier",
+    # sklearn.dummy: numpy (also GradientBoosting's default init_ prior).
+    "sklearn.dummy.DummyClassifier", "sklearn.dummy.DummyRegressor",
+    # sklearn.naive_bayes: numpy log-likelihoods (CategoricalNB indexes with numpy).
+    "sklearn.naive_bayes.GaussianNB", "sklearn.naive_bayes.BernoulliNB", "sklearn.naive_bayes.MultinomialNB",
+    "sklearn.naive_bayes.ComplementNB", "sklearn.naive_bayes.CategoricalNB",
+    # sklearn.tree: compiled tree walk, validated by check_native_structures (_check_tree,
+    # _check_tree_owner).
+    "sklearn.tree._classes.DecisionTreeClassifier", "sklearn.tree._classes.DecisionTreeRegressor",
+    "sklearn.tree._classes.ExtraTreeClassifier", "sklearn.tree._classes.ExtraTreeRegressor",
+    "sklearn.tree._tree.Tree",
+    # sklearn.ensemble: the estimators check_native_structures validates (forests,
+    # GradientBoosting, HistGradientBoosting and their predictors and bin mapper: _check_ensemble,
+    # _check_gradient_boosting, _check_hist_gradient_boosting), and the Python meta-estimators
+    # Bagging* (members called on X[:, estimators_features_[i]]: numpy indexing, members check
+    # their input), Voting* and Stacking* (members called on the input, which they check).
+    # Not here: AdaBoost*, RandomTreesEmbedding, IsolationForest (not classifiers pgscore scores).
+    "sklearn.ensemble._forest.RandomForestClassifier", "sklearn.ensemble._forest.RandomForestRegressor",
+    "sklearn.ensemble._forest.ExtraTreesClassifier", "sklearn.ensemble._forest.ExtraTreesRegressor",
+    "sklearn.ensemble._gb.GradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn.ensemble._bagging.BaggingClassifier", "sklearn.ensemble._voting.VotingClassifier",
+    "sklearn.ensemble._stacking.StackingClassifier",
+    # sklearn._loss: the binary losses of (Hist)GradientBoosting; predict_proba uses only the
+    # link's numpy inverse (expit); the Cython loss object is rebuilt without state and used by fit.
+    "sklearn._loss.loss.HalfBinomialLoss", "sklearn._loss.loss.ExponentialLoss",
+    "sklearn._loss._loss.CyHalfBinomialLoss", "sklearn._loss._loss.CyExponentialLoss",
+    "sklearn._loss.link.LogitLink", "sklearn._loss.link.HalfLogitLink", "sklearn._loss.link.Interval",
+)
+
+
 class UntrustedTypes(Exception):
     """A skops blob needs types outside SKOPS_TRUSTED_TYPES."""
 
@@ -63,6 +148,16 @@ class MalformedModel(ValueError):
 
 class PickleNotApproved(Exception):
     """A pickle was about to be loaded without the approved sha256 of exactly its bytes."""
+
+
+class NativeTypesNotApproved(PickleNotApproved):
+    """A skops blob holding types outside NATIVE_SAFE_TYPES was about to be
+    rebuilt without the approved sha256 of exactly its bytes."""
+
+    def __init__(self, types: list[str]) -> None:
+        super().__init__("no approval for this blob, which holds types whose native code pgscore does not check: "
+                         + ", ".join(types))
+        self.types = types
 
 
 def unpickles(fmt: str) -> bool:
@@ -92,12 +187,49 @@ def untrusted_types(blob: bytes) -> list[str]:
     return sorted(set(skops.io.get_untrusted_types(data=blob)) - set(SKOPS_TRUSTED_TYPES))
 
 
+def skops_types(blob: bytes) -> list[str]:
+    """Every type a skops blob's archive names (the types rebuilding it would
+    create, functions included), read from its schema: nothing is rebuilt,
+    imported from the blob or run. Raises for an archive skops cannot read."""
+    import zipfile
+
+    from skops.io._audit import Node, get_tree
+    from skops.io._utils import read_schema
+
+    with zipfile.ZipFile(io.BytesIO(blob), "r") as archive:
+        schema, context = read_schema(archive)
+        tree = get_tree(schema, load_context=context, trusted=None)
+    # skops lists the types a node does not trust; trusting none lists them all.
+    seen: set[int] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (list, tuple)):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, Node) and id(node) not in seen:
+            seen.add(id(node))
+            node.trusted = []
+            stack.extend(child for child in node.children.values() if child is not None)
+    return sorted(tree.get_unsafe_set())
+
+
+def approval_types(blob: bytes, fmt: str = "skops") -> list[str]:
+    """The types of a skops blob outside NATIVE_SAFE_TYPES (empty: it loads
+    without a superuser's approval). Only for skops; a pickle always needs one."""
+    if fmt != "skops":
+        raise ValueError(f"approval_types reads skops blobs, not {fmt!r}")
+    return sorted(set(skops_types(blob)) - set(NATIVE_SAFE_TYPES))
+
+
 def loads(blob: bytes, fmt: str, approved_sha256: str | None = None) -> Any:
     """The estimator in ``blob``. Raises UntrustedTypes for a skops blob that
     needs untrusted types, MalformedModel for a skops blob whose tree
     structures scikit-learn's compiled code would index out of bounds (checked
     before the model is returned, so before anything predicts with it),
-    PickleNotApproved for a pickle unless
+    NativeTypesNotApproved for a skops blob holding types outside
+    NATIVE_SAFE_TYPES and PickleNotApproved for a pickle, unless
     ``approved_sha256`` (what a superuser approved) is the sha256 of ``blob``,
     ValueError for an unknown format, and whatever the format's loader
     raises for a damaged blob."""
@@ -105,6 +237,12 @@ def loads(blob: bytes, fmt: str, approved_sha256: str | None = None) -> Any:
         refused = untrusted_types(blob)
         if refused:
             raise UntrustedTypes(refused)
+        outside = approval_types(blob)
+        if outside:
+            import hashlib
+
+            if approved_sha256 is None or hashlib.sha256(blob).hexdigest() != approved_sha256:
+                raise NativeTypesNotApproved(outside)
         import skops.io
 
         # Rebuilding runs no compiled code on the indices: Tree.__setstate__

@@ -325,8 +325,9 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     else:
         blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
         verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
-        # The one gate before a blob is deserialised: a pickle needs a superuser's approval of its sha256.
-        approved = approvals.require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"])
+        # The one gate before a blob is deserialised: a pickle, or a skops blob with types outside
+        # formats.NATIVE_SAFE_TYPES, needs a superuser's approval of its sha256.
+        approved = approvals.require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"], blob)
         runtime.check_compatible(runtime.parse_recorded(row["runtime"]), label)
         estimator = deserialize(row["format"], blob, label, approved)
     model = LoadedModel(
