@@ -1,8 +1,10 @@
-"""Approving pickles for the server to load (``pgscore approve``): a superuser's act.
+"""Approving model blobs for the server to load (``pgscore approve``): a superuser's act.
 
-The server unpickles a model blob (format joblib, on the scikit-learn
-path) only if its sha256 is listed in ``scoring_trusted.approved_pickles``
-(the gate: :func:`pgscore_server.approvals.require`). Loading a pickle runs
+On the scikit-learn path the server unpickles a model blob (format joblib),
+or rebuilds a skops blob with types whose compiled code trusts the model's
+arrays (``pgscore_server.formats.NATIVE_SAFE_TYPES`` lists the others), only
+if its sha256 is listed in ``scoring_trusted.approved_pickles`` (the gate:
+:func:`pgscore_server.approvals.require`). Loading a pickle runs
 the code it names as the server's OS user, so only a superuser, who could
 run that code anyway, may list one: the table belongs to the migrating
 superuser and no pgscore role may write it.
@@ -34,7 +36,7 @@ def _superuser(conn: psycopg.Connection, action: str) -> None:
     if not superuser:
         raise psycopg.errors.InsufficientPrivilege(
             f"only a superuser can {action} (connected as {user}): loading a pickle runs code as the server's "
-            "OS user; connect as a superuser with --dsn")
+            "OS user, and unchecked native model code can crash it; connect as a superuser with --dsn")
 
 
 def _checked(sha256: str) -> str:
