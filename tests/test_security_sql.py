@@ -262,15 +262,14 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
             "scoring._require_loadable(bigint,text)": [("SELECT scoring._require_loadable(%s, 'sql')", [model_id])],
             "scoring._unknown_model_hint(text)": ["SELECT scoring._unknown_model_hint('chrun')"],
             # profile 42 is rejected: its failure comes back as the INOUT argument, for rescore to raise
-            "scoring._rescore_plpython(text,integer,text[])": ["CALL scoring._rescore_plpython('churn', 37, NULL)"],
+            "scoring._rescore_plpython(text,integer,text[])": ["CALL scoring._rescore_plpython('churn', 37, NULL)",
+                                                               "CALL scoring._rescore_plpython('churn', 0, NULL)"],
             "scoring._score_rejected(bigint,bigint,text,text)": [
                 (psycopg.errors.ExternalRoutineInvocationException,
                  "SELECT scoring._score_rejected(%s, 5, 'pgscore: probe', 'raise')", [model_id]),
                 # keep would write scoring.errors: only the owner's trigger may
                 (psycopg.errors.InsufficientPrivilege,
                  "SELECT scoring._score_rejected(%s, 5, 'pgscore: probe', 'keep')", [model_id])],
-            "scoring._unknown_model_hint(text)": ["SELECT scoring._unknown_model_hint('chrun')"],
-            "scoring._rescore_plpython(text,integer,text[])": ["CALL scoring._rescore_plpython('churn', 0, NULL)"],
             "scoring.rescore(text,integer)": [
                 # an error before the first batch: raised before any batch pinned search_path
                 (psycopg.errors.InvalidParameterValue, "CALL scoring.rescore('churn', 0)", []),
