@@ -159,3 +159,23 @@ def local_scores(model_path: Path, db: Database, customer_ids) -> dict[int, floa
 
 def conninfo_user(dsn: str) -> str:
     return conninfo_to_dict(dsn).get("user", "")
+
+
+@dataclass(frozen=True)
+class ServerFile:
+    """A path as the database server's OS user sees it: the same /tmp for the
+    local server, the container's own for the Docker target. Security tests
+    ask the server whether a payload wrote it, so that their "nothing was
+    written" is never true merely because the file went to another machine."""
+
+    path: Path
+    dsn: str  # a superuser's, which pg_stat_file needs
+
+    def exists(self) -> bool:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute("SELECT (pg_catalog.pg_stat_file(%s, true)).size IS NOT NULL",
+                                [str(self.path)]).fetchone()[0]
+
+    def __str__(self) -> str:
+        return str(self.path)
+

@@ -28,7 +28,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pgscore.compile import compile_model
 from pgscore_server import compiled
-from tests.conftest import local_scores
+from tests.conftest import ServerFile, local_scores
 
 # What scoring_owner (the definer of every SECURITY DEFINER function, so the
 # role an SQL injection into one would act as) tries against the trusted code.
@@ -136,7 +136,7 @@ def test_what_scoring_owner_does_in_its_own_schema_does_not_change_the_code_that
     scoring.runtime_modules with other source and a scoring._load_runtime()
     of its own. The shims call scoring_trusted.load_runtime(): neither is
     ever used, and a new backend scores as before."""
-    marker = Path(f"/tmp/pgscore-owner-{uuid.uuid4().hex}")
+    marker = ServerFile(Path(f"/tmp/pgscore-owner-{uuid.uuid4().hex}"), scored.admin)
     evil_source = f"open({str(marker)!r}, 'w').close()\n"
     expected = local_scores(model_files["logreg"], scored, [7])[7]
     with scored.connect() as admin:

@@ -30,7 +30,7 @@ from pgscore.demo_data import train_demo_model
 from pgscore_server import formats
 from pgscore_server import runtime as server_runtime
 from pgscore_server.features import to_frame
-from tests.conftest import local_scores
+from tests.conftest import ServerFile, local_scores
 
 # The payload: writes MARKER-server (inside PostgreSQL, where the plpy module
 # exists) or MARKER-client, holding the database variables it could see,
@@ -57,15 +57,16 @@ def logreg():
 
 
 @pytest.fixture
-def marker() -> Path:
-    """A unique /tmp path prefix; the test fails if the server wrote MARKER-server."""
+def marker(server) -> Path:
+    """A unique /tmp path prefix; the test fails if the server wrote MARKER-server
+    (asked of the server: a container's /tmp is not this machine's)."""
     prefix = Path(f"/tmp/pgscore-pickle-{uuid.uuid4().hex}")
     yield prefix
-    server, client = Path(f"{prefix}-server"), Path(f"{prefix}-client")
+    written, client = ServerFile(Path(f"{prefix}-server"), server["dsn"]), Path(f"{prefix}-client")
     try:
-        assert not server.exists(), "the server unpickled the malicious blob"
+        assert not written.exists(), "the server unpickled the malicious blob"
     finally:
-        for path in (server, client):
+        for path in (written.path, client):
             path.unlink(missing_ok=True)
 
 

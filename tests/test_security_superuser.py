@@ -22,19 +22,20 @@ from pgscore.cli import main
 from pgscore.connection import SchemaTampered, connect
 from pgscore.console import rescore_with_progress
 from pgscore.migrate import downgrade, migrate
+from tests.conftest import ServerFile
 
 SHA = "ab" * 32
 
 
 @pytest.fixture
-def marker():
+def marker(server):
+    """Where the planted code writes when it runs as a superuser, as the server sees it."""
     path = Path(f"/tmp/pgscore-owner-as-superuser-{uuid.uuid4().hex}.marker")
-    yield path
-    if path.exists():
-        path.unlink()
+    yield ServerFile(path, server["dsn"])
+    path.unlink(missing_ok=True)  # the local server's /tmp is this machine's
 
 
-def pwn_sql(marker: Path) -> str:
+def pwn_sql(marker: ServerFile) -> str:
     """scoring.pwn(): writes MARKER when it runs as a superuser, first trying
     to become one again with RESET ROLE (SET ROLE is no barrier for code
     that runs in a superuser's session)."""
@@ -53,7 +54,7 @@ def as_scoring_owner(db, sql: str) -> None:
         conn.execute(sql)
 
 
-def plant_view(db, marker: Path) -> None:
+def plant_view(db, marker: ServerFile) -> None:
     """The review's repro: scoring.models becomes a view that calls pwn()."""
     as_scoring_owner(db, "ALTER TABLE scoring.models RENAME TO models_data;" + pwn_sql(marker) + """
 CREATE VIEW scoring.models AS SELECT * FROM scoring.models_data WHERE (SELECT scoring.pwn());
@@ -105,7 +106,7 @@ def test_approve_names_the_models_read_as_scoring_owner(scored):
     assert approvals.revoke(scored.dsn(), sha)
 
 
-def tampered(db, kind: str, marker: Path) -> str:
+def tampered(db, kind: str, marker: ServerFile) -> str:
     """Plants one route as scoring_owner; returns what the refusal must name."""
     if kind == "view":
         plant_view(db, marker)
