@@ -334,7 +334,7 @@ def push_model(
                 + "; install the pinned runtime on the server (pgscore db start does; see README) "
                 "or re-save the model with the server's versions"
             )
-        compiled, path, path_note = _compile(conn, estimator, feature_names, scoring_path, origin)
+        compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin)
         if path == "sklearn":
             _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})", blob)
         with conn.transaction():
@@ -347,7 +347,8 @@ def push_model(
             ).fetchone()
             tested, max_diff = _test_score(conn, estimator, model_id, feature_names, sample_size, origin)
             if path == "compiled" and scoring_path in ("auto", "sql"):
-                path, path_note = _sql_path(conn, estimator, model_id, feature_names, scoring_path, origin, path_note)
+                path, path_note = _sql_path(conn, estimator, model_id, feature_names, scoring_path, origin, path_note,
+                                            checks)
             if activate:
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
@@ -360,16 +361,13 @@ def _require_approval(conn: psycopg.Connection, fmt: str, digest: str, subject: 
     the same there): a pickle, or a skops blob holding types outside
     formats.NATIVE_SAFE_TYPES, on the scikit-learn path whose sha256 no
     superuser approved."""
-    types: list[str] = []
-    if not formats.unpickles(fmt):
-        types = formats.approval_types(blob, fmt)
-        if not types:
-            return
+    needed, types = approvals.needs_approval(fmt, blob)
+    if not needed:
+        return
     approved = conn.execute("SELECT EXISTS (SELECT FROM scoring_trusted.approved_pickles WHERE sha256 = %s)",
                             [digest]).fetchone()[0]
     if not approved:
-        message, hint = (approvals.native_refusal_text(subject, types, digest) if types
-                         else approvals.refusal_text(subject, fmt, digest))
+        message, hint = approvals.refusal(subject, fmt, types, digest)
         again = ("then push the same .skops file again (its bytes are what is approved; saving a model again"
                  " changes them)" if types else "then push it again")
         raise PushError(f"{message}; {hint}; {again}. Nothing was pushed")
@@ -392,8 +390,9 @@ def _skops_blob(estimator: Any, origin: str) -> bytes:
 
 
 def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str], wanted: str,
-             origin: str) -> tuple[bytes | None, str, str | None]:
-    """(compiled bytes or None, scoring path, why) for a model about to be pushed.
+             origin: str) -> tuple[bytes | None, str, str | None, check_rows.CheckRows | None]:
+    """(compiled bytes or None, scoring path, why, the rows it was checked on)
+    for a model about to be pushed.
 
     The compiled form is used only if it matches predict_proba to
     PARITY_TOLERANCE on real profiles and on rows generated from the model
@@ -403,7 +402,7 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     from .compile import UnsupportedModel, compile_model
 
     if wanted == "sklearn":
-        return None, "sklearn", "scikit-learn path forced at push"
+        return None, "sklearn", "scikit-learn path forced at push", None
     forced = wanted in ("compiled", "sql")
     try:
         compiled = compile_model(estimator)
@@ -419,12 +418,12 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     except UnsupportedModel as exc:
         if forced:
             raise PushError(f"{origin} cannot use the compiled path: {exc.reason}") from None
-        return None, "sklearn", f"not compiled: {exc.reason}"
+        return None, "sklearn", f"not compiled: {exc.reason}", None
     except Exception as exc:  # the model itself fails on some edge case: scikit-learn decides then
         if forced:
             raise PushError(f"{origin} cannot use the compiled path: {type(exc).__name__}: {exc}") from None
-        return None, "sklearn", f"not compiled: checking it raised {type(exc).__name__}: {exc}"
-    return compiled.to_bytes(), "compiled", f"compiled; max difference {worst:.1e} over {checks.describe()}"
+        return None, "sklearn", f"not compiled: checking it raised {type(exc).__name__}: {exc}", None
+    return compiled.to_bytes(), "compiled", f"compiled; max difference {worst:.1e} over {checks.describe()}", checks
 
 
 def _one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:
@@ -439,14 +438,13 @@ def _one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:
 
 
 def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], wanted: str,
-              origin: str, compiled_note: str | None) -> tuple[str, str | None]:
+              origin: str, compiled_note: str | None, checks: check_rows.CheckRows) -> tuple[str, str | None]:
     """('sql', note) when the SQL the server generates for ``model_id`` equals
-    predict_proba to PARITY_TOLERANCE on real profiles and rows generated
-    from the model (and, under 'auto', is short enough to pay off); else
-    ('compiled', why not). Never 'sql' when no row was checked.
-    Raises PushError when 'sql' was forced and is not possible."""
-    from .compile import CompiledModel
-
+    predict_proba to PARITY_TOLERANCE on the rows the compiled form was
+    checked on (``checks``: its profiles, read again now, and the rows
+    generated from the model), and, under 'auto', is short enough to pay
+    off; else ('compiled', why not). Raises PushError when 'sql' was forced
+    and is not possible."""
     def refuse(reason: str) -> tuple[str, str | None]:
         if wanted == "sql":
             raise PushError(f"{origin} cannot use the sql path: {reason}")
@@ -454,22 +452,18 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
 
     try:
         with conn.transaction():
-            expression, data = conn.execute(
-                "SELECT scoring.sql_expression(%s), compiled FROM scoring.models WHERE model_id = %s",
-                [model_id, model_id]).fetchone()
+            expression = conn.execute("SELECT scoring.sql_expression(%s)", [model_id]).fetchone()[0]
     except psycopg.Error as exc:
         return refuse(exc.diag.message_primary or str(exc))
     if wanted == "auto" and len(expression) > SQL_PATH_MAX_CHARS:
         return refuse(f"its SQL is {len(expression):,} characters (> {SQL_PATH_MAX_CHARS:,}); "
                       "slower per statement than the compiled path")
-    checks = check_rows_for(conn, CompiledModel.from_bytes(data), feature_names)
-    if not checks.total:
-        return refuse("no profile and no generated row to check its SQL on")
-    ids = [row["customer_id"] for row in checks.profiles]
+    # The profiles as they are now (a complaint may have changed one since the compiled check).
+    profiles = fetch_feature_rows(conn, feature_names, [row["customer_id"] for row in checks.profiles])
     in_sql = dict(conn.execute(
         f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
-        [ids]).fetchall())
-    pairs = [(in_sql[row["customer_id"]], row) for row in checks.profiles]
+        [[row["customer_id"] for row in profiles]]).fetchall())
+    pairs = [(in_sql[row["customer_id"]], row) for row in profiles]
     pairs += _sql_scores_of_rows(conn, expression, checks.edges)
     worst = 0.0
     for (in_db, row), local in zip(pairs, _scores_one_by_one(estimator, [row for _, row in pairs], feature_names)):
@@ -480,7 +474,8 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
             worst = max(worst, abs(in_db - local))
     if not worst <= PARITY_TOLERANCE:
         return refuse(f"SQL differs from predict_proba by {worst:.3g} (> {PARITY_TOLERANCE})")
-    note = f"sql ({len(expression):,} characters); max difference {worst:.1e} over {checks.describe()}"
+    note = (f"sql ({len(expression):,} characters); max difference {worst:.1e} over "
+            f"{check_rows.CheckRows(profiles, checks.generated).describe()}")
     conn.execute("UPDATE scoring.models SET scoring_path = 'sql', path_note = %s WHERE model_id = %s", [note, model_id])
     return "sql", note
 

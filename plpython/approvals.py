@@ -62,6 +62,30 @@ def native_refusal_text(subject: str, types: list[str], sha256: str) -> tuple[st
     )
 
 
+def needs_approval(fmt: str, blob: bytes | None) -> tuple[bool, list[str]]:
+    """Whether loading a blob of format ``fmt`` needs a superuser's approval,
+    and the skops types that make it so (none for a pickle, which always
+    needs one). A skops blob with types skops does not trust, or one it
+    cannot read, needs none: loading refuses it whatever anyone approved
+    (formats.loads says why). Shared by the server and ``pgscore push``."""
+    if formats.unpickles(fmt):
+        return True, []
+    if blob is None:
+        raise ValueError("approvals.needs_approval needs the blob of a skops model")
+    try:
+        if formats.untrusted_types(blob):
+            return False, []
+        types = formats.approval_types(blob, fmt)
+    except Exception:  # an archive skops cannot read: formats.loads re-checks it and fails the load
+        return False, []
+    return bool(types), types
+
+
+def refusal(subject: str, fmt: str, types: list[str], sha256: str) -> tuple[str, str]:
+    """(message, hint) for a blob that needs an approval nobody gave (see :func:`needs_approval`)."""
+    return native_refusal_text(subject, types, sha256) if types else refusal_text(subject, fmt, sha256)
+
+
 def require(plpy: Any, cache: dict, fmt: str, sha256: str, name: str, version: int,
             blob: bytes | None = None) -> str | None:
     """The approved sha256 to hand ``formats.loads`` (None when no approval
@@ -70,22 +94,12 @@ def require(plpy: Any, cache: dict, fmt: str, sha256: str, name: str, version: i
     types (``blob`` is required for skops), whose sha256 no superuser
     approved. The approval is read on every load, never cached: a revoked
     approval holds for the next load in every backend."""
-    types: list[str] = []
-    if not formats.unpickles(fmt):
-        if blob is None:
-            raise ValueError("approvals.require needs the blob of a skops model")
-        try:
-            if formats.untrusted_types(blob):
-                return None  # refused whatever anyone approved: formats.loads names the untrusted types
-            types = formats.approval_types(blob, fmt)
-        except Exception:  # an archive skops cannot read: formats.loads re-checks it and fails the load
-            return None
-        if not types:
-            return None
+    needed, types = needs_approval(fmt, blob)
+    if not needed:
+        return None
     if plans.run(plpy, cache, APPROVED_SQL, ["text"], [sha256])[0]["approved"]:
         return sha256
-    subject = f"model {name!r} v{version}"
-    message, hint = native_refusal_text(subject, types, sha256) if types else refusal_text(subject, fmt, sha256)
+    message, hint = refusal(f"model {name!r} v{version}", fmt, types, sha256)
     raise ScoringError(message, sqlstate=INSUFFICIENT_PRIVILEGE, hint=hint)
 
 
