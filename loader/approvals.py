@@ -23,26 +23,29 @@ import re
 import psycopg
 from psycopg.rows import dict_row
 
-from .connection import SchemaTampered, as_scoring_owner, connect
+from .connection import SchemaTampered, as_scoring_owner, connect, is_superuser
+from .errors import PgscoreError
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 NOT_LISTED = "not listed: schema scoring holds objects pgscore did not create (pgscore models names them)"
 
 
+class NotASha256(PgscoreError, ValueError):
+    """What was given to approve or revoke is not a sha256."""
+
+
 def _superuser(conn: psycopg.Connection, action: str) -> None:
     """Raises psycopg.errors.InsufficientPrivilege unless connected as a superuser."""
-    user, superuser = conn.execute("SELECT current_user, rolsuper FROM pg_catalog.pg_roles"
-                                   " WHERE rolname = current_user").fetchone()
-    if not superuser:
+    if not is_superuser(conn):
         raise psycopg.errors.InsufficientPrivilege(
-            f"only a superuser can {action} (connected as {user}): loading a pickle runs code as the server's "
-            "OS user, and unchecked native model code can crash it; connect as a superuser with --dsn")
+            f"only a superuser can {action} (connected as {conn.info.user}): loading a pickle runs code as the "
+            "server's OS user, and unchecked native model code can crash it; connect as a superuser with --dsn")
 
 
 def _checked(sha256: str) -> str:
     digest = sha256.strip().lower()
     if not SHA256.fullmatch(digest):
-        raise ValueError(f"{sha256!r} is not a sha256 (64 hex digits): copy it from the refusal")
+        raise NotASha256(f"{sha256!r} is not a sha256 (64 hex digits): copy it from the refusal")
     return digest
 
 
@@ -59,7 +62,7 @@ def models_with(conn: psycopg.Connection, sha256: str) -> list[str]:
 def approve(dsn: str | None, sha256: str, note: str | None = None) -> list[str]:
     """Lets the server unpickle blobs with ``sha256``; returns the pushed
     models that have it (it may be approved before the push). Raises
-    ValueError for a malformed sha256 and psycopg.errors.InsufficientPrivilege
+    NotASha256 (a ValueError) for a malformed sha256 and psycopg.errors.InsufficientPrivilege
     unless connected as a superuser."""
     digest = _checked(sha256)
     with connect(dsn, keep_superuser=True) as conn:

@@ -138,9 +138,8 @@ def as_scoring_owner(conn: psycopg.Connection) -> Iterator[None]:
 
 def require_schema(conn: psycopg.Connection) -> None:
     """Raises SchemaMissing unless ``pgscore migrate`` has run on the connection's database."""
-    found = conn.execute(SCHEMA_SQL).fetchone()[0]
-    if not conn.autocommit:
-        conn.rollback()  # leave no transaction open behind the caller's back
+    with _no_transaction_left(conn):
+        found = conn.execute(SCHEMA_SQL).fetchone()[0]
     if found < 2:
         raise SchemaMissing(
             f"database {conn.info.dbname!r} on {describe_server(conn)} has no pgscore schema: "
