@@ -20,16 +20,26 @@ SHA_MARKER = "{{CODE_SHA}}"
 SOURCE_QUOTE = "$pgscore_source$"
 
 
+PACKAGE = "pgscore_server"
+
+
 def runtime_sources() -> dict[str, str]:
-    """Module name -> source of every module of the in-database package."""
-    package = resources.files("pgscore_server")
-    sources = {}
-    for entry in sorted(package.iterdir(), key=lambda e: e.name):
-        if entry.name.endswith(".py"):
-            stem = entry.name[: -len(".py")]
-            module = "pgscore_server" if stem == "__init__" else f"pgscore_server.{stem}"
-            sources[module] = entry.read_text(encoding="utf-8")
-    return sources
+    """Module name -> source of every module of the in-database package and
+    its subpackages (a package is stored under its own name, from its
+    ``__init__.py``; scoring_trusted.load_runtime() imports it as a package)."""
+    sources: dict[str, str] = {}
+
+    def walk(folder, prefix: str) -> None:
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.is_dir() and entry.joinpath("__init__.py").is_file():
+                walk(entry, f"{prefix}.{entry.name}")
+            elif entry.name == "__init__.py":
+                sources[prefix] = entry.read_text(encoding="utf-8")
+            elif entry.name.endswith(".py"):
+                sources[f"{prefix}.{entry.name[: -len('.py')]}"] = entry.read_text(encoding="utf-8")
+
+    walk(resources.files(PACKAGE), PACKAGE)
+    return dict(sorted(sources.items()))
 
 
 def code_sha(sources: dict[str, str]) -> str:

@@ -33,6 +33,8 @@ else:
     modules = {row["module"]: row["source"] for row in
                plpy.execute("SELECT module, source FROM scoring_trusted.runtime_modules")}
 del stored
+# A stored module is a package when another one is named under it.
+packages = {name.rsplit(".", 1)[0] + "." for name in modules if "." in name}
 
 # A finder and loader by protocol, not by the importlib.abc classes, whose
 # import costs a new backend about 15 ms.
@@ -41,7 +43,7 @@ class StoredModules:
     def find_spec(self, fullname, path=None, target=None):
         if fullname in modules:
             return importlib.machinery.ModuleSpec(
-                fullname, self, is_package=fullname == "pgscore_server")
+                fullname, self, is_package=fullname + "." in packages)
         return None
     def create_module(self, spec):
         return None
