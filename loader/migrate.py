@@ -29,6 +29,15 @@ def alembic_config(dsn: str | None = None) -> Config:
     return config
 
 
+def head_revision() -> str:
+    """The newest schema revision this package migrates to."""
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("pgscore.migrations")))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def migrate(dsn: str | None = None, revision: str = "head") -> None:
     """``alembic upgrade REVISION`` on the database.
 

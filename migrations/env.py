@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import psycopg
 from alembic import context
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, pool
 
 from pgscore.connection import resolve_conninfo
+from pgscore.migrations import codesets
 
 config = context.config
+HEAD = ScriptDirectory.from_config(config).get_current_head()
+# (is_upgrade, heads after the step) of every step this run applied.
+applied: list[tuple[bool, frozenset[str]]] = []
+
+
+def record_step(ctx, step, heads, run_args) -> None:
+    applied.append((step.is_upgrade, frozenset(heads)))
 
 
 def conninfo() -> str:
@@ -24,9 +33,17 @@ def conninfo() -> str:
 
 def run_offline() -> None:
     # `alembic upgrade head --sql`: print the SQL for review, connect to nothing.
-    context.configure(dialect_name="postgresql", literal_binds=True, transactional_ddl=True)
+    context.configure(dialect_name="postgresql", literal_binds=True, transactional_ddl=True,
+                      on_version_apply=record_step)
     with context.begin_transaction():
         context.run_migrations()
+        # Offline the database is unknown: the code set is printed whenever an upgrade reaches
+        # head, and alone for `upgrade head:head --sql` (to review a code change).
+        if applied:
+            reached_head = applied[-1] == (True, frozenset({HEAD}))
+        else:
+            reached_head = context.get_revision_argument() in ("head", HEAD)
+        codesets.after_migrations(context.get_context().impl.static_output, None, reached_head, HEAD)
 
 
 def run_online() -> None:
@@ -35,9 +52,20 @@ def run_online() -> None:
         "postgresql+psycopg://", creator=lambda: psycopg.connect(target), poolclass=pool.NullPool
     )
     with engine.connect() as connection:
-        context.configure(connection=connection, transactional_ddl=True)
+        context.configure(connection=connection, transactional_ddl=True, on_version_apply=record_step)
         with context.begin_transaction():
             context.run_migrations()
+            # After the revisions, in their transaction: the code set, when the database is
+            # at head (and was not taken down there) and its code is not this package's.
+            at_head = context.get_context().get_current_heads() == (HEAD,) and (not applied or applied[-1][0])
+
+            def run_sql(sql: str) -> None:
+                connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
+
+            def last_installed():
+                return tuple(connection.exec_driver_sql(codesets.LAST_INSTALLED_SQL).fetchone() or ())
+
+            codesets.after_migrations(run_sql, last_installed, at_head, HEAD)
 
 
 if context.is_offline_mode():

@@ -245,6 +245,7 @@ def test_the_package_builds_without_warnings_and_ships_its_sql(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for folder, source_folder in (("pgscore/sql/idempotent", "sql/idempotent"),
                                   ("pgscore/sql/incremental", "sql/incremental"),
-                                  ("pgscore/migrations/rendered", "migrations/rendered")):
+                                  ("pgscore/sql/codeset", "sql/codeset")):
         expected = {f"{folder}/{path.name}" for path in (REPO / source_folder).glob("*.sql")}
         assert expected and expected <= set(names), folder
+    assert "pgscore/migrations/released-code.tar.xz" in names

@@ -10,7 +10,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from pgscore.migrate import downgrade, migrate
+from pgscore import render
+from pgscore.migrate import downgrade, head_revision, migrate
+from pgscore.migrations import codesets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +51,7 @@ def test_upgrade_downgrade_upgrade(empty_db):
     migrate(empty_db)
     assert schema_objects(empty_db) == installed
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == "0009"
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == head_revision()
 
 
 def function_definitions(dsn):
@@ -115,7 +117,7 @@ def test_backends_import_the_code_the_migration_compiled(empty_db):
                      " WHERE module = 'pgscore_server.plans'")
         info = runtime_info(empty_db)
         assert info["code_from"] == "source"
-        assert info["schema_revision"] == "0009"
+        assert info["schema_revision"] == head_revision()
         conn.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = NULL"
                      " WHERE module = 'pgscore_server.plans'")
         assert runtime_info(empty_db)["code_from"] == "source"
@@ -130,7 +132,121 @@ def test_running_migrations_twice_is_harmless(empty_db):
     migrate(empty_db)
     migrate(empty_db)
     with psycopg.connect(empty_db) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [("0009",)]
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
+
+
+def installed_code(dsn):
+    """What a code set decides, as the catalog and the stored code show it: functions (whole
+    definition, owner, grants, comment), pgscore's triggers and views, the grants on pgscore's
+    tables, and the stored modules with their server-compiled code."""
+    with psycopg.connect(dsn) as conn:
+        def rows(sql):
+            return conn.execute(sql).fetchall()
+        return {
+            "functions": rows(
+                "SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.proowner::regrole::text,"
+                " p.proacl::text, obj_description(p.oid, 'pg_proc') FROM pg_proc p"
+                " WHERE p.pronamespace IN ('scoring'::regnamespace, 'scoring_trusted'::regnamespace) ORDER BY 1"),
+            "triggers": rows(
+                "SELECT pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid"
+                " WHERE p.pronamespace = 'scoring'::regnamespace AND NOT t.tgisinternal ORDER BY 1"),
+            "relations": rows(
+                "SELECT c.oid::regclass::text, c.relkind, c.relowner::regrole::text, c.relacl::text,"
+                " CASE c.relkind WHEN 'v' THEN pg_get_viewdef(c.oid) END, obj_description(c.oid, 'pg_class')"
+                " FROM pg_class c WHERE c.relnamespace IN ('scoring'::regnamespace, 'scoring_trusted'::regnamespace)"
+                " OR c.oid IN ('public.customer_profiles'::regclass, 'public.complaints'::regclass) ORDER BY 1"),
+            "schemas": rows("SELECT nspname, nspacl::text FROM pg_namespace WHERE nspname LIKE 'scoring%' ORDER BY 1"),
+            "modules": rows("SELECT module, source, bytecode FROM scoring_trusted.runtime_modules ORDER BY 1"),
+            "code_sets": rows("SELECT code_set_sha, runtime_sha FROM scoring_trusted.code_sets ORDER BY 1"),
+            "last_code_set": rows(codesets.LAST_INSTALLED_SQL),
+        }
+
+
+def test_a_fresh_install_equals_an_upgraded_one(server, empty_db):
+    migrate(empty_db)
+    fresh = installed_code(empty_db)
+    name = "pgscore_t_upgraded"
+    with psycopg.connect(server["dsn"], autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    upgraded_dsn = make_conninfo(server["dsn"], dbname=name)
+    try:
+        migrate(upgraded_dsn, "0008")  # with the code 0008 released
+        migrate(upgraded_dsn)
+        upgraded = installed_code(upgraded_dsn)
+    finally:
+        with psycopg.connect(server["dsn"], autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    assert [row[0] for row in fresh["functions"]] == [row[0] for row in upgraded["functions"]]
+    assert fresh == upgraded
+    assert fresh["last_code_set"] == [(head_revision(), render.current_code_set().sha)]
+
+
+def code_change(module, function_name):
+    """The package's code set with one module edited and one function added: a code change
+    that needs no revision."""
+    current = render.current_code_set()
+    sources = dict(current.modules)
+    sources[module] += "\n# a change\n"
+    sql_files = {name: render.sql_file("idempotent", name) for name in render.idempotent_files()}
+    sql_files["060-probe.sql"] = (
+        f"CREATE OR REPLACE FUNCTION scoring.{function_name}() RETURNS int LANGUAGE sql"
+        " SET search_path = pg_catalog, pg_temp AS $$ SELECT 1 $$;\n"
+        f"REVOKE ALL ON FUNCTION scoring.{function_name}() FROM PUBLIC;\n"
+        f"ALTER FUNCTION scoring.{function_name}() OWNER TO scoring_owner;\n")
+    return render.current_code_set(sources, sql_files)
+
+
+def test_a_code_change_needs_no_revision_and_goes_back_exactly(empty_db, monkeypatch):
+    migrate(empty_db)
+    original = installed_code(empty_db)
+    changed = code_change("pgscore_server.plans", "code_set_probe")
+    with monkeypatch.context() as patched:
+        patched.setattr(render, "current_code_set", lambda: changed)
+        migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(head_revision(),)]
+        assert conn.execute("SELECT scoring.code_set_probe()").fetchone()[0] == 1
+        stored = dict(conn.execute("SELECT module, source FROM scoring_trusted.runtime_modules").fetchall())
+    assert stored == changed.modules
+    assert runtime_info(empty_db)["code_sha"] == changed.runtime_sha  # a new backend imports the change
+    assert installed_code(empty_db)["last_code_set"] == [(head_revision(), changed.sha)]
+
+    migrate(empty_db)  # the package's own code again: the probe goes, the rest is as it was
+    back = installed_code(empty_db)
+    assert back["functions"] == original["functions"]
+    assert {k: v for k, v in back.items() if k != "code_sets"} == {
+        k: v for k, v in original.items() if k != "code_sets"}
+    assert len(back["code_sets"]) == 2  # both versions stay recorded
+
+
+def test_a_later_revisions_downgrade_restores_the_code_recorded_at_its_parent(empty_db):
+    """What a revision after 0010 does on downgrade (codesets.restore_recorded): here the
+    install of a later revision is simulated by installing changed code at revision '0011'."""
+    migrate(empty_db)
+    original = installed_code(empty_db)
+    changed = code_change("pgscore_server.api", "later_probe")
+    with psycopg.connect(empty_db, autocommit=False) as conn:
+        conn.execute(codesets.install_sql(changed, "0011"))
+        conn.execute(codesets.restore_recorded(head_revision()))
+        conn.commit()
+    restored = installed_code(empty_db)
+    assert restored["functions"] == original["functions"]  # scoring.later_probe() was dropped
+    assert restored["modules"] == original["modules"]
+    assert restored["last_code_set"] == original["last_code_set"]
+    with psycopg.connect(empty_db) as conn, pytest.raises(psycopg.errors.UndefinedObject) as missing:
+        conn.execute(codesets.restore_recorded("0005"))
+    assert "no code set (none) is recorded" in missing.value.diag.message_primary
+    assert "pgscore migrate" in missing.value.diag.message_hint
+
+
+def test_released_code_is_verified(monkeypatch):
+    assert "CREATE OR REPLACE FUNCTION scoring.score(" in render.released_code("0008")
+    archive = dict(render._released_archive())
+    archive["0008-idempotent.sql"] = archive["0008-idempotent.sql"].replace(b"pg_temp", b"public")
+    monkeypatch.setattr(render, "_released_archive", lambda: archive)
+    with pytest.raises(RuntimeError, match="released code of revision 0008 is missing from or altered"):
+        render.released_code("0008")
 
 
 def test_offline_sql_is_reviewable_without_a_database():
@@ -183,7 +299,8 @@ def test_scoring_objects_belong_to_a_role_that_is_not_superuser(db):
             " WHERE p.pronamespace = 'scoring_trusted'::regnamespace").fetchall()
         code_writers = conn.execute(
             "SELECT r.rolname, t.name FROM pg_roles r,"
-            " unnest(ARRAY['scoring_trusted.runtime_modules', 'scoring_trusted.approved_pickles']) t(name)"
+            " unnest(ARRAY['scoring_trusted.runtime_modules', 'scoring_trusted.approved_pickles',"
+            " 'scoring_trusted.code_sets', 'scoring_trusted.code_modules', 'scoring_trusted.code_history']) t(name)"
             " WHERE NOT r.rolsuper AND r.rolname LIKE 'scoring%'"
             " AND (has_table_privilege(r.oid, t.name, 'INSERT') OR has_table_privilege(r.oid, t.name, 'UPDATE')"
             " OR has_table_privilege(r.oid, t.name, 'DELETE') OR has_table_privilege(r.oid, t.name, 'TRUNCATE')"

@@ -8,6 +8,7 @@ import json
 import psycopg
 import pytest
 
+from pgscore.migrate import head_revision
 from tests.conftest import local_scores
 
 
@@ -103,7 +104,7 @@ def test_runtime_info_and_warmup(scored):
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
-    assert info["schema_revision"] == "0009"
+    assert info["schema_revision"] == head_revision()
     assert info["code_from"] == "bytecode"
     assert info["python"].startswith("3.")
 

@@ -19,7 +19,7 @@ def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0001-tables.sql"))
     run_sql("CREATE EXTENSION IF NOT EXISTS plpython3u;")
     # As 0001 shipped it: later revisions change the working files.
-    run_sql(render.frozen("0001"))
+    run_sql(render.released_code("0001"))
 
 
 def downgrade() -> None:

@@ -16,9 +16,9 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0002-sql-path.sql"))
-    run_sql(render.frozen("0002"))
+    run_sql(render.released_code("0002"))
 
 
 def downgrade() -> None:
     run_sql(render.sql_file("incremental", "0002-sql-path.down.sql"))
-    run_sql(render.frozen("0001"))
+    run_sql(render.released_code("0001"))

@@ -19,9 +19,9 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0003-row-scorer.sql"))
-    run_sql(render.frozen("0003"))
+    run_sql(render.released_code("0003"))
 
 
 def downgrade() -> None:
     run_sql(render.sql_file("incremental", "0003-row-scorer.down.sql"))
-    run_sql(render.frozen("0002"))
+    run_sql(render.released_code("0002"))

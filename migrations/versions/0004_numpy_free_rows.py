@@ -20,8 +20,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql(render.frozen("0004"))
+    run_sql(render.released_code("0004"))
 
 
 def downgrade() -> None:
-    run_sql(render.frozen("0003"))
+    run_sql(render.released_code("0003"))

@@ -21,10 +21,10 @@ depends_on = None
 def upgrade() -> None:
     # Replaced by scoring._scores_py, which score_many pairs with the ids.
     run_sql("DROP FUNCTION IF EXISTS scoring._score_many_py(bigint[], text);")
-    run_sql(render.frozen("0005"))
+    run_sql(render.released_code("0005"))
 
 
 def downgrade() -> None:
     # 0004's rendering has no scoring._scores_py; drop it first.
     run_sql("DROP FUNCTION IF EXISTS scoring._scores_py(bigint[], text);")
-    run_sql(render.frozen("0004"))
+    run_sql(render.released_code("0004"))

@@ -21,9 +21,9 @@ depends_on = None
 
 def upgrade() -> None:
     run_sql(render.sql_file("incremental", "0006-runtime-bytecode.sql"))
-    run_sql(render.frozen("0006"))
+    run_sql(render.released_code("0006"))
 
 
 def downgrade() -> None:
     run_sql(render.sql_file("incremental", "0006-runtime-bytecode.down.sql"))
-    run_sql(render.frozen("0005"))
+    run_sql(render.released_code("0005"))

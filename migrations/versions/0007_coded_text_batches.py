@@ -22,8 +22,8 @@ depends_on = None
 
 
 def upgrade() -> None:
-    run_sql(render.frozen("0007"))
+    run_sql(render.released_code("0007"))
 
 
 def downgrade() -> None:
-    run_sql(render.frozen("0006"))
+    run_sql(render.released_code("0006"))

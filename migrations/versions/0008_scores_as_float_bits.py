@@ -22,11 +22,11 @@ depends_on = None
 def upgrade() -> None:
     # Replaced by scoring._score_bits_py, which score_many decodes.
     run_sql("DROP FUNCTION IF EXISTS scoring._scores_py(bigint[], text);")
-    run_sql(render.frozen("0008"))
+    run_sql(render.released_code("0008"))
 
 
 def downgrade() -> None:
     # 0007's rendering has neither function; drop them first.
     run_sql("DROP FUNCTION IF EXISTS scoring._score_bits_py(bigint[], text);")
     run_sql("DROP FUNCTION IF EXISTS scoring._float8_from_bits(bigint);")
-    run_sql(render.frozen("0007"))
+    run_sql(render.released_code("0007"))

@@ -9,7 +9,7 @@ Before anything reads or writes schema scoring as the migrating superuser,
 sql/idempotent/005-schema-check.sql refuses when scoring holds objects
 pgscore did not create (a view, rule or trigger of scoring_owner's would
 run its code as the superuser); later revisions run it first too. The
-rendered head ends by recording the functions it installed
+installed code ends by recording the functions it installed
 (scoring_trusted.installed_functions), which that check compares.
 
 Revision ID: 0009
@@ -32,10 +32,10 @@ SCHEMA_CHECK = ("idempotent", "005-schema-check.sql")
 def upgrade() -> None:
     run_sql(render.sql_file(*SCHEMA_CHECK))
     run_sql(render.sql_file("incremental", "0009-trusted-code.sql"))
-    run_sql(render.render_idempotent())
+    run_sql(render.released_code("0009"))
 
 
 def downgrade() -> None:
     run_sql(render.sql_file(*SCHEMA_CHECK))
     run_sql(render.sql_file("incremental", "0009-trusted-code.down.sql"))
-    run_sql(render.frozen("0008"))
+    run_sql(render.released_code("0008"))
