@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -205,8 +206,8 @@ def test_connection_failure_is_one_line_and_a_hint():
 
 def test_cli_turns_any_error_into_a_line():
     from pgscore.cli import error_lines
-    from pgscore.localdb import LocalDatabaseError
-    from pgscore.runtime import RuntimeInstallError
+    from pgscore.dev.localdb import LocalDatabaseError
+    from pgscore.dev.runtime import RuntimeInstallError
 
     install = RuntimeInstallError("pip could not install the server runtime:\nCollecting numpy\n"
                                   "ERROR: No matching distribution found for numpy==9.9")
@@ -233,7 +234,9 @@ def test_the_package_builds_without_warnings_and_ships_its_sql(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("loader", "plpython", "migrations", "sql"):
+    # Every folder a package is built from (pyproject's package-dir: loader, plpython, benchmarks, ...).
+    package_dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in sorted({path.split("/")[0] for path in package_dirs.values()}):
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"),
