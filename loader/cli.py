@@ -210,7 +210,7 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     result = api.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
-                               scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
+                            scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
     print(f"stored as {args.format}; scoring path: {result.scoring_path} ({result.path_note})")

@@ -144,7 +144,7 @@ def _flow(dsn: str, profiles: int) -> None:
     step("a new model version: gradient boosting (pgscore push ... --activate)")
     gbm, gbm_metrics = train_demo_model(rows=5000, seed=0, kind="gbm")
     v2 = api.push_model(dsn, save_model(gbm, workdir / "churn-gbm.joblib"), name="churn", activate=True,
-                           note="demo gbm", metrics=gbm_metrics)
+                        note="demo gbm", metrics=gbm_metrics)
     print(f"churn v{v2.version} active (ROC AUC {gbm_metrics['roc_auc']:.3f}); the next scoring call in every "
           "session uses it, no reconnect")
     with psycopg.connect(dsn, autocommit=True) as conn:
