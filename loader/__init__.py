@@ -1,18 +1,22 @@
 """pgscore: score customers with scikit-learn models inside PostgreSQL.
 
-The Python API behind the ``pgscore`` command::
+The Python API behind the ``pgscore`` command (:mod:`pgscore.api`)::
 
     import pgscore
     pgscore.migrate(dsn)
     result = pgscore.push_model(dsn, "model.joblib", name="churn", activate=True)
     pgscore.list_models(dsn)
     pgscore.rollback(dsn, "churn")
+
+Every error pgscore raises on purpose is a ``pgscore.PgscoreError``
+(:mod:`pgscore.errors`).
 """
 
-from .connection import SchemaMissing
-from .errors import PgscoreError
-from .migrate import MigrationError, migrate
-from .models import ModelNotFound, PushError, PushResult, activate, list_models, push_model, rollback
+from .api import (PushResult, activate, approve, export_sql, list_approvals, list_models, migrate, push_model,
+                  rescore, revoke, rollback, runtime_info, score)
+from .errors import MigrationError, PgscoreError, SchemaMissing
+from .models import ModelNotFound, PushError
 
 __all__ = ["MigrationError", "ModelNotFound", "PgscoreError", "PushError", "PushResult", "SchemaMissing",
-           "activate", "list_models", "migrate", "push_model", "rollback"]
+           "activate", "approve", "export_sql", "list_approvals", "list_models", "migrate", "push_model",
+           "rescore", "revoke", "rollback", "runtime_info", "score"]

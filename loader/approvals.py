@@ -24,14 +24,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from .connection import SchemaTampered, as_scoring_owner, connect, is_superuser
-from .errors import PgscoreError
+from .errors import NotASha256
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 NOT_LISTED = "not listed: schema scoring holds objects pgscore did not create (pgscore models names them)"
-
-
-class NotASha256(PgscoreError, ValueError):
-    """What was given to approve or revoke is not a sha256."""
 
 
 def _superuser(conn: psycopg.Connection, action: str) -> None:

@@ -1,9 +1,9 @@
-"""The ``pgscore`` command: a thin layer over the Python API.
+"""The ``pgscore`` command: a thin layer over the Python API (:mod:`pgscore.api`).
 
 Connection: ``--dsn``, else ``DATABASE_URL``, else libpq's environment.
 An error prints one line that says what to do (plus PostgreSQL's hint, if
-it gave one) and exits with status 1; never a traceback, unless
-PGSCORE_DEBUG=1 asks for one.
+it gave one) and exits with status 1 (EXIT_STATUS); never a traceback,
+unless PGSCORE_DEBUG=1 asks for one.
 """
 
 from __future__ import annotations
@@ -17,14 +17,28 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import approvals, localdb, models
-from .connection import connect, resolve_conninfo
+from . import api
 from .console import print_table, rescore_with_progress
+from .dev import localdb
 from .errors import PgscoreError
-from .migrate import migrate
 
 # How PL/Python prefixes an error raised in (or passed through) its Python.
 PLPYTHON_PREFIX = re.compile(r"^(plpy\.Error|plpy\.SPIError|spiexceptions\.\w+): ")
+
+# What the command exits with (docs/contract.md, "Exit status"). Every error
+# is 1: a PgscoreError's exit_status, a database error, a failed connection,
+# an unexpected exception.
+EXIT_ERROR = 1
+EXIT_USAGE = 2            # argparse's, and a missing argument argparse cannot see
+EXIT_NOT_RUNNING = 3      # `pgscore db status`: the local server does not run
+EXIT_INTERRUPTED = 130    # Ctrl-C (128 + SIGINT), as a shell reports it
+EXIT_STATUS = """\
+exit status:
+  0    done
+  1    an error, printed as one line ("pgscore: ...", then PostgreSQL's hint if any)
+  2    a usage error (an unknown option, a missing argument)
+  3    pgscore db status: the local server does not run
+  130  interrupted (Ctrl-C)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,13 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("pgscore: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:  # the one place where any error becomes a line and an exit status
         if os.environ.get("PGSCORE_DEBUG"):
             raise
         for line in error_lines(exc):
             print(line, file=sys.stderr)
-        return 1
+        return exc.exit_status if isinstance(exc, PgscoreError) else EXIT_ERROR
 
 
 def error_lines(exc: Exception) -> list[str]:
@@ -76,7 +90,8 @@ def one_line(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pgscore", description="Churn scoring inside PostgreSQL.")
+    parser = argparse.ArgumentParser(prog="pgscore", description="Churn scoring inside PostgreSQL.",
+                                     epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.set_defaults(func=lambda _args: parser.print_help())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
@@ -108,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--name", required=True, help="model name, e.g. churn")
     push.add_argument("--activate", action="store_true", help="make it the active version")
     push.add_argument("--note", help="free text kept with the version")
-    push.add_argument("--path", choices=models.SCORING_PATHS, default="auto",
+    push.add_argument("--path", choices=api.SCORING_PATHS, default="auto",
                       help="how the server evaluates it: sql (generated SQL in the trigger and score(); "
                            "compiled elsewhere), compiled (numpy, nothing unpickled), sklearn, or auto "
                            "(sql or compiled when supported and exact, sql only when short; default)")
@@ -183,20 +198,19 @@ def cmd_db_status(args: argparse.Namespace) -> int:
         print(f"running: {database.dsn()}")
         return 0
     print("not running" + (" (initialised; `pgscore db start` starts it)" if database.state() else ""))
-    return 3
+    return EXIT_NOT_RUNNING
 
 
 def cmd_migrate(args: argparse.Namespace) -> None:
-    migrate(args.dsn)
-    with connect(args.dsn) as conn:
-        info = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
+    api.migrate(args.dsn)
+    info = api.runtime_info(args.dsn)
     print(f"migrated to revision {info['schema_revision']}; server runtime: "
           f"Python {info['python']}, scikit-learn {info['scikit-learn']}, numpy {info['numpy']}")
 
 
 def cmd_push(args: argparse.Namespace) -> None:
-    result = models.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
-                               scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
+    result = api.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
+                            scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
     print(f"stored as {args.format}; scoring path: {result.scoring_path} ({result.path_note})")
@@ -208,7 +222,7 @@ def cmd_push(args: argparse.Namespace) -> None:
 
 def cmd_approve(args: argparse.Namespace) -> int:
     if args.list:
-        rows = approvals.list_approvals(args.dsn)
+        rows = api.list_approvals(args.dsn)
         if not rows:
             print("no pickle is approved: the server unpickles no model blob")
             return 0
@@ -218,12 +232,12 @@ def cmd_approve(args: argparse.Namespace) -> int:
         return 0
     if not args.sha256:
         print("pgscore: give the SHA256 to approve (or --list)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.revoke:
-        found = approvals.revoke(args.dsn, args.sha256)
+        found = api.revoke(args.dsn, args.sha256)
         print(f"revoked {args.sha256}" if found else f"{args.sha256} was not approved")
         return 0
-    pushed = approvals.approve(args.dsn, args.sha256, args.note)
+    pushed = api.approve(args.dsn, args.sha256, args.note)
     print(f"approved {args.sha256.strip().lower()}: the server may now unpickle it, which runs its code as the "
           "server's OS user")
     print(f"models with this blob: {', '.join(pushed)}" if pushed else
@@ -232,7 +246,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    rows = models.list_models(args.dsn, args.name)
+    rows = api.list_models(args.dsn, args.name)
     if not rows:
         print("no models pushed yet: pgscore push FILE --name churn --activate")
         return
@@ -245,25 +259,25 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def cmd_activate(args: argparse.Namespace) -> None:
-    model_id = models.activate(args.dsn, args.name, args.version)
+    model_id = api.activate(args.dsn, args.name, args.version)
     print(f"{args.name} v{args.version} (model_id {model_id}) is active")
 
 
 def cmd_rollback(args: argparse.Namespace) -> None:
-    model_id, version = models.rollback(args.dsn, args.name)
+    model_id, version = api.rollback(args.dsn, args.name)
     print(f"rolled back: {args.name} v{version} (model_id {model_id}) is active")
 
 
 def cmd_export_sql(args: argparse.Namespace) -> None:
-    print(models.export_sql(args.dsn, args.name, args.version, args.function))
+    print(api.export_sql(args.dsn, args.name, args.version, args.function))
 
 
 def cmd_rescore(args: argparse.Namespace) -> None:
-    rescore_with_progress(resolve_conninfo(args.dsn), args.name, args.batch_size)
+    rescore_with_progress(args.dsn, args.name, args.batch_size)
 
 
 def cmd_train_demo(args: argparse.Namespace) -> None:
-    from .demo_data import save_model, train_demo_model
+    from .dev.demo_data import save_model, train_demo_model
 
     pipeline, metrics = train_demo_model(rows=args.rows, seed=args.seed, kind=args.kind)
     save_model(pipeline, args.out)
@@ -275,7 +289,7 @@ def cmd_train_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .dev.demo import run_demo
 
     run_demo(args.dsn, profiles=args.profiles, keep=args.keep)
 

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import psycopg
 
-from .errors import PgscoreError
+from .errors import SchemaMissing, SchemaTampered
 from .render import sql_file
 
 # What `pgscore migrate` creates and every other command reads; looked up in
@@ -41,16 +41,6 @@ SCHEMA_SQL = (
 SUPERUSER_RUNS_AS = "scoring_loader"
 
 SUPERUSER_SQL = "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
-
-
-class SchemaMissing(PgscoreError, RuntimeError):
-    """The database has no pgscore schema: ``pgscore migrate`` has not run on it."""
-
-
-class SchemaTampered(PgscoreError, RuntimeError):
-    """Schema ``scoring`` holds objects pgscore did not create (a view, rule,
-    trigger or function of scoring_owner's), whose code would run with a
-    superuser's rights; the message names them and says what to do."""
 
 
 def resolve_conninfo(dsn: str | None = None) -> str:

@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import Any, Sequence
 
-import psycopg
-
-from .connection import connect
+from . import api
 
 
-def rescore_with_progress(dsn: str, name: str, batch_size: int, quiet: bool = False) -> int:
-    """CALL scoring.rescore with a progress bar fed by its NOTICEs; returns profiles rescored."""
+def rescore_with_progress(dsn: str | None, name: str, batch_size: int, quiet: bool = False) -> int:
+    """:func:`pgscore.api.rescore` with a progress bar; returns profiles rescored."""
     from tqdm import tqdm
 
-    progress = re.compile(r"pgscore rescore: (\d+)/(\d+) profiles")
     # Shown after a second only: an error at once (no such model, say) prints its line alone.
     bar = tqdm(unit=" profiles", disable=quiet, file=sys.stderr, delay=1)
-    done = 0
 
-    def on_notice(diag: psycopg.errors.Diagnostic) -> None:
-        nonlocal done
-        found = progress.match(diag.message_primary or "")
-        if found:
-            done, total = int(found.group(1)), int(found.group(2))
-            bar.total = total
-            bar.update(done - bar.n)
+    def advance(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
 
     try:
-        with connect(dsn, autocommit=True) as conn:
-            conn.add_notice_handler(on_notice)
-            conn.execute("CALL scoring.rescore(%s, %s)", [name, batch_size])
+        done = api.rescore(dsn, name, batch_size, progress=advance)
     finally:
         bar.close()
     if not quiet:

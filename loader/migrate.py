@@ -9,16 +9,12 @@ from alembic import command
 from alembic.config import Config
 
 from .connection import resolve_conninfo
-from .errors import PgscoreError
+from .errors import MigrationError
 
 # Who may migrate, said whenever a role may not: the migrations create
 # plpython3u functions, and PL/Python is an untrusted language.
 WHO_MAY_MIGRATE = ("run `pgscore migrate` as a superuser (e.g. postgres), since the migrations create "
                    "plpython3u functions, which only a superuser may create")
-
-
-class MigrationError(PgscoreError, RuntimeError):
-    """A migration was refused by the server; the message says why and who may run it."""
 
 
 def alembic_config(dsn: str | None = None) -> Config:

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgscore.demo_data import save_model, train_demo_model
+from pgscore.dev.demo_data import save_model, train_demo_model
 from pgscore.migrate import migrate
-from pgscore.seed import seed_profiles
+from pgscore.dev.seed import seed_profiles
 
 TEMPLATE = "pgscore_test_template"
 PASSWORD = secrets.token_urlsafe(12)
@@ -62,7 +62,7 @@ def _server_dsn(target: str) -> Iterator[str]:
     if given:
         yield given
         return
-    from pgscore.localdb import local_database
+    from pgscore.dev.localdb import local_database
 
     local = local_database(os.environ.get("PGSCORE_TEST_HOME"))
     was_running = local.is_running()

@@ -12,7 +12,7 @@ import pytest
 
 from pgscore import push_model
 from pgscore.compile import CompiledModel, compile_model
-from pgscore.demo_data import train_demo_model
+from pgscore.dev.demo_data import train_demo_model
 from pgscore.models import _batch_parity, check_rows_for
 from tests.floats import CONTRACT
 

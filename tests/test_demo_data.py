@@ -10,7 +10,7 @@ import joblib
 import numpy as np
 import pytest
 
-from pgscore.demo_data import (
+from pgscore.dev.demo_data import (
     BOOLEAN_COLUMNS,
     LABEL_COLUMN,
     MODEL_KINDS,

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -205,8 +206,8 @@ def test_connection_failure_is_one_line_and_a_hint():
 
 def test_cli_turns_any_error_into_a_line():
     from pgscore.cli import error_lines
-    from pgscore.localdb import LocalDatabaseError
-    from pgscore.runtime import RuntimeInstallError
+    from pgscore.dev.localdb import LocalDatabaseError
+    from pgscore.dev.runtime import RuntimeInstallError
 
     install = RuntimeInstallError("pip could not install the server runtime:\nCollecting numpy\n"
                                   "ERROR: No matching distribution found for numpy==9.9")
@@ -233,7 +234,9 @@ def test_the_package_builds_without_warnings_and_ships_its_sql(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for folder in ("loader", "plpython", "migrations", "sql"):
+    # Every folder a package is built from (pyproject's package-dir: loader, plpython, benchmarks, ...).
+    package_dirs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    for folder in sorted({path.split("/")[0] for path in package_dirs.values()}):
         shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path / "dist"),
@@ -249,3 +252,69 @@ def test_the_package_builds_without_warnings_and_ships_its_sql(tmp_path):
         expected = {f"{folder}/{path.name}" for path in (REPO / source_folder).glob("*.sql")}
         assert expected and expected <= set(names), folder
     assert "pgscore/migrations/released-code.tar.xz" in names
+
+
+# -- one base class, one home: pgscore.errors
+
+# Classes still defined beside the code that raises them, until that code
+# imports them from pgscore.errors (issue 19: models.py and compile.py are
+# being split by other hands; their classes are in pgscore.errors already).
+NOT_YET_FROM_ERRORS = {("models.py", "PushError"), ("models.py", "ModelNotFound"), ("compile.py", "UnsupportedModel")}
+
+
+def test_every_client_error_is_a_pgscore_error_defined_in_pgscore_errors():
+    import ast
+    import importlib
+    import inspect
+
+    import pgscore
+    from pgscore import approvals, connection, errors
+    from pgscore.dev import demo, localdb, runtime
+
+    migrate = importlib.import_module("pgscore.migrate")  # the module: pgscore.migrate is the function
+
+    defined_elsewhere = []
+    for path in sorted([*(REPO / "loader").rglob("*.py"), *(REPO / "benchmarks").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(base, "id", "").endswith(("Error", "Exception")) for base in node.bases):
+                if path.name != "errors.py" and (path.name, node.name) not in NOT_YET_FROM_ERRORS:
+                    defined_elsewhere.append(f"{path.relative_to(REPO)}: {node.name}")
+    assert defined_elsewhere == []
+
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
+    assert len(classes) >= 11 and all(issubclass(c, pgscore.PgscoreError) for c in classes)
+    for c in classes:
+        assert c.sqlstate is None or (len(c.sqlstate) == 5 and c.sqlstate.isalnum()), c
+        assert c.exit_status == 1, c
+    # Re-exported where they are raised: the same classes.
+    for module, name in ((connection, "SchemaMissing"), (connection, "SchemaTampered"), (migrate, "MigrationError"),
+                         (approvals, "NotASha256"), (localdb, "LocalDatabaseError"),
+                         (runtime, "RuntimeInstallError"), (demo, "DemoRefused"), (pgscore, "SchemaMissing"),
+                         (pgscore, "MigrationError")):
+        assert getattr(module, name) is getattr(errors, name), (module.__name__, name)
+    assert errors.ModelNotFound.sqlstate == "42704"  # what the server raises for an unknown name
+    assert issubclass(errors.ModelNotFound, LookupError) and issubclass(errors.NotASha256, ValueError)
+
+
+def test_any_pgscore_error_is_one_line_and_its_exit_status():
+    from pgscore import cli, errors
+
+    nowhere = "postgresql://nobody@127.0.0.1:1/nothing?connect_timeout=2"
+    for error in (errors.PushError("model.skops is not a model file:\nsave it with skops.io.dump"),
+                  errors.DemoRefused("database 'x' already holds 3 profile(s)"),
+                  errors.UnsupportedModel("the pipeline has no steps")):
+        lines = cli.error_lines(error)
+        assert len(lines) == 1 and lines[0].startswith("pgscore: "), lines
+    result = pgscore("approve", "not-a-sha", "--dsn", nowhere)  # refused before connecting
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "pgscore: 'not-a-sha' is not a sha256 (64 hex digits): copy it from the refusal\n"
+    assert cli.main(["approve", "--dsn", nowhere]) == cli.EXIT_USAGE == 2
+
+
+def test_help_lists_the_exit_status():
+    result = pgscore("--help")
+    assert result.returncode == 0
+    assert "exit status:" in result.stdout
+    for status in ("0", "1", "2", "3", "130"):
+        assert any(line.split()[:1] == [status] for line in result.stdout.splitlines()), status

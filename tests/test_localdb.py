@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pgscore.localdb import LocalDatabaseError, local_database, running_servers
+from pgscore.dev.localdb import LocalDatabaseError, local_database, running_servers
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from sklearn.preprocessing import StandardScaler
 
 from pgscore import PushError, activate, list_models, push_model
-from pgscore.demo_data import train_demo_model
+from pgscore.dev.demo_data import train_demo_model
 from pgscore_server import runtime
 from tests.conftest import local_scores
 
@@ -171,7 +171,7 @@ def test_push_scores_rows_as_if_alone_but_in_one_call_where_that_is_the_same():
     """The sql-path check compares the server's SQL with predict_proba of each
     row alone; rows without NULLs go in one call (same dtypes), the others,
     and every row when that call fails, one by one, None where refused."""
-    from pgscore.demo_data import synthetic_profiles
+    from pgscore.dev.demo_data import synthetic_profiles
     from pgscore.models import _scores_one_by_one
     from pgscore_server.features import to_frame
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from pgscore import push_model
-from pgscore.seed import seed_profiles
+from pgscore.dev.seed import seed_profiles
 from tests.conftest import local_scores
 
 pytestmark = pytest.mark.slow

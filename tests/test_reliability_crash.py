@@ -33,10 +33,10 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from pgscore import push_model
-from pgscore.localdb import LocalDatabase, local_database
+from pgscore.dev.localdb import LocalDatabase, local_database
 from pgscore.migrate import migrate
 from pgscore.models import fetch_feature_rows
-from pgscore.seed import seed_profiles
+from pgscore.dev.seed import seed_profiles
 from pgscore_server.features import to_frame
 
 pytestmark = pytest.mark.slow

@@ -100,7 +100,7 @@ def test_runtime_info_and_warmup(scored):
     with scored.connect("analyst") as analyst:
         info = analyst.execute("SELECT scoring.runtime_info()").fetchone()[0]
         analyst.execute("SELECT scoring.warmup()")
-    from pgscore.runtime import pinned
+    from pgscore.dev.runtime import pinned
 
     assert info["scikit-learn"] == pinned()["scikit-learn"]
     assert info["numpy"] == pinned()["numpy"]
@@ -175,7 +175,7 @@ def test_large_batches_of_a_compiled_tree_model(db, model_files):
     text column has a NULL or a value holding the separator the batch read
     joins text columns with (that batch is read again as arrays)."""
     from pgscore import push_model
-    from pgscore.seed import seed_profiles
+    from pgscore.dev.seed import seed_profiles
 
     with db.connect() as admin:
         seed_profiles(admin, 21_000, seed=5)
@@ -205,7 +205,7 @@ def test_score_many_reads_text_as_codes_and_names_an_unknown_category(seeded, tm
     refuses) makes the batch read again as strings, so the error names it."""
     import numpy as np
     from pgscore import push_model
-    from pgscore.demo_data import save_model, synthetic_profiles
+    from pgscore.dev.demo_data import save_model, synthetic_profiles
     from pgscore_server.features import to_frame
     from sklearn.compose import make_column_transformer
     from sklearn.ensemble import GradientBoostingClassifier

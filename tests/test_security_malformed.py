@@ -246,7 +246,7 @@ def test_models_pgscore_pushes_pass_the_check():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-    from pgscore.demo_data import train_demo_model
+    from pgscore.dev.demo_data import train_demo_model
 
     rng = np.random.default_rng(0)
     data = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300), "c": rng.integers(0, 4, 300)})

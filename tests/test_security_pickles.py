@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 
 from pgscore import PushError, push_model
 from pgscore import cli, models
-from pgscore.demo_data import train_demo_model
+from pgscore.dev.demo_data import train_demo_model
 from pgscore_server import formats
 from pgscore_server import runtime as server_runtime
 from pgscore_server.features import to_frame
@@ -295,7 +295,7 @@ def test_upgrading_to_0009_approves_nothing(server, logreg):
     from psycopg.conninfo import make_conninfo
 
     from pgscore.migrate import migrate
-    from pgscore.seed import seed_profiles
+    from pgscore.dev.seed import seed_profiles
 
     name = f"pgscore_t_upgrade_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(server["dsn"], autocommit=True) as conn:

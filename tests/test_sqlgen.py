@@ -30,9 +30,9 @@ from sklearn.tree import DecisionTreeClassifier
 
 from pgscore_server import sqlgen
 from pgscore.compile import compile_model
-from pgscore.demo_data import BOOLEAN_COLUMNS, PROFILE_COLUMNS, TEXT_COLUMNS, synthetic_profiles, train_demo_model
+from pgscore.dev.demo_data import BOOLEAN_COLUMNS, PROFILE_COLUMNS, TEXT_COLUMNS, synthetic_profiles, train_demo_model
 from pgscore.models import fetch_feature_rows
-from pgscore.seed import seed_profiles
+from pgscore.dev.seed import seed_profiles
 from pgscore_server.sqlgen import SqlUnsupported, sql_function, to_sql
 from pgscore_server.features import to_frame
 

@@ -23,16 +23,12 @@ from pathlib import Path
 import psycopg
 
 from . import runtime
-from .errors import PgscoreError
+from ..errors import LocalDatabaseError
 
 DEFAULT_DIR = Path(os.environ.get("PGSCORE_HOME", ".pgscore"))
 DEFAULT_PORT = 54329
 DATABASE = "pgscore"
 SUPERUSER = "postgres"
-
-
-class LocalDatabaseError(PgscoreError, RuntimeError):
-    """The local database could not be set up, started or stopped."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class LocalDatabase:
     def is_running(self) -> bool:
         if not self.data.exists():
             return False
-        result = self._run([self._bin("pg_ctl"), "-D", str(self.data), "status"], check=False)
+        result = self._run([self.program("pg_ctl"), "-D", str(self.data), "status"], check=False)
         return result.returncode == 0
 
     def start(self, port: int | None = None) -> str:
@@ -121,7 +117,7 @@ class LocalDatabase:
         env = dict(os.environ, PYTHONPATH=state["runtime"], OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
                    MKL_NUM_THREADS="1")
         env.pop("PYTHONHOME", None)
-        self._run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
+        self._run([self.program("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
                   env=env)
         self._create_database()
         return self.dsn()
@@ -152,7 +148,7 @@ class LocalDatabase:
         """Stops the server; returns False when it was not running."""
         if not self.is_running():
             return False
-        self._run([self._bin("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+        self._run([self.program("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
         return True
 
     def _initdb(self, port: int) -> dict:
@@ -165,7 +161,7 @@ class LocalDatabase:
         pwfile.write_text(password + "\n")
         self._own(pwfile)
         try:
-            self._run([self._bin("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-E", "UTF8", "--locale=C.UTF-8",
+            self._run([self.program("initdb"), "-D", str(self.data), "-U", SUPERUSER, "-E", "UTF8", "--locale=C.UTF-8",
                        "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", f"--pwfile={pwfile}"])
         finally:
             pwfile.unlink(missing_ok=True)
@@ -212,7 +208,8 @@ class LocalDatabase:
             "(or `make setup`), or set PGSCORE_PG_BINDIR"
         )
 
-    def _bin(self, name: str) -> str:
+    def program(self, name: str) -> str:
+        """The path of PostgreSQL's program ``name`` (pg_ctl, pgbench, ...): in PGSCORE_PG_BINDIR, else the newest installed."""
         return str(self._bindir() / name)
 
     def _run(self, command: list[str], check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -1,6 +1,6 @@
 """The pinned ML runtime: its versions, and installing it for the server's Python.
 
-``runtime-requirements.txt`` (beside this file) is the single list of
+``runtime-requirements.txt`` (in the pgscore package) is the single list of
 versions. The loader's virtualenv installs it through pyproject; the
 server's embedded Python (plpython3u, e.g. Debian's python3.11) gets the same
 list in a folder of its own that the postmaster's ``PYTHONPATH`` names.
@@ -19,13 +19,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from pgscore_server.runtime import versions as local_versions  # noqa: F401  (re-exported)
-
-from .errors import PgscoreError
-
-
-class RuntimeInstallError(PgscoreError, RuntimeError):
-    """The server-side runtime could not be installed."""
+from ..errors import RuntimeInstallError
 
 
 def requirements_text() -> str:

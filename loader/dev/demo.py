@@ -14,19 +14,15 @@ from pathlib import Path
 
 import psycopg
 
-from . import localdb, models
-from .connection import resolve_conninfo
-from .console import print_table, rescore_with_progress
-from .errors import PgscoreError
+from .. import api
+from ..connection import resolve_conninfo
+from ..console import print_table, rescore_with_progress
+from ..errors import DemoRefused
+from . import localdb
 from .demo_data import save_model, train_demo_model
-from .migrate import migrate
 from .seed import seed_profiles
 
 DEMO_DATABASE = "pgscore_demo"
-
-
-class DemoRefused(PgscoreError):
-    """The database given to the demo holds data the demo would change."""
 
 
 def step(text: str) -> None:
@@ -84,7 +80,7 @@ def refuse_a_database_in_use(dsn: str, source: str) -> None:
 
 def _flow(dsn: str, profiles: int) -> None:
     step("migrating (pgscore migrate = alembic upgrade head)")
-    migrate(dsn)
+    api.migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         if conn.execute("SELECT count(*) FROM public.customer_profiles").fetchone()[0] == 0:
             step(f"seeding {profiles} synthetic Telco-like customer profiles")
@@ -99,7 +95,7 @@ def _flow(dsn: str, profiles: int) -> None:
     v1_path = save_model(pipeline, workdir / "churn-logreg.joblib")
 
     step("pushing it (pgscore push churn-logreg.joblib --name churn --activate)")
-    v1 = models.push_model(dsn, v1_path, name="churn", activate=True, note="demo logreg", metrics=metrics)
+    v1 = api.push_model(dsn, v1_path, name="churn", activate=True, note="demo logreg", metrics=metrics)
     print(f"churn v{v1.version} (model_id {v1.model_id}) active; test-scored {v1.sample_size} profiles in the "
           f"database, max difference from local predict_proba {v1.max_abs_diff:.1e}")
     print(f"scoring path: {v1.scoring_path} ({v1.path_note})")
@@ -147,8 +143,8 @@ def _flow(dsn: str, profiles: int) -> None:
 
     step("a new model version: gradient boosting (pgscore push ... --activate)")
     gbm, gbm_metrics = train_demo_model(rows=5000, seed=0, kind="gbm")
-    v2 = models.push_model(dsn, save_model(gbm, workdir / "churn-gbm.joblib"), name="churn", activate=True,
-                           note="demo gbm", metrics=gbm_metrics)
+    v2 = api.push_model(dsn, save_model(gbm, workdir / "churn-gbm.joblib"), name="churn", activate=True,
+                        note="demo gbm", metrics=gbm_metrics)
     print(f"churn v{v2.version} active (ROC AUC {gbm_metrics['roc_auc']:.3f}); the next scoring call in every "
           "session uses it, no reconnect")
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -160,10 +156,10 @@ def _flow(dsn: str, profiles: int) -> None:
         print(f"customer {customers[0]} after one more complaint: {score:.3f} (by model_id {model_id})")
 
     step("rolling back (pgscore rollback churn)")
-    model_id, version = models.rollback(dsn, "churn")
+    model_id, version = api.rollback(dsn, "churn")
     print(f"churn v{version} (model_id {model_id}) is active again")
     step("the model registry (pgscore models)")
-    rows = models.list_models(dsn, "churn")
+    rows = api.list_models(dsn, "churn")
     print_table(["name", "version", "model_id", "active", "path", "format", "note", "roc_auc"],
                 [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["scoring_path"], r["format"],
                   r["note"], f"{r['metrics'].get('roc_auc', float('nan')):.3f}"] for r in rows])

@@ -1,56 +1,33 @@
-"""`pgscore bench`: pgscore against its baselines, side by side, in one run.
-
-Every figure is a ratio against a baseline measured in the same run on the
-same database, because absolute times on a small shared machine are noisy.
-Runs in a fresh database ``pgscore_bench`` (needs a superuser DSN, or the
-local server when none is given), prints a table and writes JSON.
-
-Figures (see README, Performance):
-  P1 single-row complaint INSERTs, one client, durable commit (pgbench)
-  P2 the same with synchronous_commit = off
-  P3 one INSERT ... SELECT of many complaints
-  P4 analyst scoring of every profile: score_many vs out-of-DB and per-row score()
-  P5 CALL scoring.rescore() vs an out-of-DB rescoring pipeline
-  P6 first score in a new connection, and that backend's RSS growth
-  P7 max abs difference from the loader's predict_proba
-  P8 8 clients inserting for 10 hot customers
-and with --floors, P1, P2 and P8 of the trigger designs without a model's cost:
-  floor    pgscore's statement trigger writing constant scores
-  floorpy  the same calling PL/Python as the compiled path does, for a constant
-  row-lr   a row trigger scoring with the LR's SQL expression instead
-"""
+"""The figures P1-P8 (and the floors' P1, P2 and P8), each against its
+baseline, measured in the same run on the same database."""
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
-import platform
 import re
-import shutil
 import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from . import localdb
-from .connection import resolve_conninfo
-from .demo_data import PROFILE_COLUMNS, train_demo_model
-from .migrate import migrate
-from .models import fetch_feature_rows, push_model
-from .seed import seed_profiles
+from .. import api
+from ..dev import localdb
+from ..dev.demo_data import PROFILE_COLUMNS
+from ..models import fetch_feature_rows
+from .floors import FLOOR_ROUNDS, FLOORS, install as install_floors
+from .memory import memory_mib
+from .report import Report, Sizes
 
-BENCH_DATABASE = "pgscore_bench"
 FAMILIES = ("logreg", "gbm", "rf")
 
+# The baseline of P1-P3 and P8: a row trigger that only counts.
 BASELINE_TRIGGER_SQL = """
 CREATE OR REPLACE FUNCTION public.bench_count_complaint() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -62,143 +39,16 @@ END $$;
 CREATE OR REPLACE TRIGGER bench_count_complaint AFTER INSERT ON public.complaints
     FOR EACH ROW EXECUTE FUNCTION public.bench_count_complaint();
 """
-
-# The trigger designs without a model's cost, measured beside P1, P2 and
-# P8: what pgscore's statement-level trigger costs when the model costs
-# nothing ("floor": its generated body, sqlpath.TRIGGER_BODY, writing
-# constant scores), the same with the compiled path's PL/Python call
-# returning a constant ("floorpy"), and a row-level trigger scoring with the
-# LR's SQL expression ("row-lr"; no transition table, but it locks profiles
-# in insertion order, so multi-row inserts can deadlock, and it pays an
-# UPDATE per row in bulk). Each replaces complaints_rescore for its runs.
-CONSTANT_SCORE_SQL = """
-CREATE OR REPLACE FUNCTION public.bench_constant_score(model_id bigint, customer_id bigint, layout text,
-    floats double precision[], ints bigint[], flags boolean[], texts text[])
-RETURNS double precision LANGUAGE plpython3u AS $$ return 0.5 $$;
-"""
-ROW_TRIGGER_SQL = """
-CREATE OR REPLACE FUNCTION public.bench_row_lr() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    UPDATE public.customer_profiles p
-       SET complaint_count = p.complaint_count + 1,
-           churn_score = coalesce({expression}, p.churn_score), churn_model_id = {model_id}, churn_scored_at = now()
-     WHERE p.customer_id = NEW.customer_id;
-    RETURN NULL;
-END $$;
-CREATE OR REPLACE TRIGGER bench_row_lr AFTER INSERT ON public.complaints
-    FOR EACH ROW EXECUTE FUNCTION public.bench_row_lr();
-"""
-FLOORS = {"floor": "bench_floor", "floorpy": "bench_floor_py", "row-lr": "bench_row_lr"}
 TRIGGERS = ("complaints_rescore", "bench_count_complaint", *FLOORS.values())
-FLOOR_ROUNDS = 4
 
 
-@dataclass
-class Sizes:
-    profiles: int
-    inserts: int          # P1/P2 transactions per run
-    bulk: int             # P3 rows
-    per_row: int          # P4 per-row score() sample
-    parity: int           # P7 rows
-    concurrent: int       # P8 transactions per client
-    naive_starts: int     # P6 cold starts on the naive path (each ~2.5 s)
+class Figures:
+    """Measures each figure and adds it to ``report``; ``models`` maps a family to
+    its (pipeline, PushResult), pushed into the database of ``dsn``."""
 
-    @classmethod
-    def for_run(cls, quick: bool) -> "Sizes":
-        if quick:
-            return cls(profiles=50_000, inserts=1_000, bulk=20_000, per_row=1_000, parity=20_000, concurrent=150,
-                       naive_starts=1)
-        return cls(profiles=1_000_000, inserts=4_000, bulk=100_000, per_row=5_000, parity=100_000, concurrent=500,
-                   naive_starts=3)
-
-
-@dataclass
-class Report:
-    rows: list[dict] = field(default_factory=list)
-
-    def add(self, figure: str, family: str, measured: str, baseline: str, ratio: float | None, target: str,
-            **extra: Any) -> None:
-        met = _meets(ratio, target)
-        row = dict(figure=figure, family=family, measured=measured, baseline=baseline,
-                   ratio=None if ratio is None else round(ratio, 4), target=target, met=met, **extra)
-        self.rows.append(row)
-        mark = {True: "yes", False: "NO", None: "-"}[met]
-        shown = "-" if ratio is None else (f"{ratio:.3g}" if ratio < 1e-3 else f"{ratio:.3f}")
-        print(f"{figure:<3} {family:<7} {measured:<34} {baseline:<34} {shown:>9} {target:<10} {mark}", flush=True)
-
-
-def _meets(ratio: float | None, target: str) -> bool | None:
-    found = re.match(r"(>=|<=)\s*([\d.e-]+)", target)
-    if ratio is None or not found:
-        return None
-    bound = float(found.group(2))
-    return ratio >= bound if found.group(1) == ">=" else ratio <= bound
-
-
-def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/bench.json", *,
-              floors: bool = False, sizes: Sizes | None = None, database: str = BENCH_DATABASE) -> dict:
-    """Runs every figure in a fresh ``database`` (dropped first if it exists)
-    and writes the results to ``out``; with ``floors``, the trigger designs'
-    floors too (FLOORS). ``sizes`` overrides the default or quick sizes (the
-    tests run the whole bench small)."""
-    sizes = sizes or Sizes.for_run(quick)
-    admin, stop_local = _server(dsn)
-    started = time.perf_counter()
-    workdir = Path(tempfile.mkdtemp(prefix="pgscore-bench-"))
-    try:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(database)))
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
-        target = make_conninfo(admin, dbname=database)
-        print(f"pgscore bench ({'quick' if quick else 'full'}): {sizes.profiles} profiles, on {platform.node()}",
-              flush=True)
-        migrate(target)
-        with psycopg.connect(target, autocommit=True) as conn:
-            seed_profiles(conn, sizes.profiles, seed=11)
-            conn.execute("VACUUM ANALYZE public.customer_profiles")
-            conn.execute(BASELINE_TRIGGER_SQL)
-            conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER bench_count_complaint")
-        models = {}
-        for family in FAMILIES:
-            pipeline, metrics = train_demo_model(rows=5000, seed=0, kind=family)
-            result = push_model(target, pipeline, name="churn", metrics=metrics, note=f"bench {family}")
-            models[family] = (pipeline, result)
-            print(f"{family}: scoring path {result.scoring_path} ({result.path_note})", flush=True)
-        report = Report()
-        print(f"{'fig':<3} {'family':<7} {'measured':<34} {'baseline':<34} {'ratio':>9} {'target':<10} met")
-        bench = _Bench(target, sizes, report, models, workdir)
-        bench.run_all(floors)
-        results = {
-            "quick": quick, "floors": floors, "sizes": sizes.__dict__,
-            "machine": {"cores": os.cpu_count(), "node": platform.node()},
-            "seconds": round(time.perf_counter() - started, 1), "figures": report.rows,
-        }
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results, indent=2, default=str))
-        print(f"\n{len(report.rows)} figures in {results['seconds']} s; saved {out}")
-        return results
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)  # pgbench scripts and transaction logs
-        if stop_local is not None:
-            stop_local()
-
-
-def _server(dsn: str | None) -> tuple[str, Callable[[], Any] | None]:
-    """(superuser DSN, how to stop the local server afterwards or None)."""
-    given = resolve_conninfo(dsn)
-    if given:
-        return given, None
-    local = localdb.local_database()
-    was_running = local.is_running()
-    admin = local.start()
-    return make_conninfo(admin, dbname="postgres"), (None if was_running else local.stop)
-
-
-class _Bench:
     def __init__(self, dsn: str, sizes: Sizes, report: Report, models: dict, workdir: Path) -> None:
         self.dsn, self.sizes, self.report, self.models, self.workdir = dsn, sizes, report, models, workdir
-        self.pgbench = str(localdb.local_database()._bindir() / "pgbench")
+        self.pgbench = localdb.local_database().program("pgbench")
 
     def run_all(self, floors: bool = False) -> None:
         for family in FAMILIES:
@@ -218,8 +68,7 @@ class _Bench:
     # -- helpers
 
     def activate(self, family: str) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("SELECT scoring.activate('churn', %s)", [self.models[family][1].version])
+        api.activate(self.dsn, "churn", self.models[family][1].version)
 
     def vacuum(self) -> None:
         """VACUUM ANALYZE the profiles before a timed batch run: each run starts
@@ -298,7 +147,9 @@ class _Bench:
         each against the baseline in the same alternating runs: FLOOR_ROUNDS
         of them, because these ratios are read against the targets' margins
         (two rounds moved a floor by a tenth between runs)."""
-        self.install_floors()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            install_floors(conn, self.models["logreg"][1].model_id)
+        self.use_trigger("complaints_rescore")
         for figure in ("P1", "P2", "P8"):
             runs = self.alternating(self.inserts(figure), ["bench_count_complaint", *FLOORS.values()],
                                     rounds=FLOOR_ROUNDS)
@@ -307,37 +158,6 @@ class _Bench:
                 ours = runs[trigger]
                 self.report.add(figure, label, _pgbench_line(ours), _pgbench_line(base),
                                 ours["tps"] / base["tps"], "-", pgscore=ours, baseline_run=base)
-
-    def install_floors(self) -> None:
-        """Creates the FLOORS triggers, disabled: "floorpy" from the active
-        model's generated trigger, which must be on the compiled path."""
-        from pgscore_server import sqlpath
-
-        logreg = self.models["logreg"][1].model_id
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            body = sqlpath.TRIGGER_BODY.format(
-                model_id=logreg, path="none: the bench's floor",
-                one=f"churn_score = 0.5::float8, churn_model_id = {int(logreg)}, churn_scored_at = now()",
-                many="        NULL;")
-            conn.execute(sqlpath.FUNCTION_SQL.format(signature="public.bench_floor()", returns="trigger",
-                                                     attributes="", settings="", body=sql.Literal(body).as_string(conn)))
-            compiled = conn.execute("SELECT pg_get_functiondef('scoring._on_complaints_inserted()'::regprocedure)"
-                                    ).fetchone()[0]
-            if "scoring._score_profile(" not in compiled:
-                raise RuntimeError("the floors need the active model on the compiled path (the bench's forest)")
-            conn.execute(compiled.replace("scoring._on_complaints_inserted()", "public.bench_floor_py()", 1)
-                         .replace("scoring._score_profile(", "public.bench_constant_score("))
-            conn.execute(CONSTANT_SCORE_SQL)
-            expression = conn.execute("SELECT scoring.sql_expression(%s)", [logreg]).fetchone()[0]
-            # The score of the profile as this insert leaves it, as pgscore's trigger computes it.
-            expression = expression.replace("p.complaint_count", "(p.complaint_count + 1)")
-            conn.execute(ROW_TRIGGER_SQL.format(expression=expression, model_id=int(logreg)))
-            for trigger in ("bench_floor", "bench_floor_py"):
-                conn.execute(sql.SQL("CREATE OR REPLACE TRIGGER {} AFTER INSERT ON public.complaints"
-                                     " REFERENCING NEW TABLE AS new_complaints FOR EACH STATEMENT"
-                                     " EXECUTE FUNCTION {}()").format(sql.Identifier(trigger),
-                                                                      sql.Identifier("public", trigger)))
-        self.use_trigger("complaints_rescore")
 
     def p3(self, family: str) -> None:
         def bulk() -> float:
@@ -454,11 +274,11 @@ class _Bench:
         def cold_start() -> tuple[float, dict[str, float]]:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-                before = _memory_mib(pid, conn.info.dbname)
+                before = memory_mib(pid, conn.info.dbname)
                 started = time.perf_counter()
                 conn.execute("SELECT scoring.score(1::bigint)").fetchone()
                 elapsed = time.perf_counter() - started
-                after = _memory_mib(pid, conn.info.dbname)
+                after = memory_mib(pid, conn.info.dbname)
                 return elapsed, {key: after[key] - before[key] for key in before}
 
         def median_of(path: str, starts: int = 3) -> tuple[float, dict[str, float]]:
@@ -489,8 +309,8 @@ class _Bench:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             ids = [r[0] for r in conn.execute("SELECT customer_id FROM public.customer_profiles"
                                               " ORDER BY random() LIMIT %s", [self.sizes.parity])]
-            in_db = dict(conn.execute("SELECT customer_id, score FROM scoring.score_many(%s)", [ids]).fetchall())
             rows = fetch_feature_rows(conn, list(pipeline.feature_names_in_), ids)
+        in_db = api.score(self.dsn, ids)
         from pgscore_server.features import to_frame
 
         local = pipeline.predict_proba(to_frame(rows, list(pipeline.feature_names_in_)))[:, 1]
@@ -512,34 +332,3 @@ def _best_of_two(in_db: Callable[[], float], out_of_db: Callable[[], float]) -> 
         runs["in_db_runs"].append(in_db())
         runs["out_of_db_runs"].append(out_of_db())
     return runs, min(runs["in_db_runs"]), min(runs["out_of_db_runs"])
-
-
-def _memory_mib(pid: int, database: str) -> dict[str, float]:
-    """A backend's resident memory in MiB: ``rss`` (VmRSS) and its parts
-    ``private`` (RssAnon), ``libraries`` (RssFile) and ``shared_buffers``
-    (RssShmem); empty where /proc does not show that backend (a server on
-    another machine, or in a container, where the pid is another process's)."""
-    if not backend_here(pid, database):
-        return {}
-    fields = {"VmRSS": "rss", "RssAnon": "private", "RssFile": "libraries", "RssShmem": "shared_buffers"}
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return {}
-    memory = {}
-    for line in lines:
-        key = line.split(":", 1)[0]
-        if key in fields:
-            memory[fields[key]] = int(line.split()[1]) / 1024.0
-    return memory
-
-
-def backend_here(pid: int, database: str) -> bool:
-    """Whether process ``pid`` of this machine is a PostgreSQL backend
-    connected to ``database`` (its title reads "postgres: USER DATABASE ...")."""
-    try:
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return False
-    words = title.split()
-    return len(words) >= 3 and words[0] == "postgres:" and words[2] == database
