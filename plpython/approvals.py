@@ -23,13 +23,11 @@ through the same gate.
 from __future__ import annotations
 
 from . import formats, plans
-from .errors import UNDEFINED_OBJECT, ScoringError
+from .errors import INSUFFICIENT_PRIVILEGE, UNDEFINED_OBJECT, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
     from typing import Any
-
-INSUFFICIENT_PRIVILEGE = "42501"  # psycopg.errors.InsufficientPrivilege
 
 APPROVED_SQL = "SELECT EXISTS (SELECT FROM scoring_trusted.approved_pickles WHERE sha256 = $1) AS approved"
 MODEL_SQL = "SELECT name, version, format, sha256, scoring_path FROM scoring.models WHERE model_id = $1"

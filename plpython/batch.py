@@ -4,7 +4,7 @@ UPDATE per batch, each batch committed on its own."""
 from __future__ import annotations
 
 from . import floatbits, plans, registry, settings, sqlpath
-from .errors import INVALID_PARAMETER_VALUE, ScoringError
+from .errors import INVALID_PARAMETER_VALUE, INVALID_TRANSACTION_STATE, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def _commit(plpy: Any) -> None:
         if "invalid transaction termination" in str(exc):
             raise ScoringError(
                 "scoring.rescore() commits once per batch and cannot run inside a transaction block",
-                sqlstate="2D000",
+                sqlstate=INVALID_TRANSACTION_STATE,
                 hint="run CALL scoring.rescore(...) on its own, in autocommit mode",
             ) from None
         raise

@@ -42,7 +42,7 @@ or its path changes, in the same transaction.
 from __future__ import annotations
 
 from . import catalog, plans, registry, settings
-from .errors import NOT_IN_PREREQUISITE_STATE, ScoringError
+from .errors import NOT_IN_PREREQUISITE_STATE, UNDEFINED_OBJECT, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -306,7 +306,7 @@ def _python_assignment(plpy: Any, model_id: int, feature_names: list[str], layou
 def _model_row(plpy: Any, cache: dict, model_id: int) -> Any:
     rows = plans.run(plpy, cache, MODEL_SQL, ["bigint"], [model_id])
     if not rows:
-        raise ScoringError(f"no model with model_id {model_id}", sqlstate="42704",
+        raise ScoringError(f"no model with model_id {model_id}", sqlstate=UNDEFINED_OBJECT,
                            hint="list the models with: pgscore models")
     return rows[0]
 
