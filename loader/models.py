@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgscore_server import approvals, catalog, features, formats
+from pgscore_server import approvals, catalog, features, formats, paths
 from pgscore_server import runtime as server_runtime
 from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE, unknown_model_hint
 
@@ -39,15 +39,8 @@ PARITY_TOLERANCE = 1e-9
 COMPILE_CHECK_SIZE = 2000
 # Generated rows also scored one at a time by scikit-learn, at most.
 ROW_BY_ROW_MAX = 150
-SCORING_PATHS = ("auto", "sql", "compiled", "sklearn")
-# 'auto' puts a model on the sql path only when its SQL is at most this long.
-# PostgreSQL sets the expression up again in every statement (about 4 ns per
-# character measured here): the 100-tree demo GBM (68 kB) still beats the
-# compiled Python path on the figures where SQL is used for it (bulk
-# inserts, score(bigint) in a new connection; its batches are scored in
-# Python either way, see pgscore_server.sqlpath.BATCH_SQL_MAX_CHARS), a
-# 100-tree random forest (1.4 MB) loses on all of them.
-SQL_PATH_MAX_CHARS = 200_000
+# push's --path: 'auto' (push chooses; pgscore_server.paths.SQL_PATH_MAX_CHARS) or one it forces.
+SCORING_PATHS = ("auto", *paths.PATHS)
 
 
 class PushError(PgscoreError):
@@ -455,8 +448,8 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
             expression = conn.execute("SELECT scoring.sql_expression(%s)", [model_id]).fetchone()[0]
     except psycopg.Error as exc:
         return refuse(exc.diag.message_primary or str(exc))
-    if wanted == "auto" and len(expression) > SQL_PATH_MAX_CHARS:
-        return refuse(f"its SQL is {len(expression):,} characters (> {SQL_PATH_MAX_CHARS:,}); "
+    if wanted == "auto" and len(expression) > paths.SQL_PATH_MAX_CHARS:
+        return refuse(f"its SQL is {len(expression):,} characters (> {paths.SQL_PATH_MAX_CHARS:,}); "
                       "slower per statement than the compiled path")
     # The profiles as they are now (a complaint may have changed one since the compiled check).
     profiles = fetch_feature_rows(conn, feature_names, [row["customer_id"] for row in checks.profiles])

@@ -18,6 +18,7 @@ from . import (
     catalog,
     features,
     floatbits,
+    paths,
     plans,
     registry,
     runtime,
@@ -154,6 +155,11 @@ def score_rejected(plpy: Any, cache: dict, model_id: int, customer_id: int, mess
 
 
 @sql_errors
+def install_scoring_functions(plpy: Any, cache: dict) -> str:
+    return paths.install(plpy, cache)
+
+
+@sql_errors
 def install_generated_scoring(plpy: Any, cache: dict, model_id: int) -> str:
     return sqlpath.install(plpy, cache, model_id)
 
@@ -182,7 +188,7 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> list[st
 @sql_errors
 def warmup(plpy: Any, cache: dict, model_name: str) -> None:
     model = registry.active_model(plpy, cache, model_name)
-    if model.scoring_path in registry.COMPILED_PATHS:
+    if model.scoring_path in paths.COMPILED_PATHS:
         model.estimator.warm()  # the trigger's single-row code, compiled before the first insert
 
 
