@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from . import catalog, plans, registry
 from .errors import NOT_IN_PREREQUISITE_STATE, UNDEFINED_OBJECT, ScoringError
-from .paths import BATCH_SQL_MAX_CHARS, SQL_ONE_ROW_MAX_CHARS
+from .paths import BATCH_SQL_MAX_CHARS, COMPILED_PATHS, SQL_ONE_ROW_MAX_CHARS
 from .plpgsql import (  # noqa: F401 (FUNCTION_SQL and TRIGGER_BODY: also the bench's)
     ASSIGN_GUARDED,
     ASSIGN_TOTAL,
@@ -174,7 +174,14 @@ def _evaluator(plpy: Any, cache: dict, model_id: int, row: Any) -> Any:
         raise ScoringError(f"model_id {model_id} has no compiled form, which the SQL path is written from",
                            sqlstate=NOT_IN_PREREQUISITE_STATE,
                            hint="see path_note in pgscore models for why it could not be compiled")
-    evaluator = registry.load_compiled(bytes(row["compiled"]), f"model_id {model_id}")
+    # What a model_id's compiled form is never changes: the copy this backend
+    # loaded to score it (push's test scoring, a compiled-path model) is
+    # reused, so that push and activation read the archive once.
+    loaded = registry.cached(cache, model_id)
+    if loaded is not None and loaded.scoring_path in COMPILED_PATHS:
+        evaluator = loaded.estimator
+    else:
+        evaluator = registry.load_compiled(bytes(row["compiled"]), f"model_id {model_id}")
     catalog.check_features(evaluator.feature_names, catalog.profile_columns(plpy, cache), f"model_id {model_id}")
     return evaluator
 
