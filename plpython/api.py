@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 
 DEFAULT_MODEL = "churn"
 
+# runtime_info's schema revision, as alembic recorded it.
+MIGRATED_SQL = "SELECT to_regclass('public.alembic_version') IS NOT NULL AS migrated"
+REVISION_SQL = "SELECT string_agg(version_num, ',') AS v FROM public.alembic_version"
+
 
 def sql_errors(func: F) -> F:
     """Report ScoringError through plpy.error with its SQLSTATE, hint and detail."""
@@ -212,8 +216,8 @@ def runtime_info(plpy: Any, cache: dict) -> str:
 
     info: dict[str, Any] = dict(runtime.versions())
     info["schema_revision"] = None
-    if plpy.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL AS migrated")[0]["migrated"]:
-        revision = plpy.execute("SELECT string_agg(version_num, ',') AS v FROM public.alembic_version")
+    if plpy.execute(MIGRATED_SQL)[0]["migrated"]:
+        revision = plpy.execute(REVISION_SQL)
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
     info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'
