@@ -127,7 +127,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM scoring._install_scoring_functions();
+    -- Not on a server that dropped PL/Python (it scores with exported SQL
+    -- only): there is no generated code to rewrite.
+    IF pg_catalog.to_regprocedure('scoring._install_scoring_functions()') IS NOT NULL THEN
+        PERFORM scoring._install_scoring_functions();
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -157,7 +161,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF EXISTS (SELECT FROM pg_event_trigger_ddl_commands() c
-                WHERE c.classid = 'pg_class'::regclass AND c.objid = to_regclass('public.customer_profiles')) THEN
+                WHERE c.classid = 'pg_class'::regclass AND c.objid = to_regclass('public.customer_profiles'))
+       AND pg_catalog.to_regprocedure('scoring._install_scoring_functions()') IS NOT NULL THEN  -- PL/Python not dropped, as in _reinstall_scoring_functions
         PERFORM scoring._install_scoring_functions();
     END IF;
 END
