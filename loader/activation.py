@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import psycopg
 
-from pgscore_server.registry import unknown_model_hint
+from pgscore_server.registry import PUSHED_NAMES_SQL, unknown_model_hint
 
 from .connection import connect
 from .errors import PgscoreError
@@ -21,7 +21,7 @@ class ModelNotFound(PgscoreError, LookupError):
 
 
 def _unknown_model(conn: psycopg.Connection, name: str) -> ModelNotFound:
-    names = [row[0] for row in conn.execute("SELECT DISTINCT name FROM scoring.models ORDER BY 1")]
+    names = [row[0] for row in conn.execute(PUSHED_NAMES_SQL)]
     return ModelNotFound(f"no model named {name!r} has been pushed: {unknown_model_hint(name, names)}")
 
 

@@ -377,7 +377,7 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
 
     if wanted == "sklearn":
         return None, "sklearn", "scikit-learn path forced at push", None
-    forced = wanted in ("compiled", "sql")
+    forced = wanted in paths.COMPILED_PATHS  # a path that needs the compiled form
     try:
         compiled = compile_model(estimator)
         checks = verify.check_rows_for(conn, compiled, feature_names)
@@ -425,9 +425,7 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
                       "slower per statement than the compiled path")
     # The profiles as they are now (a complaint may have changed one since the compiled check).
     profiles = verify.fetch_feature_rows(conn, feature_names, [row["customer_id"] for row in checks.profiles])
-    in_sql = dict(conn.execute(
-        f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
-        [[row["customer_id"] for row in profiles]]).fetchall())
+    in_sql = verify.sql_scores(conn, expression, [row["customer_id"] for row in profiles])
     pairs = [(in_sql[row["customer_id"]], row) for row in profiles]
     pairs += verify.sql_scores_of_rows(conn, expression, checks.edges)
     worst = 0.0
@@ -449,11 +447,9 @@ def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature
                 origin: str) -> tuple[int, float | None]:
     """Scores a random sample of real profiles in the database and here; raises
     PushError (rolling the push back) unless they agree to verify.PARITY_TOLERANCE."""
-    ids = [row[0] for row in conn.execute(
-        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [sample_size])]
+    ids = verify.sample_ids(conn, sample_size)
     try:
-        in_db = dict(conn.execute(
-            "SELECT customer_id, score FROM scoring.score_with_model(%s, %s)", [model_id, ids or []]).fetchall())
+        in_db = verify.database_scores(conn, model_id, ids)
     except psycopg.Error as exc:
         raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
     if not ids:

@@ -55,14 +55,32 @@ def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], c
     return [by_id[customer_id] for customer_id in customer_ids if customer_id in by_id]
 
 
+def sample_ids(conn: psycopg.Connection, size: int) -> list[int]:
+    """Up to ``size`` customer_ids of random profiles."""
+    return [row[0] for row in conn.execute(
+        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [size])]
+
+
+def database_scores(conn: psycopg.Connection, model_id: int, ids: Sequence[int]) -> dict[int, float]:
+    """customer_id -> the database's score of that profile with ``model_id``
+    (scoring.score_with_model, on the model's recorded path)."""
+    return dict(conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s)",
+                             [model_id, list(ids)]).fetchall())
+
+
+def sql_scores(conn: psycopg.Connection, expression: str, ids: Sequence[int]) -> dict[int, float | None]:
+    """customer_id -> ``expression`` (a model's SQL over p) of those profiles."""
+    return dict(conn.execute(
+        f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
+        [list(ids)]).fetchall())
+
+
 def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Sequence[str],
                    size: int = COMPILE_CHECK_SIZE) -> check_rows.CheckRows:
     """Up to ``size`` random real profiles, and rows generated from the
     compiled model (``pgscore.check_rows``) on one of them, or on the model's
     own typical values when the table is empty."""
-    ids = [row[0] for row in conn.execute(
-        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [size])]
-    profiles = fetch_feature_rows(conn, feature_names, ids)
+    profiles = fetch_feature_rows(conn, feature_names, sample_ids(conn, size))
     base = {name: profiles[0][name] for name in feature_names} if profiles else None
     declared = {name: declared for name, _type, declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
     generated = check_rows.generate(compiled.manifest, compiled.arrays, declared, base)
@@ -197,13 +215,9 @@ def export_sql(dsn: str | None, name: str, version: int, function_name: str | No
             statement = sql_function(compiled, function_name or f"{name}_v{version}_sql")
         except SqlUnsupported as exc:
             raise PushError(f"model {name!r} v{version} cannot be written as plain SQL: {exc}") from None
-        ids = [row[0] for row in conn.execute(
-            "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [sample_size])]
-        in_sql = dict(conn.execute(
-            f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
-            [ids]).fetchall())
-        in_db = dict(conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s)",
-                                  [model_id, ids]).fetchall())
+        ids = sample_ids(conn, sample_size)
+        in_sql = sql_scores(conn, expression, ids)
+        in_db = database_scores(conn, model_id, ids)
     worst = max((abs(in_sql[c] - in_db[c]) for c in ids if in_sql[c] is not None), default=0.0)
     if not worst <= PARITY_TOLERANCE:
         raise PushError(f"the SQL form of {name!r} v{version} differs from its scores by {worst:.3g}; not exported")

@@ -171,24 +171,6 @@ SCORE_MANY_IN_PYTHON = """\
     RETURN QUERY SELECT unnest(customer_ids), scoring._float8_from_bits(unnest(v_bits));"""
 
 
-def score_many_body(model_id: int, query: str, range_query: str) -> str:
-    """The sql path's score_many of ``model_id``: ``query`` and ``range_query``
-    (quoted literals of SCORE_MANY_JOIN and SCORE_MANY_RANGE) for the churn
-    model, the Python path for any other name."""
-    return SCORE_MANY_BODY.format(model_id=model_id, query=query, range_query=range_query,
-                                  in_python=_indented(SCORE_MANY_IN_PYTHON), batch_check=BATCH_IDS_CHECK_PLPGSQL)
-
-
-def write(plpy: Any, signature: dict, body: str) -> None:
-    """CREATE OR REPLACE of one function: a *_SIGNATURE and its body."""
-    # Quoted as one string literal: no dollar tag a category could close.
-    plpy.execute(FUNCTION_SQL.format(body=plpy.quote_literal(body), **signature))
-
-
-def _indented(lines: str) -> str:
-    return "    " + lines.replace("\n", "\n    ")
-
-
 # Errors of a PL/Python function raised again without PL/Python's traceback
 # (scoring._raise_python_error, sql/idempotent/030-score.sql), for a body
 # that declares v_sqlstate, v_message, v_detail and v_hint.
@@ -223,3 +205,21 @@ BEGIN
 END
 """
 PYTHON_SCORE_MANY_SIGNATURE = dict(SCORE_MANY_SIGNATURE, settings="")
+
+
+def score_many_body(model_id: int, query: str, range_query: str) -> str:
+    """The sql path's score_many of ``model_id``: ``query`` and ``range_query``
+    (quoted literals of SCORE_MANY_JOIN and SCORE_MANY_RANGE) for the churn
+    model, the Python path for any other name."""
+    return SCORE_MANY_BODY.format(model_id=model_id, query=query, range_query=range_query,
+                                  in_python=_indented(SCORE_MANY_IN_PYTHON), batch_check=BATCH_IDS_CHECK_PLPGSQL)
+
+
+def write(plpy: Any, signature: dict, body: str) -> None:
+    """CREATE OR REPLACE of one function: a *_SIGNATURE and its body."""
+    # Quoted as one string literal: no dollar tag a category could close.
+    plpy.execute(FUNCTION_SQL.format(body=plpy.quote_literal(body), **signature))
+
+
+def _indented(lines: str) -> str:
+    return "    " + lines.replace("\n", "\n    ")
