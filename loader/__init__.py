@@ -14,8 +14,7 @@ Every error pgscore raises on purpose is a ``pgscore.PgscoreError``
 
 from .api import (PushResult, activate, approve, export_sql, list_approvals, list_models, migrate, push_model,
                   rescore, revoke, rollback, runtime_info, score)
-from .errors import MigrationError, PgscoreError, SchemaMissing
-from .models import ModelNotFound, PushError
+from .errors import MigrationError, ModelNotFound, PgscoreError, PushError, SchemaMissing
 
 __all__ = ["MigrationError", "ModelNotFound", "PgscoreError", "PushError", "PushResult", "SchemaMissing",
            "activate", "approve", "export_sql", "list_approvals", "list_models", "migrate", "push_model",

@@ -18,6 +18,7 @@ from . import (
     catalog,
     features,
     floatbits,
+    paths,
     plans,
     registry,
     runtime,
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
     F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_MODEL = "churn"
+
+# runtime_info's schema revision, as alembic recorded it.
+MIGRATED_SQL = "SELECT to_regclass('public.alembic_version') IS NOT NULL AS migrated"
+REVISION_SQL = "SELECT string_agg(version_num, ',') AS v FROM public.alembic_version"
 
 
 def sql_errors(func: F) -> F:
@@ -154,6 +159,11 @@ def score_rejected(plpy: Any, cache: dict, model_id: int, customer_id: int, mess
 
 
 @sql_errors
+def install_scoring_functions(plpy: Any, cache: dict) -> str:
+    return paths.install(plpy, cache)
+
+
+@sql_errors
 def install_generated_scoring(plpy: Any, cache: dict, model_id: int) -> str:
     return sqlpath.install(plpy, cache, model_id)
 
@@ -182,7 +192,7 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> list[st
 @sql_errors
 def warmup(plpy: Any, cache: dict, model_name: str) -> None:
     model = registry.active_model(plpy, cache, model_name)
-    if model.scoring_path in registry.COMPILED_PATHS:
+    if model.scoring_path in paths.COMPILED_PATHS:
         model.estimator.warm()  # the trigger's single-row code, compiled before the first insert
 
 
@@ -206,8 +216,8 @@ def runtime_info(plpy: Any, cache: dict) -> str:
 
     info: dict[str, Any] = dict(runtime.versions())
     info["schema_revision"] = None
-    if plpy.execute("SELECT to_regclass('public.alembic_version') IS NOT NULL AS migrated")[0]["migrated"]:
-        revision = plpy.execute("SELECT string_agg(version_num, ',') AS v FROM public.alembic_version")
+    if plpy.execute(MIGRATED_SQL)[0]["migrated"]:
+        revision = plpy.execute(REVISION_SQL)
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
     info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'

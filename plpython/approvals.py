@@ -23,13 +23,12 @@ through the same gate.
 from __future__ import annotations
 
 from . import formats, plans
-from .errors import UNDEFINED_OBJECT, ScoringError
+from .errors import INSUFFICIENT_PRIVILEGE, UNDEFINED_OBJECT, ScoringError
+from .paths import COMPILED_PATHS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
     from typing import Any
-
-INSUFFICIENT_PRIVILEGE = "42501"  # psycopg.errors.InsufficientPrivilege
 
 APPROVED_SQL = "SELECT EXISTS (SELECT FROM scoring_trusted.approved_pickles WHERE sha256 = $1) AS approved"
 MODEL_SQL = "SELECT name, version, format, sha256, scoring_path FROM scoring.models WHERE model_id = $1"
@@ -108,8 +107,6 @@ def check_model(plpy: Any, cache: dict, model_id: int, path: str | None) -> None
     ``path`` (default: its recorded scoring path) without an unapproved
     pickle. Called by scoring.activate, scoring.rollback and
     scoring.set_scoring_path, before they change anything."""
-    from .registry import COMPILED_PATHS
-
     rows = plans.run(plpy, cache, MODEL_SQL, ["bigint"], [model_id])
     if not rows:
         raise ScoringError(f"no model with model_id {model_id}", sqlstate=UNDEFINED_OBJECT,

@@ -4,7 +4,7 @@ UPDATE per batch, each batch committed on its own."""
 from __future__ import annotations
 
 from . import floatbits, plans, registry, settings, sqlpath
-from .errors import INVALID_PARAMETER_VALUE, ScoringError
+from .errors import INVALID_PARAMETER_VALUE, INVALID_TRANSACTION_STATE, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -71,6 +71,12 @@ IN_KEY_ORDER_SQL = (
     " pg_catalog.set_config('enable_bitmapscan', 'off', true),"
     " pg_catalog.set_config('enable_indexscan', 'on', true)"
 )
+PROFILES_COUNT_SQL = "SELECT count(*) AS n FROM public.customer_profiles"
+# What `SET search_path` on the procedure would do, per transaction. And
+# no JIT: compiling a large model's SQL with LLVM cost more per batch
+# (0.1-0.3 s for the demo GBM) than it saved.
+PIN_SETTINGS_SQL = ("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),"
+                    " pg_catalog.set_config('jit', 'off', true)")
 
 
 def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
@@ -89,7 +95,7 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> None:
             hint="call scoring.rescore('churn', 10000)",
         )
     _pin_settings(plpy)
-    total = plpy.execute("SELECT count(*) AS n FROM public.customer_profiles")[0]["n"]
+    total = plpy.execute(PROFILES_COUNT_SQL)[0]["n"]
     done = 0
     last_id = -(2**63)  # below every bigint: keyset pagination starts at the first id
     while True:
@@ -164,11 +170,7 @@ def _rescore_in_sql(plpy: Any, cache: dict, update: str, last_id: int, batch_siz
 
 
 def _pin_settings(plpy: Any) -> None:
-    # What `SET search_path` on the procedure would do, per transaction. And
-    # no JIT: compiling a large model's SQL with LLVM cost more per batch
-    # (0.1-0.3 s for the demo GBM) than it saved.
-    plpy.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),"
-                 " pg_catalog.set_config('jit', 'off', true)")
+    plpy.execute(PIN_SETTINGS_SQL)
 
 
 def _commit(plpy: Any) -> None:
@@ -178,7 +180,7 @@ def _commit(plpy: Any) -> None:
         if "invalid transaction termination" in str(exc):
             raise ScoringError(
                 "scoring.rescore() commits once per batch and cannot run inside a transaction block",
-                sqlstate="2D000",
+                sqlstate=INVALID_TRANSACTION_STATE,
                 hint="run CALL scoring.rescore(...) on its own, in autocommit mode",
             ) from None
         raise

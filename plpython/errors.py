@@ -7,8 +7,9 @@ Library code raises :class:`ScoringError`; the SQL entry points in
 
 from __future__ import annotations
 
-# SQLSTATEs used by pgscore (PostgreSQL's own codes, so callers can catch them
-# by class, e.g. psycopg.errors.NoDataFound).
+# SQLSTATEs used by pgscore's Python (PostgreSQL's own codes, so callers can
+# catch them by class, e.g. psycopg.errors.NoDataFound); raise with these
+# names, never a literal code.
 NO_DATA_FOUND = "P0002"             # unknown customer id
 UNDEFINED_OBJECT = "42704"          # unknown model name, feature not a column
 NOT_IN_PREREQUISITE_STATE = "55000"  # no active model
@@ -16,6 +17,9 @@ INVALID_PARAMETER_VALUE = "22023"   # bad feature document, bad argument
 DATATYPE_MISMATCH = "42804"         # mistyped feature value
 MODEL_LOAD_FAILED = "38000"         # external_routine_exception: blob, runtime
 MODEL_FAILED = "39000"              # external_routine_invocation_exception: predict
+INSUFFICIENT_PRIVILEGE = "42501"    # an unapproved pickle (psycopg.errors.InsufficientPrivilege)
+PROGRAM_LIMIT_EXCEEDED = "54000"    # more ids than scoring.max_batch_ids
+INVALID_TRANSACTION_STATE = "2D000"  # invalid_transaction_termination: rescore inside a transaction block
 
 
 class ScoringError(Exception):

@@ -29,6 +29,7 @@ from .errors import (
     ScoringError,
     as_scoring_error,
 )
+from .paths import COMPILED_PATHS
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -38,19 +39,18 @@ if TYPE_CHECKING:
 # (rollback, score_with_model) without holding every version in memory.
 CACHE_SIZE = 4
 
-# Paths evaluated here with the compiled arrays. A 'sql' model is scored by
-# generated SQL in the trigger and score(bigint) (pgscore_server.sqlpath);
-# everything else that scores it in Python uses the same arrays.
-COMPILED_PATHS = ("compiled", "sql")
-
-ACTIVE_SQL = (
-    "SELECT d.model_id, m.sha256, m.scoring_path FROM scoring.deployments d"
+# The active model of a name: its latest deployment (what the view
+# scoring.active_models shows; read from the tables, as everywhere in the
+# server). {columns} of deployments d and models m, the name as {name}.
+ACTIVE_MODEL_SQL = (
+    "SELECT {columns} FROM scoring.deployments d"
     " JOIN scoring.models m USING (model_id)"
-    " WHERE d.name = $1 ORDER BY d.deployment_id DESC LIMIT 1"
+    " WHERE d.name = {name} ORDER BY d.deployment_id DESC LIMIT 1"
 )
+ACTIVE_SQL = ACTIVE_MODEL_SQL.format(columns="d.model_id, m.sha256, m.scoring_path", name="$1")
 MODEL_SQL = (
     "SELECT model_id, name, version, format, sha256, scoring_path, feature_names, runtime::text AS runtime,"
-    " CASE WHEN scoring_path IN ('compiled', 'sql') THEN compiled END AS compiled"
+    f" CASE WHEN scoring_path IN ({', '.join(repr(path) for path in COMPILED_PATHS)}) THEN compiled END AS compiled"
     " FROM scoring.models WHERE model_id = $1"
 )
 BLOB_SQL = "SELECT blob FROM scoring.models WHERE model_id = $1"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from . import plans
-from .errors import INVALID_PARAMETER_VALUE, ScoringError
+from .errors import INVALID_PARAMETER_VALUE, PROGRAM_LIMIT_EXCEEDED, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ ON_ERROR_CHOICES = ("keep", "raise")
 # SET it: a guard against runaway calls, not against a hostile session.
 MAX_BATCH_IDS = "scoring.max_batch_ids"
 MAX_BATCH_IDS_DEFAULT = 1_000_000
-PROGRAM_LIMIT_EXCEEDED = "54000"
 _MAX_BATCH_IDS_DIGITS = 18  # any such number fits a bigint
 TOO_MANY_IDS = "scoring.score_many was given {count} customer_ids; scoring.max_batch_ids allows at most {limit}"
 TOO_MANY_IDS_HINT = ("score them in smaller batches, or raise the cap for this session: "

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import catalog, plans, registry, settings
+from . import catalog, paths, plans, registry, settings
 from .errors import ScoringError, as_scoring_error
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
@@ -154,11 +154,8 @@ def _fetch_sql(plpy: Any, cache: dict, model: registry.LoadedModel, model_name: 
         select_list = catalog.select_list(
             plpy, model.feature_names, columns, overrides={"complaint_count": "p.complaint_count + c.n"}
         )
-        active = (
-            "(SELECT d.model_id || ':' || m.sha256 || ':' || m.scoring_path FROM scoring.deployments d"
-            f" JOIN scoring.models m USING (model_id) WHERE d.name = {plpy.quote_literal(model_name)}"
-            " ORDER BY d.deployment_id DESC LIMIT 1)"
-        )
+        active = "(" + registry.ACTIVE_MODEL_SQL.format(
+            columns="d.model_id || ':' || m.sha256 || ':' || m.scoring_path", name=plpy.quote_literal(model_name)) + ")"
         sql = (
             f"SELECT p.customer_id, c.n AS pgscore_new, {active} AS pgscore_active, {select_list}"
             f" FROM public.customer_profiles p JOIN {source} AS c(customer_id, n) USING (customer_id)"
@@ -279,7 +276,7 @@ def _profile_model(plpy: Any, cache: dict, model_id: int) -> registry.LoadedMode
     # compiled form; a copy this backend loaded for the scikit-learn path
     # before the path changed would score ~500x slower: load it again.
     model = registry.cached(cache, model_id)
-    if model is not None and model.scoring_path in registry.COMPILED_PATHS:
+    if model is not None and model.scoring_path in paths.COMPILED_PATHS:
         return model
     registry.forget(cache, model_id)
     try:

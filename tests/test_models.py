@@ -172,7 +172,7 @@ def test_push_scores_rows_as_if_alone_but_in_one_call_where_that_is_the_same():
     row alone; rows without NULLs go in one call (same dtypes), the others,
     and every row when that call fails, one by one, None where refused."""
     from pgscore.dev.demo_data import synthetic_profiles
-    from pgscore.models import _scores_one_by_one
+    from pgscore.verify import scores_one_by_one
     from pgscore_server.features import to_frame
 
     model, _ = train_demo_model(rows=2000, seed=0, kind="gbm")
@@ -189,6 +189,6 @@ def test_push_scores_rows_as_if_alone_but_in_one_call_where_that_is_the_same():
 
     expected = [alone(row) for row in rows]
     assert expected[9] is None and expected[5] is not None
-    assert _scores_one_by_one(model, rows, names) == pytest.approx(expected, abs=1e-12, nan_ok=False)
+    assert scores_one_by_one(model, rows, names) == pytest.approx(expected, abs=1e-12, nan_ok=False)
     clean = rows[:5] + rows[10:]
-    assert _scores_one_by_one(model, clean, names) == pytest.approx([alone(row) for row in clean], abs=1e-12)
+    assert scores_one_by_one(model, clean, names) == pytest.approx([alone(row) for row in clean], abs=1e-12)

@@ -25,7 +25,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from pgscore import PushError, push_model
-from pgscore import cli, models
+from pgscore import cli, models, push
 from pgscore.dev.demo_data import train_demo_model
 from pgscore_server import formats
 from pgscore_server import runtime as server_runtime
@@ -357,8 +357,8 @@ def test_a_skops_file_is_pushed_without_unpickling(seeded, tmp_path, logreg, mon
     def no_pickles(*args, **kwargs):
         raise AssertionError("a skops file was unpickled")
 
-    monkeypatch.setattr(models, "_unpickle_in_child", no_pickles)
-    monkeypatch.setattr(models, "_load_blob", no_pickles)
+    monkeypatch.setattr(push, "_unpickle_in_child", no_pickles)
+    monkeypatch.setattr(push, "_load_blob", no_pickles)
     result = push_model(seeded.dsn("loader"), path, name="churn", activate=True, scoring_path="sklearn")
     with seeded.connect("analyst") as analyst:
         score = analyst.execute("SELECT scoring.score(12::bigint)").fetchone()[0]

@@ -37,9 +37,9 @@ def test_auto_puts_a_short_exact_model_on_the_sql_path(seeded, model_files):
 
 
 def test_a_long_model_stays_compiled_with_the_reason(seeded, model_files, monkeypatch):
-    from pgscore import models
+    from pgscore_server import paths
 
-    monkeypatch.setattr(models, "SQL_PATH_MAX_CHARS", 10_000)  # the demo GBM's SQL is ~68 kB
+    monkeypatch.setattr(paths, "SQL_PATH_MAX_CHARS", 10_000)  # the demo GBM's SQL is ~68 kB
     result = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True)
     assert result.scoring_path == "compiled"
     assert "not sql" in result.path_note and "characters" in result.path_note

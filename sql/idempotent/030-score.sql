@@ -43,7 +43,8 @@ $$;
 COMMENT ON FUNCTION scoring._raise_python_error(text, text, text, text) IS 'internal: raises an error caught from PL/Python again without its traceback';
 
 -- scoring.score(bigint) itself is written by scoring._install_scoring_functions()
--- (050-complaint-trigger.sql): generated SQL for a 'sql' model, else this.
+-- (pgscore_server.paths.install, from the templates of pgscore_server.plpgsql):
+-- generated SQL for a 'sql' model, else a call of this.
 CREATE OR REPLACE FUNCTION scoring._score_customer_py(customer_id bigint)
 RETURNS double precision
 LANGUAGE plpython3u

@@ -14,9 +14,10 @@
 --               compiled numpy evaluator); several go to the Python path;
 --   'sklearn'   the new rows' customer ids go to scoring._score_new_complaints
 --               (Python: locks, reads, scores and writes).
--- scoring._install_scoring_functions() writes the trigger function,
--- scoring.score(bigint) and scoring.score_many for the active model; the triggers at the end of
--- this file run it whenever the active model or its path changes.
+-- scoring._install_scoring_functions() (pgscore_server.paths.install) writes
+-- the trigger function, scoring.score(bigint) and scoring.score_many for the
+-- active model; the triggers at the end of this file run it whenever the
+-- active model or its path changes.
 
 CREATE OR REPLACE FUNCTION scoring._score_new_complaints(customer_ids bigint[])
 RETURNS void
@@ -92,75 +93,18 @@ return api.install_generated_scoring(plpy, GD, model_id)
 $python$;
 COMMENT ON FUNCTION scoring._install_generated_scoring(bigint) IS 'internal: writes a model with a compiled form into the complaint trigger (and a sql-path model into score(bigint) and score_many)';
 
+-- Which functions each path gets is decided in one place
+-- (pgscore_server.paths.install); the bodies it writes are the templates of
+-- pgscore_server.plpgsql.
 CREATE OR REPLACE FUNCTION scoring._install_scoring_functions()
 RETURNS text
-LANGUAGE plpgsql
+LANGUAGE plpython3u
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
-AS $install$
-DECLARE
-    active record;
-BEGIN
-    -- One writer at a time: CREATE OR REPLACE of one function in two
-    -- transactions at once fails with "tuple concurrently updated".
-    PERFORM pg_advisory_xact_lock(hashtext('scoring._install_scoring_functions'));
-    SELECT d.model_id, m.scoring_path INTO active
-      FROM scoring.deployments d JOIN scoring.models m USING (model_id)
-     WHERE d.name = 'churn' ORDER BY d.deployment_id DESC LIMIT 1;
-    -- The Python path first; a model with a compiled form then gets its own.
-    CREATE OR REPLACE FUNCTION scoring._on_complaints_inserted()
-    RETURNS trigger
-    LANGUAGE plpgsql
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $body$
-    BEGIN
-        PERFORM scoring._score_new_complaints(array_agg(customer_id)) FROM new_complaints;
-        RETURN NULL;
-    END
-    $body$;
-    CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)
-    RETURNS double precision
-    LANGUAGE plpgsql
-    STABLE STRICT
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $body$
-    DECLARE
-        v_sqlstate text; v_message text; v_detail text; v_hint text;
-    BEGIN
-        RETURN scoring._score_customer_py($1);
-    EXCEPTION WHEN OTHERS THEN  -- reported without PL/Python's traceback (030-score.sql)
-        GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                                v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-        v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
-        RAISE;
-    END
-    $body$;
-    CREATE OR REPLACE FUNCTION scoring.score_many(customer_ids bigint[], model_name text DEFAULT 'churn')
-    RETURNS TABLE (customer_id bigint, score double precision)
-    LANGUAGE plpgsql
-    STABLE
-    SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-    AS $body$
-    DECLARE
-        -- Scored in a statement of its own: inside the RETURN QUERY the
-        -- planner would run the (stable) function once more to estimate
-        -- how many rows unnest returns.
-        v_bits bigint[] := scoring._score_bits_py(customer_ids, model_name);
-    BEGIN
-        -- unnest in the select list: the arrays run in lockstep, as in
-        -- unnest(a, b), without its tuplestore.
-        RETURN QUERY SELECT unnest(customer_ids), scoring._float8_from_bits(unnest(v_bits));
-    END
-    $body$;
-    IF active.scoring_path IN ('sql', 'compiled') THEN
-        RETURN scoring._install_generated_scoring(active.model_id);
-    END IF;
-    RETURN 'scored in Python';
-END
-$install$;
+AS $python$
+#pgscore:runtime
+return api.install_scoring_functions(plpy, GD)
+$python$;
 COMMENT ON FUNCTION scoring._install_scoring_functions() IS 'internal: writes the complaint trigger and score(bigint) for the active churn model';
 
 SELECT scoring._install_scoring_functions();
@@ -183,7 +127,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    PERFORM scoring._install_scoring_functions();
+    -- Not on a server that dropped PL/Python (it scores with exported SQL
+    -- only): there is no generated code to rewrite.
+    IF pg_catalog.to_regprocedure('scoring._install_scoring_functions()') IS NOT NULL THEN
+        PERFORM scoring._install_scoring_functions();
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -213,7 +161,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF EXISTS (SELECT FROM pg_event_trigger_ddl_commands() c
-                WHERE c.classid = 'pg_class'::regclass AND c.objid = to_regclass('public.customer_profiles')) THEN
+                WHERE c.classid = 'pg_class'::regclass AND c.objid = to_regclass('public.customer_profiles'))
+       AND pg_catalog.to_regprocedure('scoring._install_scoring_functions()') IS NOT NULL THEN  -- PL/Python not dropped, as in _reinstall_scoring_functions
         PERFORM scoring._install_scoring_functions();
     END IF;
 END

@@ -40,17 +40,6 @@ GRANT EXECUTE ON PROCEDURE scoring.rescore(text, integer) TO scoring_loader;
 GRANT EXECUTE ON PROCEDURE scoring._rescore_plpython(text, integer, text[]) TO scoring_loader;
 GRANT EXECUTE ON FUNCTION scoring._unknown_model_hint(text) TO scoring_loader;
 
--- scoring_trusted (owned by the migrating superuser): read-only for pgscore's
--- roles. scoring_owner's functions and the loader's rescore (a procedure,
--- which runs as its caller) import the in-database Python with
--- load_runtime(); reading the modules reveals nothing the pgscore package
--- does not ship. The approvals are read by the scoring functions' gate and
--- by pgscore push; only a superuser writes them (pgscore approve).
-REVOKE ALL ON ALL TABLES IN SCHEMA scoring_trusted FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA scoring_trusted FROM PUBLIC;
-GRANT USAGE ON SCHEMA scoring_trusted TO scoring_owner, scoring_loader;
-GRANT SELECT ON scoring_trusted.runtime_modules, scoring_trusted.approved_pickles TO scoring_owner, scoring_loader;
-GRANT EXECUTE ON FUNCTION scoring_trusted.load_runtime() TO scoring_owner, scoring_loader;
 -- rescore's UPDATE on the sql path raises through it for a profile the model
 -- rejects; it runs with the caller's rights, so the loader still cannot write scoring.errors.
 GRANT EXECUTE ON FUNCTION scoring._score_rejected(bigint, bigint, text, text) TO scoring_loader;

@@ -31,7 +31,7 @@ BEGIN
 END
 $$;
 
--- What the owner's functions need outside its own schema (scoring_trusted: 090-grants.sql).
+-- What the owner's functions need outside its own schema (scoring_trusted: 011-runtime-grants.sql).
 GRANT SELECT, UPDATE (complaint_count, churn_score, churn_model_id, churn_scored_at)
     ON public.customer_profiles TO scoring_owner;
 DO $$

@@ -1,0 +1,225 @@
+"""Parity: whether a model scores the same in the database, in its compiled
+form and in scikit-learn, to PARITY_TOLERANCE.
+
+pgscore push (pgscore.push) checks the compiled form on real profiles and on
+rows generated from the model (pgscore.check_rows) before it may be used,
+and the server's SQL on the same rows; ``export_sql`` checks the SQL it
+exports against the database's scores. Feature rows are read here exactly
+as the server reads them (pgscore_server.catalog).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from pgscore_server import catalog, features
+
+from . import check_rows
+from .connection import connect
+
+PARITY_TOLERANCE = 1e-9
+# Profiles the compiled form is checked on, locally, before it may be used.
+COMPILE_CHECK_SIZE = 2000
+# Generated rows also scored one at a time by scikit-learn, at most.
+ROW_BY_ROW_MAX = 150
+
+
+class _Quoter:
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def quote_ident(self, name: str) -> str:
+        return sql.Identifier(name).as_string(self.conn)
+
+
+def profile_columns(conn: psycopg.Connection) -> dict[str, str]:
+    return {name: type_ for name, type_, _declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+
+
+def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], customer_ids: Sequence[int]) -> list[dict]:
+    """Feature rows read exactly as the server reads them, in ``customer_ids`` order."""
+    columns = profile_columns(conn)
+    select_list = catalog.select_list(_Quoter(conn), feature_names, columns)
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        cur.execute(
+            f"SELECT p.customer_id, {select_list} FROM public.customer_profiles p"  # noqa: S608 (quoted identifiers)
+            " WHERE p.customer_id = ANY(%s)",
+            [list(customer_ids)],
+        )
+        by_id = {row["customer_id"]: row for row in cur}
+    return [by_id[customer_id] for customer_id in customer_ids if customer_id in by_id]
+
+
+def sample_ids(conn: psycopg.Connection, size: int) -> list[int]:
+    """Up to ``size`` customer_ids of random profiles."""
+    return [row[0] for row in conn.execute(
+        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [size])]
+
+
+def database_scores(conn: psycopg.Connection, model_id: int, ids: Sequence[int]) -> dict[int, float]:
+    """customer_id -> the database's score of that profile with ``model_id``
+    (scoring.score_with_model, on the model's recorded path)."""
+    return dict(conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s)",
+                             [model_id, list(ids)]).fetchall())
+
+
+def sql_scores(conn: psycopg.Connection, expression: str, ids: Sequence[int]) -> dict[int, float | None]:
+    """customer_id -> ``expression`` (a model's SQL over p) of those profiles."""
+    return dict(conn.execute(
+        f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
+        [list(ids)]).fetchall())
+
+
+def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Sequence[str],
+                   size: int = COMPILE_CHECK_SIZE) -> check_rows.CheckRows:
+    """Up to ``size`` random real profiles, and rows generated from the
+    compiled model (``pgscore.check_rows``) on one of them, or on the model's
+    own typical values when the table is empty."""
+    profiles = fetch_feature_rows(conn, feature_names, sample_ids(conn, size))
+    base = {name: profiles[0][name] for name in feature_names} if profiles else None
+    declared = {name: declared for name, _type, declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+    generated = check_rows.generate(compiled.manifest, compiled.arrays, declared, base)
+    return check_rows.CheckRows(profiles, generated)
+
+
+def one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:
+    """Generated rows scored one at a time too (the trigger's case; pandas
+    infers a lone row's dtypes differently): every kind but the thresholds,
+    then thresholds sampled evenly up to ROW_BY_ROW_MAX rows in all (a row
+    through a ColumnTransformer costs scikit-learn several ms)."""
+    rows = [row for kind, generated in checks.generated.items() if kind != "thresholds" for row in generated]
+    thresholds = checks.generated.get("thresholds", [])
+    room = max(0, ROW_BY_ROW_MAX - len(rows))
+    return rows + (thresholds[:: max(1, -(-len(thresholds) // room))] if room else [])
+
+
+def batch_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
+    """Parity over real profiles in batches. A batch one side refuses (a
+    profile the pipeline rejects, e.g. infinity before a StandardScaler) is
+    halved until the refused rows stand alone; each of those must be refused
+    by both sides, the others must agree (a few calls per refused row)."""
+    from .compile import check_parity
+
+    try:
+        return check_parity(estimator, compiled, rows)
+    except Exception:
+        if len(rows) == 1:
+            return row_by_row_parity(estimator, compiled, rows)
+    middle = len(rows) // 2
+    return max(batch_parity(estimator, compiled, rows[:middle]), batch_parity(estimator, compiled, rows[middle:]))
+
+
+def row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
+    """Parity one row at a time (the trigger's usual case): both agree to the
+    returned difference, or both refuse the row; anything else raises
+    UnsupportedModel naming the row."""
+    from .compile import UnsupportedModel
+
+    def outcome(score: Any, row: dict) -> float | Exception:
+        try:
+            return float(score(row))
+        except Exception as exc:
+            return exc
+
+    worst = 0.0
+    evaluator = compiled.evaluator()
+    for row in rows:
+        expected = outcome(lambda r: estimator.predict_proba(features.to_frame([r], compiled.feature_names))[0, 1], row)
+        got = outcome(lambda r: evaluator.predict([r])[0], row)
+        refused = [isinstance(expected, Exception), isinstance(got, Exception)]
+        if refused == [True, True]:
+            continue
+        if refused == [True, False]:
+            raise UnsupportedModel(f"scikit-learn refuses a row the compiled form scores "
+                                   f"({type(expected).__name__}: {expected}); row: {row}")
+        if refused == [False, True]:
+            raise UnsupportedModel(f"the compiled form refuses a row scikit-learn scores "
+                                   f"({type(got).__name__}: {got}); row: {row}")
+        difference = abs(expected - got)
+        worst = math.inf if math.isnan(difference) else max(worst, difference)
+    return worst
+
+
+def sql_scores_of_rows(conn: psycopg.Connection, expression: str, rows: list[dict]) -> list[tuple[Any, dict]]:
+    """(the SQL's score, row) of rows that are no profile, each read as a
+    profile record; a batch the profile type refuses (a value out of a
+    column's range) is halved until the refused rows stand alone, and those
+    are left out: they are no input the SQL can meet."""
+    if not rows:
+        return []
+    try:
+        with conn.transaction():
+            scores = [score for _, score in conn.execute(
+                f"SELECT p.ordinality, {expression} FROM ROWS FROM (jsonb_populate_recordset(NULL::public.customer_profiles, %s))"  # noqa: S608
+                " WITH ORDINALITY AS p ORDER BY p.ordinality", [Jsonb(rows)]).fetchall()]
+        return list(zip(scores, rows))
+    except psycopg.errors.DataException:
+        if len(rows) == 1:
+            return []
+    middle = len(rows) // 2
+    return sql_scores_of_rows(conn, expression, rows[:middle]) + sql_scores_of_rows(conn, expression, rows[middle:])
+
+
+def scores_one_by_one(estimator: Any, rows: list[dict], feature_names: list[str]) -> list[float | None]:
+    """predict_proba of each row as if scored alone (the trigger's case),
+    None where scikit-learn refuses it. Rows without a NULL give a frame
+    of the same dtypes alone or together, so they go in one call (the demo
+    GBM's check: ~25 s one by one, well under a second together); rows with
+    one, and every row if that call fails, one by one."""
+    scores: list[float | None] = [None] * len(rows)
+    complete = [k for k, row in enumerate(rows) if all(row[name] is not None for name in feature_names)]
+    alone = sorted(set(range(len(rows))) - set(complete))
+    try:
+        together = estimator.predict_proba(features.to_frame([rows[k] for k in complete], feature_names))[:, 1]
+        for k, score in zip(complete, together):
+            scores[k] = float(score)
+    except Exception:  # noqa: BLE001 - some row refused, whatever the error: one by one then
+        alone = list(range(len(rows)))
+    for k in alone:
+        try:
+            scores[k] = float(estimator.predict_proba(features.to_frame([rows[k]], feature_names))[:, 1][0])
+        except Exception:
+            scores[k] = None
+    return scores
+
+
+def export_sql(dsn: str | None, name: str, version: int, function_name: str | None = None,
+               sample_size: int = 2000) -> str:
+    """``CREATE FUNCTION scoring.<function_name>(p public.customer_profiles)``:
+    NAME's VERSION as plain SQL, for servers without plpython3u.
+
+    Checked first in this database: on a sample of profiles the SQL must
+    equal the in-database score to PARITY_TOLERANCE. Raises PushError when
+    the version has no compiled form, SQL cannot express it, or the check fails.
+    """
+    from .compile import CompiledModel
+    from .push import PushError
+    from pgscore_server.sqlgen import SqlUnsupported, sql_function, to_sql
+
+    with connect(dsn) as conn:
+        found = conn.execute("SELECT model_id, compiled, path_note FROM scoring.models WHERE name = %s AND version = %s",
+                             [name, version]).fetchone()
+        if found is None:
+            raise PushError(f"model {name!r} has no version {version}; list them with: pgscore models --name {name}")
+        model_id, data, note = found
+        if data is None:
+            raise PushError(f"model {name!r} v{version} has no compiled form ({note}); plain SQL needs one")
+        compiled = CompiledModel.from_bytes(data)
+        try:
+            expression = to_sql(compiled, "p")
+            statement = sql_function(compiled, function_name or f"{name}_v{version}_sql")
+        except SqlUnsupported as exc:
+            raise PushError(f"model {name!r} v{version} cannot be written as plain SQL: {exc}") from None
+        ids = sample_ids(conn, sample_size)
+        in_sql = sql_scores(conn, expression, ids)
+        in_db = database_scores(conn, model_id, ids)
+    worst = max((abs(in_sql[c] - in_db[c]) for c in ids if in_sql[c] is not None), default=0.0)
+    if not worst <= PARITY_TOLERANCE:
+        raise PushError(f"the SQL form of {name!r} v{version} differs from its scores by {worst:.3g}; not exported")
+    return f"-- {name} v{version} (model_id {model_id}); checked on {len(ids)} profiles: max difference {worst:.1e}\n" \
+        + statement
