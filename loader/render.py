@@ -25,12 +25,18 @@ from __future__ import annotations
 import hashlib
 import io
 import lzma
+import re
 import tarfile
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
+from pgscore_server import plpgsql
+
 RUNTIME_MARKER = "#pgscore:runtime"
+# A line "-- {{WITH_PYTHON_ERRORS}} <statement>" in a PL/pgSQL body becomes
+# pgscore_server.plpgsql.with_python_errors(statement).
+PYTHON_ERRORS_LINE = re.compile(r"^-- \{\{WITH_PYTHON_ERRORS\}\} (?P<statement>.+)$", re.MULTILINE)
 MODULES_MARKER = "-- {{RUNTIME_MODULES}}"
 SHA_MARKER = "{{CODE_SHA}}"
 SOURCE_QUOTE = "$pgscore_source$"
@@ -182,6 +188,7 @@ def current_code_set(sources: dict[str, str] | None = None, sql_files: dict[str,
     parts = []
     for name, text in sorted(sql_files.items()):
         text = text.replace(MODULES_MARKER, install_modules_sql())
+        text = PYTHON_ERRORS_LINE.sub(lambda line: plpgsql.with_python_errors(line["statement"]).strip("\n"), text)
         text = text.replace(RUNTIME_MARKER, runtime_shim(runtime_sha))
         text = text.replace(SHA_MARKER, runtime_sha)
         parts.append(f"-- sql/idempotent/{name}\n{text}")

@@ -182,6 +182,20 @@ EXCEPTION WHEN OTHERS THEN
     RAISE;
 """
 
+
+def with_python_errors(statement: str) -> str:
+    """A PL/pgSQL body that runs ``statement`` (a call of a PL/Python
+    function) and raises its errors again without PL/Python's traceback.
+    sql/idempotent/ asks for it with a ``-- {{WITH_PYTHON_ERRORS}} statement``
+    line (pgscore.render)."""
+    return f"""
+DECLARE
+    v_sqlstate text; v_message text; v_detail text; v_hint text;
+BEGIN
+    {statement}
+{PYTHON_ERRORS}END
+"""
+
 # The Python path: what scoring._install_scoring_functions() writes first,
 # and what stays for a model without a compiled form (pgscore_server.paths).
 PYTHON_TRIGGER_BODY = f"""
@@ -190,13 +204,7 @@ BEGIN
     RETURN NULL;
 END
 """
-PYTHON_SCORE_BODY = f"""
-DECLARE
-    v_sqlstate text; v_message text; v_detail text; v_hint text;
-BEGIN
-    RETURN scoring._score_customer_py($1);
-{PYTHON_ERRORS}END
-"""
+PYTHON_SCORE_BODY = with_python_errors("RETURN scoring._score_customer_py($1);")
 PYTHON_SCORE_MANY_BODY = f"""
 DECLARE
     v_bits bigint[];

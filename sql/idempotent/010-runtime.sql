@@ -129,15 +129,6 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_sqlstate text; v_message text; v_detail text; v_hint text;
-BEGIN
-    PERFORM scoring._warmup_plpython(model_name);
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
-    RAISE;
-END
+-- {{WITH_PYTHON_ERRORS}} PERFORM scoring._warmup_plpython(model_name);
 $$;
 COMMENT ON FUNCTION scoring.warmup(text) IS 'loads the runtime and the active model into this backend (for a pool''s connect hook)';

@@ -76,16 +76,7 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_sqlstate text; v_message text; v_detail text; v_hint text;
-BEGIN
-    RETURN scoring._score_features_plpython(model_name, features);
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
-    RAISE;
-END
+-- {{WITH_PYTHON_ERRORS}} RETURN scoring._score_features_plpython(model_name, features);
 $$;
 COMMENT ON FUNCTION scoring.score(text, jsonb) IS 'probability for an arbitrary feature record (what-if analysis) with the active model of a name';
 
@@ -140,16 +131,7 @@ STABLE
 SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    v_sqlstate text; v_message text; v_detail text; v_hint text;
-BEGIN
-    RETURN scoring._score_bits_plpython(customer_ids, model_name);
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_sqlstate = RETURNED_SQLSTATE, v_message = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    v_message := scoring._raise_python_error(v_sqlstate, v_message, v_detail, v_hint);
-    RAISE;
-END
+-- {{WITH_PYTHON_ERRORS}} RETURN scoring._score_bits_plpython(customer_ids, model_name);
 $$;
 COMMENT ON FUNCTION scoring._score_bits_py(bigint[], text) IS 'internal: the scores of customer_ids in input order as float8 bits, in Python, one model call per batch';
 
