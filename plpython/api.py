@@ -164,11 +164,6 @@ def install_scoring_functions(plpy: Any, cache: dict) -> str:
 
 
 @sql_errors
-def install_generated_scoring(plpy: Any, cache: dict, model_id: int) -> str:
-    return sqlpath.install(plpy, cache, model_id)
-
-
-@sql_errors
 def sql_expression(plpy: Any, cache: dict, model_id: int) -> str:
     return sqlpath.expression_for(plpy, cache, model_id)
 

@@ -71,7 +71,8 @@ def runtime_modules(dsn):
 
 @pytest.mark.parametrize("revision, later_function", [
     ("0001", "scoring.sql_expression(model_id bigint)"),
-    ("0002", "scoring._install_generated_scoring(model_id bigint)"),
+    ("0002", "scoring._score_profile(model_id bigint, customer_id bigint, layout text, floats double precision[],"
+             " ints bigint[], flags boolean[], texts text[])"),
     ("0003", None),  # 0004 changes only in-database code
     ("0004", None),  # 0005 added scoring._scores_py, which 0008 replaced
     ("0005", None),  # 0006 adds a column (test below) and in-database code

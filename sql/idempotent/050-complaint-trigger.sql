@@ -82,17 +82,6 @@ return api.sql_expression(plpy, GD, model_id)
 $python$;
 COMMENT ON FUNCTION scoring.sql_expression(bigint) IS 'the model as one SQL expression over p (public.customer_profiles), NULL for rows it rejects; what the sql path runs';
 
-CREATE OR REPLACE FUNCTION scoring._install_generated_scoring(model_id bigint)
-RETURNS text
-LANGUAGE plpython3u
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $python$
-#pgscore:runtime
-return api.install_generated_scoring(plpy, GD, model_id)
-$python$;
-COMMENT ON FUNCTION scoring._install_generated_scoring(bigint) IS 'internal: writes a model with a compiled form into the complaint trigger (and a sql-path model into score(bigint) and score_many)';
-
 -- Which functions each path gets is decided in one place
 -- (pgscore_server.paths.install); the bodies it writes are the templates of
 -- pgscore_server.plpgsql.
