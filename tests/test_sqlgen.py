@@ -412,14 +412,14 @@ def test_threshold_inversion_is_exact():
     rng = np.random.default_rng(0)
     for _ in range(200):
         m, s = float(rng.normal(100, 300)), float(abs(rng.normal(0, 50)) + 1e-3)
-        feature = sqlgen._NumFeature(None, [("sub", m), ("div", s)])  # type: ignore[arg-type]
+        feature = sqlgen.columns.NumFeature(None, [("sub", m), ("div", s)])  # type: ignore[arg-type]
         t = rng.normal(0, 3, 50)
 
         def seen(x: np.ndarray) -> np.ndarray:
             with np.errstate(over="ignore"):
                 return feature.transform(x).astype(np.float32).astype(np.float64)
 
-        xs = sqlgen._largest_true(lambda x: seen(x) <= t, len(t))
+        xs = sqlgen.thresholds.largest_true(lambda x: seen(x) <= t, len(t))
         assert (seen(xs) <= t).all()
         above = np.nextafter(xs, np.inf)
         assert (seen(above) > t).all()
@@ -431,7 +431,7 @@ def test_decimal_cut_matches_float8_rounding():
     rng = np.random.default_rng(1)
     for x in rng.normal(0, 1000, 2000).tolist() + [0.0, -0.0, 0.005, 0.015, 1e-9, -1e-9, 2.675]:
         for scale in (0, 2, 3):
-            d = Decimal(sqlgen._decimal_cut(x, scale))
+            d = Decimal(sqlgen.thresholds._decimal_cut(x, scale))
             step = Decimal(10) ** -scale
             assert float(d) <= x < float(d + step), (x, scale, d)
 
