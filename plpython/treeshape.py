@@ -10,7 +10,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
-    from typing import Any, Sequence
+    from typing import Sequence
 
 
 class TreeShapeError(ValueError):
@@ -75,8 +75,3 @@ def walk_forest(feature: Sequence[int], left: Sequence[int], right: Sequence[int
         raise TreeShapeError("unreached", node=seen.index(0))
     return deepest, total
 
-
-def as_int_list(values: Any) -> Any:
-    """A numpy array as a list of Python ints (indexing which is ~10x cheaper
-    in the walk); array.array and lists as they are."""
-    return values.tolist() if hasattr(values, "dtype") else values

@@ -35,6 +35,7 @@ from pgscore.models import fetch_feature_rows
 from pgscore.seed import seed_profiles
 from pgscore_server.sqlgen import SqlUnsupported, sql_function, to_sql
 from pgscore_server.features import to_frame
+from tests import families
 
 TOLERANCE = 1e-9
 N_PROFILES = 3000
@@ -49,7 +50,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def demo_models() -> dict[str, Any]:
-    return {kind: train_demo_model(rows=3000, seed=0, kind=kind)[0] for kind in ("logreg", "gbm", "rf")}
+    return {kind: train_demo_model(rows=3000, seed=0, kind=kind)[0] for kind in families.demo_kinds("sql")}
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -163,7 +164,7 @@ def _max_diff(sql: dict, local: dict) -> tuple[float, int]:
 
 # -- parity on the demo pipelines, without plpython3u ---------------------------------
 
-@pytest.mark.parametrize("kind", ["logreg", "gbm", "rf"])
+@pytest.mark.parametrize("kind", families.demo_kinds("sql"))
 def test_demo_pipeline_parity_without_plpython(db, demo_models, kind):
     model = demo_models[kind]
     compiled = compile_model(model)

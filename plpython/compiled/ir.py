@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from array import array
 
+from ..treeshape import TreeShapeError, walk_forest
+
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping, Sequence
@@ -399,20 +401,15 @@ class TreeEnsemble:
 
     def _check_nodes(self, n_outputs: int) -> float:
         """Raise ValueError unless the node table is ``n_trees`` trees that use
-        every node once and whose deepest leaf is ``max_depth`` deep; return the
-        sum over trees of the mean leaf depth (the node steps of one Python walk).
-
-        One pass over the nodes. Each root's tree is walked marking nodes: a
-        node reached a second time (children shared by two nodes, a child that
-        points back up, two trees sharing nodes) is refused, as are children
-        outside the table, tested features that are not model columns, nodes
-        no root reaches and a max_depth other than the real depth (the batch
-        walk takes max_depth steps; the manifest cannot make it take more).
-        Without this a crafted table (node i with both children i + 1) had
-        2**depth root-to-leaf paths, which the walk spent hours in.
+        every node once (:func:`~pgscore_server.treeshape.walk_forest`: no
+        shared or cyclic children, no node outside the table or unreached, no
+        test of a feature that is no model column) and whose deepest leaf is
+        ``max_depth`` deep (the batch walk takes max_depth steps; the manifest
+        cannot make it take more); return the sum over trees of the mean leaf
+        depth (the node steps of one Python walk). Without this a crafted
+        table (node i with both children i + 1) had 2**depth root-to-leaf
+        paths, which the walk spent hours in.
         """
-        from ..treeshape import TreeShapeError, walk_forest
-
         prefix = "tree arrays of the compiled model"
         try:
             deepest, total = walk_forest(self.feature, self.left, self.right, self.roots, n_outputs)
