@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from pgscore_server import compiled as _server
+from pgscore_server.compiled import archive as server_archive
 from pgscore_server.compiled import ir
 
 
@@ -66,11 +67,11 @@ class CompiledModel:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "CompiledModel":
-        """The model :meth:`to_bytes` wrote (as stored in scoring.models.compiled)."""
-        archive = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-        arrays = {name: archive[name] for name in archive.files}
-        manifest = json.loads(arrays.pop("manifest").tobytes().decode("utf-8"))
-        return cls(manifest, arrays)
+        """The model :meth:`to_bytes` wrote (as stored in scoring.models.compiled),
+        read as the server reads it (its arrays flat). Raises ValueError for
+        bytes that are not such an archive."""
+        manifest, arrays = server_archive.read(data)
+        return cls(manifest, {name: np.asarray(values) for name, values in arrays.items()})
 
     def evaluator(self) -> _server.Evaluator:
         """The server-side evaluator of these bytes (what the database will run).
