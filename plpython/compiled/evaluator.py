@@ -25,6 +25,10 @@ if not TYPE_CHECKING:
     np = Numpy(globals())
 
 
+# The evaluator of each classifier kind of the IR.
+_EVALUATORS = {ir.Linear.kind: Linear, ir.TreeEnsemble.kind: Trees}
+
+
 def load(data: bytes) -> Evaluator:
     """Read bytes written by ``pgscore.compile.CompiledModel.to_bytes``.
 
@@ -55,9 +59,7 @@ class Evaluator:
         self.onehot = [OneHotColumn(c, self.feature_names) for c in transform.onehot]
         self.dtype_checks = [ImputerDtypeCheck(c, self.feature_names) for c in transform.dtype_checks]
         output_names = transform.output_names(self.feature_names)
-        classifier = model.classifier
-        self.model: Linear | Trees = (Linear(classifier, output_names) if isinstance(classifier, ir.Linear)
-                                      else Trees(classifier, output_names))
+        self.model: Linear | Trees = _EVALUATORS[model.classifier.kind](model.classifier, output_names)
         self._index = {name: k for k, name in enumerate(self.feature_names)}
         # Inputs a batch may send as CategoryCodes: those that only a one-hot
         # column reads, with up to MAX_CODED_CATEGORIES string categories.

@@ -436,6 +436,10 @@ class TreeEnsemble:
         return total
 
 
+# The classifiers of the IR, by the manifest's model kind.
+CLASSIFIER_KINDS = {Linear.kind: Linear, TreeEnsemble.kind: TreeEnsemble}
+
+
 class Model:
     """A compiled pipeline: named inputs, their :class:`Transform`, one classifier."""
 
@@ -465,13 +469,10 @@ class Model:
         names = [str(n) for n in manifest["feature_names"]]
         transform = Transform.read(manifest["transform"], arrays, names)
         spec = manifest["model"]
-        kind = spec["kind"]
-        if kind == Linear.kind:
-            classifier: Linear | TreeEnsemble = Linear.read(spec, arrays, transform.n_outputs)
-        elif kind == TreeEnsemble.kind:
-            classifier = TreeEnsemble.read(spec, arrays, transform.n_outputs)
-        else:
-            raise ValueError(f"compiled model: unknown model kind {kind!r}")
+        kind = CLASSIFIER_KINDS.get(spec["kind"])
+        if kind is None:
+            raise ValueError(f"compiled model: unknown model kind {spec['kind']!r}")
+        classifier = kind.read(spec, arrays, transform.n_outputs)
         return cls(names, transform, classifier, dict(manifest.get("source", {})))
 
     def write(self, make_array: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, Any]]:
