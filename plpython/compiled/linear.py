@@ -11,7 +11,7 @@ from .lazy import Numpy
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
-    from typing import Any, Sequence
+    from typing import Sequence
 
     import numpy as np
 

@@ -24,7 +24,7 @@ from .threads import THREADED_MIN_ROWS, in_threads
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
-    from typing import Any, Sequence
+    from typing import Sequence
 
     import numpy as np
 

@@ -10,7 +10,7 @@ import numpy as np
 from pgscore_server.compiled import ir
 
 from .columns import NumFeature
-from .text import f8, logistic
+from .text import SqlUnsupported, f8, logistic
 
 if TYPE_CHECKING:
     from .generator import Generator
