@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from pgscore_server import catalog
+from pgscore_server.compiled import ir
+from pgscore_server.sqlgen.thresholds import largest_true
 
 # Generated rows per kind at most (a forest has thousands of thresholds; the
 # check must stay a few seconds). Thresholds are sampled evenly beyond this.
@@ -60,16 +62,16 @@ class CheckRows:
         return f"{len(self.profiles):,} profiles and {len(self.edges):,} generated rows ({kinds or 'none'})"
 
 
-def generate(manifest: dict, arrays: dict[str, np.ndarray], declared: dict[str, str],
-             base: dict | None = None) -> dict[str, list[dict]]:
-    """Rows by kind for the compiled model (``manifest``, ``arrays``), whose
+def rows_for(model: ir.Model, declared: dict[str, str], base: dict | None = None) -> dict[str, list[dict]]:
+    """Rows by kind for the compiled ``model`` (``CompiledModel.ir``), whose
     features have the declared column types ``declared`` (``numeric(10,2)``);
     ``base`` is a real profile's features, or None to make one."""
-    names = list(manifest["feature_names"])
+    names = list(model.feature_names)
     kinds = {name: _kind(declared.get(name, "double precision")) for name in names}
-    transform = manifest["transform"]
-    categories = {block["input"]: [_decode(v) for v in block["categories"]] for block in transform["onehot"]}
-    chains = _numeric_chains(transform["numeric"], arrays)
+    # A NaN category is a row value here: a float NaN, as a profile would hold it.
+    categories = {column.input: [math.nan if v is ir.NAN_KEY else v for v in column.categories]
+                  for column in model.transform.onehot}
+    chains = _numeric_chains(model.transform.numeric)
     means = {chain.source: chain.mean for chain in chains.values()}
     row = dict(base) if base else _typical_row(names, kinds, categories, means)
 
@@ -90,7 +92,7 @@ def generate(manifest: dict, arrays: dict[str, np.ndarray], declared: dict[str, 
         if scale is not None:
             name = names[chain.source]
             out["scaler"] += vary(name, [kinds[name].near(chain.mean + k * scale) for k in (0, -1, 1, -3, 3, -10, 10)])
-    out["thresholds"] = _threshold_rows(manifest, arrays, names, kinds, chains, vary)
+    out["thresholds"] = _threshold_rows(model.classifier, names, kinds, chains, vary)
     return {kind: _sample(_distinct(rows), MAX_ROWS_PER_KIND) for kind, rows in out.items()}
 
 
@@ -211,25 +213,13 @@ class _Chain:
         return x
 
 
-def _numeric_chains(blocks: list[dict], arrays: dict[str, np.ndarray]) -> dict[int, _Chain]:
+def _numeric_chains(blocks: list[ir.NumericBlock]) -> dict[int, _Chain]:
     """Model input column -> the numeric input that feeds it and how (one input may feed several)."""
     chains: dict[int, _Chain] = {}
     for block in blocks:
-        for j, (source, output) in enumerate(zip(block["inputs"], block["outputs"])):
-            ops = tuple((code, float(np.asarray(arrays[name]).reshape(-1)[j])) for code, name in block["ops"])
-            chains[output] = _Chain(source, ops)
+        for j, (source, output) in enumerate(zip(block.inputs, block.outputs)):
+            chains[output] = _Chain(source, tuple((code, float(values[j])) for code, values in block.ops))
     return chains
-
-
-def _decode(encoded: list[Any]) -> Any:
-    tag = encoded[0]
-    if tag == "none":
-        return None
-    if tag == "nan":
-        return math.nan
-    if tag == "float":
-        return float.fromhex(encoded[1])
-    return encoded[1]
 
 
 def _unknown(values: Sequence[Any]) -> Any:
@@ -262,15 +252,14 @@ def _typical_row(names: list[str], kinds: dict[str, _Kind], categories: dict[int
     return row
 
 
-def _threshold_rows(manifest: dict, arrays: dict[str, np.ndarray], names: list[str], kinds: dict[str, _Kind],
+def _threshold_rows(classifier: ir.Linear | ir.TreeEnsemble, names: list[str], kinds: dict[str, _Kind],
                     chains: dict[int, _Chain], vary: Callable[[str, Sequence[Any]], list[dict]]) -> list[dict]:
     """Rows on either side of every split of a numeric feature."""
-    model = manifest["model"]
-    if model.get("kind") != "trees":
+    if not isinstance(classifier, ir.TreeEnsemble):
         return []
-    float32 = bool(model.get("cast_float32"))
-    features = np.asarray(arrays["tree_feature"])
-    thresholds = np.asarray(arrays["tree_threshold"])
+    float32 = classifier.cast_float32
+    features = np.asarray(classifier.feature)
+    thresholds = np.asarray(classifier.threshold)
     splits = sorted({(int(f), float(t)) for f, t in zip(features.tolist(), thresholds.tolist())
                      if f >= 0 and math.isfinite(t)})
     rows: list[dict] = []
@@ -288,32 +277,19 @@ def _threshold_rows(manifest: dict, arrays: dict[str, np.ndarray], names: list[s
     return rows
 
 
-def _input_cut(apply: Callable[[float], float], threshold: float, float32: bool) -> float | None:
+def _input_cut(apply: Callable[[Any], Any], threshold: float, float32: bool) -> float | None:
     """The largest input x whose transformed value still goes left (<= threshold,
-    after the float32 cast where the trees make it), by bisection over the
-    ordered float64 values (the transform is increasing)."""
-    def left(x: float) -> bool:
-        y = apply(x)
-        return bool(np.float32(y) <= threshold) if float32 else y <= threshold
+    after the float32 cast where the trees make it), found as the SQL generator
+    finds it (the transform is increasing); None unless it lies in [-1e300, 1e300)."""
+    def left(x: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = apply(x)
+            return y.astype(np.float32) <= threshold if float32 else y <= threshold
 
-    def key(x: float) -> int:
-        bits = int(np.float64(x).view(np.int64))
-        return bits if bits >= 0 else -(bits & (2**63 - 1))
-
-    def value(k: int) -> float:
-        return float(np.int64(k if k >= 0 else (-k) | -(2**63)).view(np.float64))
-
-    with np.errstate(over="ignore", invalid="ignore"):
-        low, high = key(-1e300), key(1e300)
-        if not left(value(low)) or left(value(high)):
-            return None
-        while high - low > 1:
-            middle = (low + high) // 2
-            if left(value(middle)):
-                low = middle
-            else:
-                high = middle
-    return value(low)
+    cut = float(largest_true(left, 1)[0])
+    if math.isnan(cut) or not -1e300 <= cut < 1e300:
+        return None
+    return cut
 
 
 def _distinct(rows: list[dict]) -> list[dict]:

@@ -83,7 +83,7 @@ def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Seque
     profiles = fetch_feature_rows(conn, feature_names, sample_ids(conn, size))
     base = {name: profiles[0][name] for name in feature_names} if profiles else None
     declared = {name: declared for name, _type, declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
-    generated = check_rows.generate(compiled.manifest, compiled.arrays, declared, base)
+    generated = check_rows.rows_for(compiled.ir, declared, base)
     return check_rows.CheckRows(profiles, generated)
 
 

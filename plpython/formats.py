@@ -377,26 +377,34 @@ def _check_tree(tree: Any, where: str) -> None:
     left = nodes["left_child"].astype(np.int64)
     right = nodes["right_child"].astype(np.int64)
     feature = nodes["feature"].astype(np.int64)
-    index = np.arange(n)
     leaf = left == -1
     bad = np.flatnonzero(leaf & (right != -1))
     if bad.size:
         i = int(bad[0])
         raise _malformed(name, f"node {i} is a leaf (left child -1) with right child {int(right[i])}, not -1")
     inner = ~leaf
+    _check_children(name, inner, left, right)
+    bad = np.flatnonzero(inner & ((feature < 0) | (feature >= n_features)))
+    if bad.size:
+        i = int(bad[0])
+        raise _malformed(name, f"node {i} tests feature {int(feature[i])} outside 0..{n_features - 1}")
+    depth = _depth(name, feature, left, right, inner, n_features)
+    if _int(state["max_depth"]) != depth:
+        raise _malformed(name, f"has max_depth {state['max_depth']!r}, but its deepest leaf is {depth} deep")
+
+
+def _check_children(name: str, inner: Any, left: Any, right: Any) -> None:
+    """Every inner node's children come after it and inside the node array
+    (as scikit-learn numbers them, which also rules out cycles)."""
+    import numpy as np
+
+    n = len(inner)
+    index = np.arange(n)
     for side, child in (("left", left), ("right", right)):
         bad = np.flatnonzero(inner & ((child <= index) | (child >= n)))
         if bad.size:
             i = int(bad[0])
             raise _malformed(name, f"node {i} has {side} child {int(child[i])} outside {i + 1}..{n - 1}")
-    bad = np.flatnonzero(inner & ((feature < 0) | (feature >= n_features)))
-    if bad.size:
-        i = int(bad[0])
-        raise _malformed(name, f"node {i} tests feature {int(feature[i])} outside 0..{n_features - 1}")
-    _check_one_parent(name, left[inner], right[inner], n)
-    depth = _depth(left, right, inner)
-    if _int(state["max_depth"]) != depth:
-        raise _malformed(name, f"has max_depth {state['max_depth']!r}, but its deepest leaf is {depth} deep")
 
 
 def _check_one_parent(name: str, left: Any, right: Any, n: int) -> None:
@@ -417,18 +425,24 @@ def _check_one_parent(name: str, left: Any, right: Any, n: int) -> None:
         raise _malformed(name, f"node {i} is the child of {int(parents[i])} nodes, not 1 (not a tree)")
 
 
-def _depth(left: Any, right: Any, inner: Any) -> int:
-    """Depth of the deepest node of a checked tree, one numpy step per level."""
+def _depth(name: str, feature: Any, left: Any, right: Any, inner: Any, n_features: int) -> int:
+    """Depth of the deepest leaf of a tree rooted at node 0 whose children
+    and features are in range, by the walk that checks the compiled model's
+    node table too (pgscore_server.treeshape); nodes that do not form one
+    tree are refused naming a node that is not the child of exactly one node."""
     import numpy as np
 
-    level = np.array([0])
-    depth = 0
-    while True:
-        split = level[inner[level]]
-        if not split.size:
-            return depth
-        level = np.concatenate([left[split], right[split]])
-        depth += 1
+    from .treeshape import TreeShapeError, walk_forest
+
+    try:
+        deepest, _ = walk_forest(np.where(inner, feature, -1).tolist(), left.tolist(), right.tolist(), [0],
+                                 n_features)
+    except TreeShapeError:
+        # With children after their parents, a node reached twice or never
+        # is one with two parents or none: say which, as for a predictor.
+        _check_one_parent(name, left[inner], right[inner], len(inner))
+        raise _malformed(name, "does not form one tree rooted at node 0") from None
+    return deepest
 
 
 def _check_tree_owner(estimator: Any, where: str) -> None:
@@ -538,14 +552,9 @@ def _check_tree_predictor(predictor: Any, where: str) -> None:
                                    "not a C-ordered (n, 8) uint32 array")
         rows[attribute] = bitsets.shape[0]
     n = len(nodes)
-    index = np.arange(n)
     inner = nodes["is_leaf"] == 0
     left, right = nodes["left"].astype(np.int64), nodes["right"].astype(np.int64)
-    for side, child in (("left", left), ("right", right)):
-        bad = np.flatnonzero(inner & ((child <= index) | (child >= n)))
-        if bad.size:
-            i = int(bad[0])
-            raise _malformed(name, f"node {i} has {side} child {int(child[i])} outside {i + 1}..{n - 1}")
+    _check_children(name, inner, left, right)
     feature = nodes["feature_idx"].astype(np.int64)
     bad = np.flatnonzero(inner & (feature < 0))
     if bad.size:

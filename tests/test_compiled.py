@@ -35,6 +35,7 @@ from sklearn.tree import DecisionTreeClassifier
 from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
 from pgscore_server import compiled
 from pgscore_server.features import to_frame
+from tests import families
 from tests.floats import assert_within_ulps
 
 TEXT = {
@@ -97,14 +98,7 @@ def preprocessing(handle_unknown: str = "ignore") -> ColumnTransformer:
     ])
 
 
-CLASSIFIERS = {
-    "lr": lambda: LogisticRegression(max_iter=2000),
-    "gbm": lambda: GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0),
-    "rf": lambda: RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0),
-    "extra_trees": lambda: ExtraTreesClassifier(n_estimators=50, max_depth=10, random_state=0),
-    "tree": lambda: DecisionTreeClassifier(min_samples_leaf=2, random_state=0),
-    "hgb": lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0),
-}
+CLASSIFIERS = {family.name: family.make for family in families.FAMILIES}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -224,7 +218,7 @@ def test_parity_with_predict_proba(family: str, pipelines: dict[str, Pipeline], 
         assert abs(evaluator.predict([row])[0] - expected_one) <= TOLERANCE
 
 
-@pytest.mark.parametrize("family", ["gbm", "hgb", "tree", "rf", "extra_trees"])
+@pytest.mark.parametrize("family", families.names(trees=True))
 def test_one_row_equals_the_batch(family: str, pipelines: dict[str, Pipeline], score_rows: list[Row]) -> None:
     """predict_one (generated Python from raw values to the leaves for small
     ensembles, the numpy walk for large ones, the general path for rows with
@@ -773,3 +767,18 @@ def test_single_row_is_fast(pipelines: dict[str, Pipeline], score_rows: list[Row
                 evaluator.predict_one(row)
             best = min(best, (time.perf_counter() - start) / len(rows))
         assert best < bound, (family, best)
+
+
+def test_every_converter_family_has_a_row_in_the_test_matrix() -> None:
+    """tests/families.py lists every family pgscore.compile converts (and no other)."""
+    from pgscore.compile.families import FAMILIES as CONVERTERS
+
+    assert {f.converter for f in families.FAMILIES} == {f.name for f in CONVERTERS}
+
+
+@pytest.mark.parametrize("family", families.names(path="sql"))
+def test_families_with_a_sql_path_are_written_as_sql(family: str, pipelines: dict[str, Pipeline]) -> None:
+    """The matrix's sql column, without a database (test_sqlgen runs the demo kinds in one)."""
+    from pgscore_server.sqlgen import to_sql
+
+    assert to_sql(compile_model(pipelines[family])).startswith(("CASE", "(", "1::float8"))

@@ -256,12 +256,6 @@ def test_the_package_builds_without_warnings_and_ships_its_sql(tmp_path):
 
 # -- one base class, one home: pgscore.errors
 
-# Classes still defined beside the code that raises them, until that code
-# imports them from pgscore.errors (issue 19: models.py and compile.py are
-# being split by other hands; their classes are in pgscore.errors already).
-NOT_YET_FROM_ERRORS = {("compile.py", "UnsupportedModel")}
-
-
 def test_every_client_error_is_a_pgscore_error_defined_in_pgscore_errors():
     import ast
     import importlib
@@ -278,7 +272,7 @@ def test_every_client_error_is_a_pgscore_error_defined_in_pgscore_errors():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and any(
                     getattr(base, "id", "").endswith(("Error", "Exception")) for base in node.bases):
-                if path.name != "errors.py" and (path.name, node.name) not in NOT_YET_FROM_ERRORS:
+                if path.name != "errors.py":
                     defined_elsewhere.append(f"{path.relative_to(REPO)}: {node.name}")
     assert defined_elsewhere == []
 

@@ -35,6 +35,7 @@ from pgscore.models import fetch_feature_rows
 from pgscore.dev.seed import seed_profiles
 from pgscore_server.sqlgen import SqlUnsupported, sql_function, to_sql
 from pgscore_server.features import to_frame
+from tests import families
 
 TOLERANCE = 1e-9
 N_PROFILES = 3000
@@ -49,7 +50,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def demo_models() -> dict[str, Any]:
-    return {kind: train_demo_model(rows=3000, seed=0, kind=kind)[0] for kind in ("logreg", "gbm", "rf")}
+    return {kind: train_demo_model(rows=3000, seed=0, kind=kind)[0] for kind in families.demo_kinds("sql")}
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -163,7 +164,7 @@ def _max_diff(sql: dict, local: dict) -> tuple[float, int]:
 
 # -- parity on the demo pipelines, without plpython3u ---------------------------------
 
-@pytest.mark.parametrize("kind", ["logreg", "gbm", "rf"])
+@pytest.mark.parametrize("kind", families.demo_kinds("sql"))
 def test_demo_pipeline_parity_without_plpython(db, demo_models, kind):
     model = demo_models[kind]
     compiled = compile_model(model)
@@ -412,14 +413,14 @@ def test_threshold_inversion_is_exact():
     rng = np.random.default_rng(0)
     for _ in range(200):
         m, s = float(rng.normal(100, 300)), float(abs(rng.normal(0, 50)) + 1e-3)
-        feature = sqlgen._NumFeature(None, [("sub", m), ("div", s)])  # type: ignore[arg-type]
+        feature = sqlgen.columns.NumFeature(None, [("sub", m), ("div", s)])  # type: ignore[arg-type]
         t = rng.normal(0, 3, 50)
 
         def seen(x: np.ndarray) -> np.ndarray:
             with np.errstate(over="ignore"):
                 return feature.transform(x).astype(np.float32).astype(np.float64)
 
-        xs = sqlgen._largest_true(lambda x: seen(x) <= t, len(t))
+        xs = sqlgen.thresholds.largest_true(lambda x: seen(x) <= t, len(t))
         assert (seen(xs) <= t).all()
         above = np.nextafter(xs, np.inf)
         assert (seen(above) > t).all()
@@ -431,7 +432,7 @@ def test_decimal_cut_matches_float8_rounding():
     rng = np.random.default_rng(1)
     for x in rng.normal(0, 1000, 2000).tolist() + [0.0, -0.0, 0.005, 0.015, 1e-9, -1e-9, 2.675]:
         for scale in (0, 2, 3):
-            d = Decimal(sqlgen._decimal_cut(x, scale))
+            d = Decimal(sqlgen.thresholds._decimal_cut(x, scale))
             step = Decimal(10) ** -scale
             assert float(d) <= x < float(d + step), (x, scale, d)
 

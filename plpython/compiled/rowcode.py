@@ -1,0 +1,199 @@
+"""One row through a small tree ensemble as generated Python: the trees as
+nested ifs with the thresholds and leaf contributions written in
+(:class:`RowCode`), or the whole pipeline from raw values (:class:`PipelineCode`).
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+
+from . import ir
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+    from .evaluator import Evaluator
+
+
+class RowCode:
+    """One row through a small ensemble as generated Python: the trees as
+    nested ifs with the thresholds and leaf contributions written in, about
+    three times faster than the numpy walk (no numpy call at all).
+
+    The source holds only integers (feature positions) and floats (repr,
+    which round-trips exactly), generated here from the arrays; it is
+    compiled on the first row, about 10 ms per 1,000 nodes. Rows with NaN or
+    infinity (after the float32 cast) return None: the general path checks
+    them and routes missing values.
+    """
+
+    MAX_NODES = 4096
+    MAX_DEPTH = 64  # Python's tokenizer allows 100 levels of indentation
+
+    def __init__(self, ensemble: ir.TreeEnsemble):
+        self.cast_float32 = ensemble.cast_float32
+        # As lists only when writing the source.
+        self._arrays = (ensemble.feature, ensemble.threshold, ensemble.left, ensemble.right, ensemble.value,
+                        ensemble.roots)
+        # What raw() starts from and what each leaf adds (ir.COMBINE_RULES).
+        self._start = ensemble.start
+        self._scale = ensemble.leaf_scale
+        self._function: Any = None
+
+    @classmethod
+    def fits(cls, ensemble: ir.TreeEnsemble) -> bool:
+        """Small enough to write as Python, and no NaN threshold to write."""
+        small = len(ensemble.feature) <= cls.MAX_NODES and ensemble.max_depth <= cls.MAX_DEPTH
+        return small and all(t == t for f, t in zip(ensemble.feature, ensemble.threshold) if f >= 0)
+
+    def raw(self, x: list[float]) -> float | None:
+        """The leaves' sum (from ``start``, ir.COMBINE_RULES), or None for a non-finite row."""
+        values = array("f", x).tolist() if self.cast_float32 else x
+        total = sum(values)
+        if total - total != 0.0:
+            return None
+        return self.function()(values)
+
+    def function(self) -> Any:
+        """The compiled function (compiled now if this is the first call)."""
+        if self._function is None:
+            self._function = define_raw(self.source(), {}, "<pgscore compiled trees>")
+        return self._function
+
+    def source(self, prologue: Sequence[str] = (), condition: Any = None) -> str:
+        """``def raw(x)``; :class:`PipelineCode` passes its own prologue and
+        ``condition(column, threshold)``: the Python test for "goes left"."""
+        feature, threshold, left, right, value, roots = (a.tolist() for a in self._arrays)
+        if condition is None:
+
+            def condition(column: int, t: float) -> str:
+                return f"x[{column}] <= {float_literal(t)}"
+
+        lines = ["def raw(x):", *prologue, f"    s = {float_literal(self._start)}"]
+
+        def emit(node: int, indent: str) -> None:
+            if feature[node] < 0:
+                leaf = value[node] if self._scale is None else self._scale * value[node]
+                lines.append(f"{indent}s += {float_literal(leaf)}")
+                return
+            test = condition(int(feature[node]), threshold[node])
+            if test in ("True", "False"):  # a one-hot column's test that every value answers alike
+                emit(left[node] if test == "True" else right[node], indent)
+                return
+            lines.append(f"{indent}if {test}:")
+            emit(left[node], indent + "    ")
+            lines.append(f"{indent}else:")
+            emit(right[node], indent + "    ")
+
+        for root in roots:
+            emit(root, "    ")
+        lines.append("    return s")
+        return "\n".join(lines) + "\n"
+
+
+class PipelineCode:
+    """One row from its raw values through preprocessing and a small
+    ensemble as one generated function: no model-input vector at all.
+
+    Numeric columns are converted and scaled with the same operations as
+    :meth:`.transforms.NumericBlock.fill_one` (constants written in), cast to float32
+    like the batch; a one-hot column becomes its category's code, and a
+    tree's test on an indicator column becomes a comparison of that code.
+    Only the usual row takes this path: a value of another type, a missing
+    or non-finite value, or a category the table does not know returns None,
+    and :meth:`.evaluator.Evaluator.predict_one` takes the general path, which imputes,
+    routes or raises exactly as before.
+    """
+
+    def __init__(self, evaluator: Evaluator, row_code: RowCode):
+        self._evaluator = evaluator
+        self._row_code = row_code
+        self._function: Any = None
+
+    def raw(self, values: Sequence[Any]) -> float | None:
+        if self._function is None:
+            self.function()
+        try:
+            return self._function(values)
+        except ArithmeticError:  # e.g. an int too large for a float: the general path names the feature
+            return None
+
+    def function(self) -> Any:
+        if self._function is None:
+            namespace: dict[str, Any] = {"array": array}
+            for j, column in enumerate(self._evaluator.onehot):
+                namespace[f"T{j}"] = column.table
+            self._function = define_raw(self.source(), namespace, "<pgscore compiled pipeline>")
+        return self._function
+
+    def source(self) -> str:
+        evaluator = self._evaluator
+        prologue: list[str] = []
+        numeric: list[str] = []
+        for block in evaluator.numeric:
+            for i, out, _name, _fills, ops in block.columns_one:
+                a = f"x{out}"
+                numeric.append(a)
+                prologue += [
+                    f"    {a} = x[{i}]",
+                    f"    if {a}.__class__ is not float:",
+                    f"        if {a}.__class__ is int or {a}.__class__ is bool:",
+                    f"            {a} = float({a})",
+                    "        else:",
+                    "            return None",
+                ]
+                for code, c in ops:
+                    # 'fill' changes only NaN, and a NaN row leaves this path below.
+                    if code == "sub":
+                        prologue.append(f"    {a} = {a} - {float_literal(c)}")
+                    elif code == "div":
+                        prologue.append(f"    {a} = {a} / {float_literal(c)}")
+        if numeric:
+            if self._row_code.cast_float32:
+                prologue.append(f"    {', '.join(numeric)}, = array('f', ({', '.join(numeric)},)).tolist()")
+            # NaN or infinity anywhere (after the cast, as the batch sees it): the general path.
+            prologue += [f"    t = {' + '.join(numeric)}", "    if t - t != 0.0:", "        return None"]
+        indicator: dict[int, tuple[str, int]] = {}
+        # Named by position: a ColumnTransformer may encode one input twice.
+        for j, column in enumerate(evaluator.onehot):
+            c = f"c{j}"
+            prologue += [
+                f"    {c} = x[{column.input}]",
+                f"    if {c}.__class__ is str or {c}.__class__ is bool:",
+                f"        {c} = T{j}.get({c}, -3)",
+                "    else:",
+                "        return None",
+                f"    if {c} == -3:",
+                "        return None",
+            ]
+            for out in column.table.values():
+                if out >= 0:
+                    indicator[out] = (c, out)
+
+        def condition(column: int, threshold: float) -> str:
+            if column not in indicator:
+                return f"x{column} <= {float_literal(threshold)}"
+            # The indicator is 1.0 for this code and 0.0 for every other one.
+            code, out = indicator[column]
+            when_one, when_zero = 1.0 <= threshold, 0.0 <= threshold
+            if when_one == when_zero:
+                return str(when_one)
+            return f"{code} == {out}" if when_one else f"{code} != {out}"
+
+        return self._row_code.source(prologue, condition)
+
+
+def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
+    """The function ``raw`` that ``source`` (generated here from a model's
+    numbers, never from text anyone supplied) defines in ``namespace``."""
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102
+    return namespace["raw"]
+
+
+def float_literal(value: float) -> str:
+    if math.isfinite(value):
+        return repr(float(value))
+    return "float('nan')" if math.isnan(value) else ("float('inf')" if value > 0 else "-float('inf')")
+

@@ -1,0 +1,106 @@
+"""Tree ensembles as SQL: per tree a nested CASE whose tests read the raw
+columns (:mod:`.thresholds`), missing values sent where the evaluator sends them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pgscore_server.compiled import ir
+
+from .columns import NumFeature
+from .text import SqlUnsupported, case, f8, logistic
+from .thresholds import Cut, cut, largest_true
+
+if TYPE_CHECKING:
+    from .generator import Generator
+
+_LEFT, _RIGHT, _ANY = "L", "R", "X"
+
+
+def expression(g: Generator) -> str:
+    """P(class 1) of a tree ensemble (:class:`ir.TreeEnsemble`) as SQL: one
+    nested CASE per tree, combined by ir.COMBINE_RULES in the estimator's order."""
+    ensemble: ir.TreeEnsemble = g.classifier
+    feature = np.asarray(ensemble.feature, dtype=np.int64)
+    threshold = np.asarray(ensemble.threshold, dtype=np.float64)
+    left = np.asarray(ensemble.left, dtype=np.int64)
+    right = np.asarray(ensemble.right, dtype=np.int64)
+    missing_left = np.asarray(ensemble.missing_left, dtype=bool)
+    value = np.asarray(ensemble.value, dtype=np.float64)
+    roots = np.asarray(ensemble.roots, dtype=np.int64).tolist()
+    n_nodes = feature.shape[0]
+    if (feature >= g.n_outputs).any():
+        raise SqlUnsupported("tree arrays refer to a model column that does not exist")
+
+    # Per inner node: SQL condition pieces and where missing values go.
+    cuts: dict[int, Cut] = {}
+    missing_dir: dict[int, str] = {}
+    for j in sorted(set(feature[feature >= 0].tolist())):
+        nodes = np.flatnonzero(feature == j)
+        out = g.outputs[j]
+        t = threshold[nodes]
+        if isinstance(out, NumFeature):
+            status, w = g.missing(out)
+            xs = largest_true(lambda x, t=t, out=out: g.seen(out.transform(x)) <= t, len(nodes))
+            for k, node in enumerate(nodes.tolist()):
+                cuts[node] = cut(out.column, float(xs[k]))
+                if status == "value":
+                    missing_dir[node] = _LEFT if w <= t[k] else _RIGHT
+                elif status == "route":
+                    missing_dir[node] = _LEFT if missing_left[node] else _RIGHT
+                else:
+                    missing_dir[node] = _ANY
+        else:
+            hot, category = out
+            one = g.seen(np.array([1.0]))[0]
+            zero = g.seen(np.array([0.0]))[0]
+            for k, node in enumerate(nodes.tolist()):
+                left1, left0 = bool(one <= t[k]), bool(zero <= t[k])
+                if left1 == left0:
+                    cuts[node] = Cut(left1)
+                elif left0:  # the category goes right
+                    cuts[node] = Cut(None, le=f"NOT ({hot.is_sql(category)})", gt=hot.is_sql(category))
+                else:
+                    raise SqlUnsupported("a split sends 1 left and 0 right (thresholds are not monotone)")
+                # A NULL (or unknown) category is a 0: it goes with the others.
+                missing_dir[node] = _LEFT if left0 else _RIGHT
+
+    scale = ensemble.leaf_scale
+
+    def leaf(node: int) -> str:
+        return f8(float(value[node]) if scale is None else scale * float(value[node]))
+
+    def emit(node: int, depth: int) -> str:
+        if depth > 200:
+            raise SqlUnsupported("a tree deeper than 200 levels")
+        if not 0 <= node < n_nodes:
+            raise SqlUnsupported("tree arrays are inconsistent")
+        if feature[node] < 0:
+            return leaf(node)
+        node_cut = cuts[node]
+        md = missing_dir[node]
+        if node_cut.const is not None:
+            direction = _LEFT if node_cut.const else _RIGHT
+            chosen = emit(int(left[node] if node_cut.const else right[node]), depth + 1)
+            if md in (_ANY, direction):
+                return chosen
+            other = emit(int(left[node] if md == _LEFT else right[node]), depth + 1)
+            column = g.outputs[int(feature[node])].column
+            return case(column.missing_sql, other, chosen, depth)
+        lsql = emit(int(left[node]), depth + 1)
+        rsql = emit(int(right[node]), depth + 1)
+        if lsql == rsql:
+            return lsql
+        if md == _LEFT:
+            return case(node_cut.gt, rsql, lsql, depth)
+        return case(node_cut.le, lsql, rsql, depth)
+
+    trees = [emit(int(r), 1) for r in roots]
+    if not trees:
+        raise SqlUnsupported("an ensemble without trees")
+    joined = "\n  + ".join(trees)
+    if ensemble.averages:
+        return f"(\n  {joined}\n  ) / {f8(float(len(trees)))}"
+    return logistic(f"(\n  {f8(ensemble.start)}\n  + {joined}\n  )")
