@@ -3,7 +3,7 @@ a fresh copy of it per test, and login users for the three roles.
 
 The server is the local one of ``pgscore db`` (started if needed), or the
 superuser DSN in PGSCORE_TEST_DSN. Tests marked ``docker`` run the same
-SQL-level tests against the Docker image (see tests/targets/).
+SQL-level tests against the Docker image (see tests/docker/).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Database:
 @contextlib.contextmanager
 def _server_dsn(target: str) -> Iterator[str]:
     if target == "docker":
-        from tests.targets.docker_target import docker_postgres, docker_unavailable_reason
+        from tests.docker.target import docker_postgres, docker_unavailable_reason
 
         reason = docker_unavailable_reason()
         if reason:

@@ -23,7 +23,7 @@ from pgscore import activate, list_models, push_model, rollback
 from pgscore.connection import SchemaMissing
 from pgscore.models import ModelNotFound, PushError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PGSCORE = str(Path(sys.executable).with_name("pgscore"))
 SCHEMA_MISSING = "has no pgscore schema: run `pgscore migrate` on it first"
 

@@ -374,7 +374,7 @@ def test_a_skops_file_is_pushed_without_unpickling(seeded, tmp_path, logreg, mon
 
 
 def test_a_pipeline_skops_cannot_rebuild_needs_i_trust_this_pickle(tmp_path):
-    from tests.test_models import log_pipeline
+    from tests.db.test_models import log_pipeline
 
     path = tmp_path / "custom.joblib"
     joblib.dump(log_pipeline(), path)

@@ -12,7 +12,7 @@ from psycopg.conninfo import make_conninfo
 
 from pgscore.migrate import downgrade, migrate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
