@@ -21,9 +21,10 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgscore.demo_data import save_model, train_demo_model
+from pgscore.demo_data import save_model
 from pgscore.migrate import migrate
 from pgscore.seed import seed_profiles
+from tests.factories import demo_model
 
 TEMPLATE = "pgscore_test_template"
 PASSWORD = secrets.token_urlsafe(12)
@@ -120,8 +121,7 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     files = {}
     for kind in ("logreg", "gbm"):
-        pipeline, _ = train_demo_model(rows=3000, seed=0, kind=kind)
-        files[kind] = Path(save_model(pipeline, folder / f"{kind}.joblib"))
+        files[kind] = Path(save_model(demo_model(kind), folder / f"{kind}.joblib"))
     return files
 
 

@@ -374,10 +374,10 @@ def test_a_skops_file_is_pushed_without_unpickling(seeded, tmp_path, logreg, mon
 
 
 def test_a_pipeline_skops_cannot_rebuild_needs_i_trust_this_pickle(tmp_path):
-    from tests.db.test_models import log_pipeline
+    from tests.factories import untrusted_function_pipeline
 
     path = tmp_path / "custom.joblib"
-    joblib.dump(log_pipeline(), path)
+    joblib.dump(untrusted_function_pipeline(), path)
     with pytest.raises(PushError, match=r"cannot rebuild without unpickling it .*_operator.neg.*"
                                         r"--i-trust-this-pickle and --format joblib"):
         models.load_model_file(path)
