@@ -12,10 +12,11 @@ import contextlib
 import itertools
 import os
 import secrets
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import psycopg
 import pytest
@@ -72,6 +73,21 @@ def _server_dsn(target: str) -> Iterator[str]:
     finally:
         if not was_running:
             local.stop()  # leave the machine as the tests found it
+
+
+def own_server_folder(prefix: str) -> Path:
+    """A new folder for a server of a test's own (``pgscore db`` layout), which
+    the postgres OS user can reach, with the shared server's runtime folder
+    linked in (no pip install)."""
+    from pgscore.localdb import local_database
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    folder.chmod(0o755)
+    shared = local_database(os.environ.get("PGSCORE_TEST_HOME")).state().get("runtime")
+    if shared and (Path(shared) / ".complete").exists():
+        (folder / "runtime").mkdir()
+        (folder / "runtime" / Path(shared).name).symlink_to(shared, target_is_directory=True)
+    return folder
 
 
 @pytest.fixture(scope="session", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
@@ -155,6 +171,39 @@ def local_scores(model_path: Path, db: Database, customer_ids) -> dict[int, floa
         rows = fetch_feature_rows(conn, names, list(customer_ids))
     proba = model.predict_proba(to_frame(rows, names))[:, 1]
     return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
+
+
+class ProfileState(NamedTuple):
+    """What a complaint and its scoring change on one customer's profile."""
+
+    complaint_count: int
+    churn_score: float | None
+    churn_model_id: int | None
+    churn_scored_at: object
+    complaints: int  # rows in complaints for the customer
+
+
+def profile_state(db: Database, customer_id: int) -> ProfileState:
+    with db.connect() as conn:
+        return ProfileState(*conn.execute(
+            "SELECT complaint_count, churn_score, churn_model_id, churn_scored_at,"
+            " (SELECT count(*) FROM complaints c WHERE c.customer_id = p.customer_id)"
+            " FROM customer_profiles p WHERE customer_id = %s", [customer_id]).fetchone())
+
+
+def denied(conn: psycopg.Connection, statement, *, role: str | None = None) -> str | None:
+    """None when ``statement`` (run as ``role``, when given, by SET LOCAL ROLE) fails
+    with InsufficientPrivilege, else what happened instead."""
+    try:
+        with conn.transaction():
+            if role:
+                conn.execute(f"SET LOCAL ROLE {role}")
+            conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    except psycopg.Error as exc:
+        return f"{type(exc).__name__} ({exc.sqlstate}): {exc.diag.message_primary}"
+    return "succeeded"
 
 
 def conninfo_user(dsn: str) -> str:

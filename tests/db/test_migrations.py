@@ -8,22 +8,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from pgscore.migrate import downgrade, migrate
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def empty_db(server):
-    name = "pgscore_t_empty"
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(server["dsn"], dbname=name)
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def schema_objects(dsn):

@@ -22,7 +22,6 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from pgscore.migrate import migrate
 from pgscore.models import fetch_feature_rows
 from pgscore.seed import seed_profiles
 from pgscore_server.features import to_frame
+from tests.conftest import own_server_folder
 
 pytestmark = pytest.mark.slow
 
@@ -126,12 +126,7 @@ def stop_server(local: LocalDatabase) -> None:
 def crash_server():
     """A server of this module's own, in a folder the postgres OS user can
     reach, with the shared server's runtime folder linked in (no pip install)."""
-    folder = Path(tempfile.mkdtemp(prefix="pgscore-crash-", dir="/tmp"))
-    folder.chmod(0o755)
-    shared = local_database(os.environ.get("PGSCORE_TEST_HOME")).state().get("runtime")
-    if shared and (Path(shared) / ".complete").exists():
-        (folder / "runtime").mkdir()
-        (folder / "runtime" / Path(shared).name).symlink_to(shared, target_is_directory=True)
+    folder = own_server_folder("pgscore-crash-")
     subreaper = _set_child_subreaper(True)
     local = local_database(folder)
     try:

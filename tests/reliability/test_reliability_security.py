@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from pgscore import push_model
-from tests.conftest import local_scores
+from tests.conftest import denied, local_scores
 
 HIJACK_PATH = "SET search_path = evil, public, pg_catalog"
 
@@ -230,18 +230,6 @@ def test_temporary_tables_do_not_shadow_the_profiles(scored, model_files):
 
 
 # -- (b) least privilege, as logged-in members of each role -------------------
-
-def denied(conn: psycopg.Connection, statement) -> str | None:
-    """None when ``statement`` fails with InsufficientPrivilege, else what happened."""
-    try:
-        with conn.transaction():
-            conn.execute(statement)
-    except psycopg.errors.InsufficientPrivilege:
-        return None
-    except psycopg.Error as exc:
-        return f"{type(exc).__name__} ({exc.sqlstate}): {exc.diag.message_primary}"
-    return "succeeded"
-
 
 def assert_all_denied(conn: psycopg.Connection, statements: list) -> None:
     outcomes = {}
