@@ -158,17 +158,25 @@ def scored(seeded, model_files) -> Database:
     return seeded
 
 
-def local_scores(model_path: Path, db: Database, customer_ids) -> dict[int, float]:
-    """The model's predict_proba here, on profiles read as the server reads them."""
+def local_scores(model, db: Database | psycopg.Connection, customer_ids) -> dict[int, float]:
+    """The model's predict_proba here, on profiles read as the server reads them.
+
+    ``model`` is a fitted estimator or the path of a joblib file; ``db`` a
+    Database (read as its owner) or an open connection.
+    """
     import joblib
 
     from pgscore.models import fetch_feature_rows
     from pgscore_server.features import to_frame
 
-    model = joblib.load(model_path)
+    if isinstance(model, (str, os.PathLike)):
+        model = joblib.load(model)
     names = list(model.feature_names_in_)
-    with db.connect() as conn:
-        rows = fetch_feature_rows(conn, names, list(customer_ids))
+    if isinstance(db, psycopg.Connection):
+        rows = fetch_feature_rows(db, names, list(customer_ids))
+    else:
+        with db.connect() as conn:
+            rows = fetch_feature_rows(conn, names, list(customer_ids))
     proba = model.predict_proba(to_frame(rows, names))[:, 1]
     return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
 
@@ -204,6 +212,27 @@ def denied(conn: psycopg.Connection, statement, *, role: str | None = None) -> s
     except psycopg.Error as exc:
         return f"{type(exc).__name__} ({exc.sqlstate}): {exc.diag.message_primary}"
     return "succeeded"
+
+
+def drop_category_checks(conn: psycopg.Connection) -> None:
+    """Drop customer_profiles' CHECKs on category values, so that a test can store
+    categories no model has seen (in a throwaway database)."""
+    names = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'public.customer_profiles'::regclass AND contype = 'c'"
+        " AND pg_get_constraintdef(oid) LIKE '%%ANY%%'").fetchall()
+    for name, in names:
+        conn.execute(f'ALTER TABLE public.customer_profiles DROP CONSTRAINT "{name}"')
+
+
+def hijacked(db: Database, who: str, set_search_path: str) -> tuple[psycopg.Connection, list[str]]:
+    """A connection as ``who`` whose search_path ``set_search_path`` (a SET
+    statement) put a hostile schema first, and the warnings it receives."""
+    conn = db.connect(who)
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda diag: warnings.append(diag.message_primary or ""))
+    conn.execute(set_search_path)
+    assert set_search_path.endswith(" = " + conn.execute("SHOW search_path").fetchone()[0])
+    return conn, warnings
 
 
 def conninfo_user(dsn: str) -> str:
