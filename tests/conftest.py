@@ -235,6 +235,12 @@ def hijacked(db: Database, who: str, set_search_path: str) -> tuple[psycopg.Conn
     return conn, warnings
 
 
+def postmaster_started(db: Database):
+    """When the server last started: a test compares it before and after to prove no crash restarted it."""
+    with db.connect() as admin:
+        return admin.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+
+
 def conninfo_user(dsn: str) -> str:
     return conninfo_to_dict(dsn).get("user", "")
 
