@@ -1,38 +1,27 @@
-"""What tests score: synthetic profiles, fitted models and the model families.
+"""What tests score: synthetic profiles and fitted models.
 
 One source of synthetic data: pgscore's own Telco-like generator
 (``pgscore.demo_data``), deterministic for a seed. Tests that need rows
 shaped as the server hands them to a model take :func:`telco_rows` (the
 profile columns of :data:`FEATURES`, no id, no label); tests that train
-take :func:`training_rows` (rows and the generator's churn label).
-
-:data:`FAMILIES` names every classifier family pgscore compiles and how to
-build one; :func:`family_pipeline` fits one behind the usual preprocessing.
-:func:`demo_model` is the demo's pipeline of a kind, trained once per test
-session for given arguments.
+take :func:`training_rows` (rows and the generator's churn label) and put
+a classifier behind :func:`preprocessing`. :func:`demo_model` is the demo's
+pipeline of a kind, trained once per test session for given arguments.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import (
-    ExtraTreesClassifier,
-    GradientBoostingClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
-from sklearn.tree import DecisionTreeClassifier
 
-from pgscore.demo_data import LABEL_COLUMN, MODEL_KINDS, synthetic_profiles, train_demo_model
-from pgscore_server.features import to_frame
+from pgscore.demo_data import LABEL_COLUMN, synthetic_profiles, train_demo_model
 
 Row = dict[str, Any]
 
@@ -41,19 +30,6 @@ TEXT = ["gender", "multiple_lines", "internet_service", "contract", "payment_met
 BOOLS = ["senior_citizen", "partner", "dependents", "phone_service", "paperless_billing"]
 NUMBERS = ["tenure_months", "monthly_charges", "total_charges", "complaint_count"]
 FEATURES = list(TEXT) + BOOLS + NUMBERS
-
-#: Every classifier family pgscore compiles, and a fitted-size instance of each.
-FAMILIES: dict[str, Callable[[], Any]] = {
-    "lr": lambda: LogisticRegression(max_iter=2000),
-    "gbm": lambda: GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0),
-    "rf": lambda: RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0),
-    "extra_trees": lambda: ExtraTreesClassifier(n_estimators=50, max_depth=10, random_state=0),
-    "tree": lambda: DecisionTreeClassifier(min_samples_leaf=2, random_state=0),
-    "hgb": lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0),
-}
-
-#: The kinds of the demo's pipeline (``pgscore demo``, ``model_files``): demo_data.MODEL_KINDS.
-DEMO_KINDS: tuple[str, ...] = MODEL_KINDS
 
 
 def telco_rows(n: int, seed: int) -> list[Row]:
@@ -76,14 +52,9 @@ def preprocessing(handle_unknown: str = "ignore") -> ColumnTransformer:
     ])
 
 
-def family_pipeline(family: str, rows: list[Row], y: np.ndarray) -> Pipeline:
-    """A :data:`FAMILIES` classifier behind :func:`preprocessing`, fitted on ``rows``."""
-    return Pipeline([("prep", preprocessing()), ("clf", FAMILIES[family]())]).fit(to_frame(rows, FEATURES), y)
-
-
 @functools.cache
 def demo_model(kind: str, rows: int = 3000, seed: int = 0) -> Pipeline:
-    """The demo's fitted pipeline of ``kind`` (one of :data:`DEMO_KINDS`), trained once
+    """The demo's fitted pipeline of ``kind`` (a pgscore.demo_data.MODEL_KINDS kind), trained once
     per session for these arguments: treat it as read-only."""
     return train_demo_model(rows=rows, seed=seed, kind=kind)[0]
 
