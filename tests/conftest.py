@@ -3,7 +3,7 @@ a fresh copy of it per test, and login users for the three roles.
 
 The server is the local one of ``pgscore db`` (started if needed), or the
 superuser DSN in PGSCORE_TEST_DSN. Tests marked ``docker`` run the same
-SQL-level tests against the Docker image (see tests/targets/).
+SQL-level tests against the Docker image (see tests/docker/).
 """
 
 from __future__ import annotations
@@ -12,18 +12,20 @@ import contextlib
 import itertools
 import os
 import secrets
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
 import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pgscore.dev.demo_data import save_model, train_demo_model
-from pgscore.migrate import migrate
+from pgscore.dev.demo_data import save_model
 from pgscore.dev.seed import seed_profiles
+from pgscore.migrate import migrate
+from tests.factories import demo_model
 
 TEMPLATE = "pgscore_test_template"
 PASSWORD = secrets.token_urlsafe(12)
@@ -50,7 +52,7 @@ class Database:
 @contextlib.contextmanager
 def _server_dsn(target: str) -> Iterator[str]:
     if target == "docker":
-        from tests.targets.docker_target import docker_postgres, docker_unavailable_reason
+        from tests.docker.target import docker_postgres, docker_unavailable_reason
 
         reason = docker_unavailable_reason()
         if reason:
@@ -71,6 +73,21 @@ def _server_dsn(target: str) -> Iterator[str]:
     finally:
         if not was_running:
             local.stop()  # leave the machine as the tests found it
+
+
+def own_server_folder(prefix: str) -> Path:
+    """A new folder for a server of a test's own (``pgscore db`` layout), which
+    the postgres OS user can reach, with the shared server's runtime folder
+    linked in (no pip install)."""
+    from pgscore.dev.localdb import local_database
+
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    folder.chmod(0o755)
+    shared = local_database(os.environ.get("PGSCORE_TEST_HOME")).state().get("runtime")
+    if shared and (Path(shared) / ".complete").exists():
+        (folder / "runtime").mkdir()
+        (folder / "runtime" / Path(shared).name).symlink_to(shared, target_is_directory=True)
+    return folder
 
 
 @pytest.fixture(scope="session", params=["local", pytest.param("docker", marks=pytest.mark.docker)])
@@ -120,8 +137,7 @@ def model_files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("models")
     files = {}
     for kind in ("logreg", "gbm"):
-        pipeline, _ = train_demo_model(rows=3000, seed=0, kind=kind)
-        files[kind] = Path(save_model(pipeline, folder / f"{kind}.joblib"))
+        files[kind] = Path(save_model(demo_model(kind), folder / f"{kind}.joblib"))
     return files
 
 
@@ -142,19 +158,87 @@ def scored(seeded, model_files) -> Database:
     return seeded
 
 
-def local_scores(model_path: Path, db: Database, customer_ids) -> dict[int, float]:
-    """The model's predict_proba here, on profiles read as the server reads them."""
+def local_scores(model, db: Database | psycopg.Connection, customer_ids) -> dict[int, float]:
+    """The model's predict_proba here, on profiles read as the server reads them.
+
+    ``model`` is a fitted estimator or the path of a joblib file; ``db`` a
+    Database (read as its owner) or an open connection.
+    """
     import joblib
 
     from pgscore.models import fetch_feature_rows
     from pgscore_server.features import to_frame
 
-    model = joblib.load(model_path)
+    if isinstance(model, (str, os.PathLike)):
+        model = joblib.load(model)
     names = list(model.feature_names_in_)
-    with db.connect() as conn:
-        rows = fetch_feature_rows(conn, names, list(customer_ids))
+    if isinstance(db, psycopg.Connection):
+        rows = fetch_feature_rows(db, names, list(customer_ids))
+    else:
+        with db.connect() as conn:
+            rows = fetch_feature_rows(conn, names, list(customer_ids))
     proba = model.predict_proba(to_frame(rows, names))[:, 1]
     return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
+
+
+class ProfileState(NamedTuple):
+    """What a complaint and its scoring change on one customer's profile."""
+
+    complaint_count: int
+    churn_score: float | None
+    churn_model_id: int | None
+    churn_scored_at: object
+    complaints: int  # rows in complaints for the customer
+
+
+def profile_state(db: Database, customer_id: int) -> ProfileState:
+    with db.connect() as conn:
+        return ProfileState(*conn.execute(
+            "SELECT complaint_count, churn_score, churn_model_id, churn_scored_at,"
+            " (SELECT count(*) FROM complaints c WHERE c.customer_id = p.customer_id)"
+            " FROM customer_profiles p WHERE customer_id = %s", [customer_id]).fetchone())
+
+
+def denied(conn: psycopg.Connection, statement, *, role: str | None = None) -> str | None:
+    """None when ``statement`` (run as ``role``, when given, by SET LOCAL ROLE) fails
+    with InsufficientPrivilege, else what happened instead."""
+    try:
+        with conn.transaction():
+            if role:
+                conn.execute(f"SET LOCAL ROLE {role}")
+            conn.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    except psycopg.Error as exc:
+        return f"{type(exc).__name__} ({exc.sqlstate}): {exc.diag.message_primary}"
+    return "succeeded"
+
+
+def drop_category_checks(conn: psycopg.Connection) -> None:
+    """Drop customer_profiles' CHECKs on category values, so that a test can store
+    categories no model has seen (in a throwaway database)."""
+    names = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'public.customer_profiles'::regclass AND contype = 'c'"
+        " AND pg_get_constraintdef(oid) LIKE '%%ANY%%'").fetchall()
+    for name, in names:
+        conn.execute(f'ALTER TABLE public.customer_profiles DROP CONSTRAINT "{name}"')
+
+
+def hijacked(db: Database, who: str, set_search_path: str) -> tuple[psycopg.Connection, list[str]]:
+    """A connection as ``who`` whose search_path ``set_search_path`` (a SET
+    statement) put a hostile schema first, and the warnings it receives."""
+    conn = db.connect(who)
+    warnings: list[str] = []
+    conn.add_notice_handler(lambda diag: warnings.append(diag.message_primary or ""))
+    conn.execute(set_search_path)
+    assert set_search_path.endswith(" = " + conn.execute("SHOW search_path").fetchone()[0])
+    return conn, warnings
+
+
+def postmaster_started(db: Database):
+    """When the server last started: a test compares it before and after to prove no crash restarted it."""
+    with db.connect() as admin:
+        return admin.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
 
 
 def conninfo_user(dsn: str) -> str:

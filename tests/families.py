@@ -30,7 +30,7 @@ class Family:
     converter: str  # its row in pgscore.compile.families.FAMILIES
     make: Callable[[], Any]  # an unfitted classifier of the family, as the tests fit it
     paths: tuple[str, ...]  # scoring paths besides 'sklearn'
-    demo_kind: str | None = None  # its pgscore.demo_data kind, if the demo trains one
+    demo_kind: str | None = None  # its pgscore.dev.demo_data kind, if the demo trains one
 
     @property
     def trees(self) -> bool:

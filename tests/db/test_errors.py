@@ -18,13 +18,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from pgscore import activate, list_models, push_model, rollback
 from pgscore.connection import SchemaMissing
 from pgscore.models import ModelNotFound, PushError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PGSCORE = str(Path(sys.executable).with_name("pgscore"))
 SCHEMA_MISSING = "has no pgscore schema: run `pgscore migrate` on it first"
 
@@ -46,30 +45,18 @@ def sql_error(conn: psycopg.Connection, statement: str, params=None) -> psycopg.
     return diag
 
 
-@pytest.fixture
-def empty(server):
-    """A database without pgscore's schema (pgscore migrate never ran)."""
-    name = f"pgscore_t_empty_{os.getpid()}"
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(server["dsn"], dbname=name)
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 # -- no schema yet: `pgscore migrate` first
 
-def test_commands_before_migrate_say_to_migrate(empty, model_files):
+def test_commands_before_migrate_say_to_migrate(empty_db, model_files):
     for args in (["push", str(model_files["logreg"]), "--name", "churn"], ["models"], ["rollback", "churn"],
                  ["activate", "churn", "1"], ["rescore"]):
-        result = pgscore(*args, "--dsn", empty)
+        result = pgscore(*args, "--dsn", empty_db)
         assert result.returncode == 1, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and SCHEMA_MISSING in result.stderr, (args, result.stderr)
     with pytest.raises(SchemaMissing, match="has no pgscore schema"):
-        list_models(empty)
+        list_models(empty_db)
     with pytest.raises(SchemaMissing, match="has no pgscore schema"):
-        push_model(empty, model_files["logreg"], name="churn")
+        push_model(empty_db, model_files["logreg"], name="churn")
 
 
 # -- a typo in a model name: the closest name, never "push it"

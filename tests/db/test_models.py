@@ -11,6 +11,7 @@ from pgscore import PushError, activate, list_models, push_model
 from pgscore.dev.demo_data import train_demo_model
 from pgscore_server import runtime
 from tests.conftest import local_scores
+from tests.factories import untrusted_function_pipeline
 
 
 def model_count(db) -> int:
@@ -131,22 +132,9 @@ def test_joblib_only_on_request(seeded, model_files):
                              [result.model_id]).fetchone()[0] == "joblib"
 
 
-def log_pipeline():
-    """Fitted on profile columns, but with a FunctionTransformer of a function skops does not trust."""
-    import operator
-
-    import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import FunctionTransformer
-
-    frame = pd.DataFrame({"tenure_months": [1.0, 5, 30, 60], "monthly_charges": [20.0, 50, 80, 100]})
-    return make_pipeline(FunctionTransformer(operator.neg), LogisticRegression()).fit(frame, [1, 1, 0, 0])
-
-
 def test_push_refuses_untrusted_types_in_skops_and_names_them(seeded):
     with pytest.raises(PushError, match=r"types pgscore does not trust in skops format: _operator.neg"):
-        push_model(seeded.dsn("loader"), log_pipeline(), name="churn")
+        push_model(seeded.dsn("loader"), untrusted_function_pipeline(), name="churn")
     assert model_count(seeded) == 0
 
 
@@ -154,7 +142,7 @@ def test_server_refuses_a_skops_blob_with_untrusted_types(seeded, model_files):
     """Planted by a superuser past push's check: the server refuses it too, naming the types."""
     import skops.io
 
-    model = log_pipeline()
+    model = untrusted_function_pipeline()
     blob = skops.io.dumps(model)
     with seeded.connect() as admin:
         admin.execute(

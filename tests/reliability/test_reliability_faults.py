@@ -47,6 +47,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from pgscore import PushError, push_model
 from pgscore.compile import compile_model
 from pgscore_server import runtime as server_runtime
+from tests.conftest import profile_state as state
 
 CUSTOMER = 42
 LOAD_FAILED = "38000"  # external_routine_exception
@@ -246,14 +247,6 @@ FAULTS = {
 
 # -- checks ------------------------------------------------------------------------
 
-def state(db, customer_id: int = CUSTOMER) -> tuple:
-    with db.connect() as conn:
-        return conn.execute(
-            "SELECT complaint_count, churn_score, churn_model_id, churn_scored_at,"
-            " (SELECT count(*) FROM complaints c WHERE c.customer_id = p.customer_id)"
-            " FROM customer_profiles p WHERE customer_id = %s", [customer_id]).fetchone()
-
-
 def errors(db) -> list[tuple]:
     with db.connect() as conn:
         return conn.execute(
@@ -275,7 +268,7 @@ def healthy(seeded):
     first = push_model(seeded.dsn("loader"), numeric_model(), name="churn", activate=True)
     with seeded.connect() as admin:
         admin.execute("CALL scoring.rescore('churn')")
-    count, score, model_id, scored_at, _ = state(seeded)
+    count, score, model_id, scored_at, _ = state(seeded, CUSTOMER)
     assert score is not None and model_id == first.model_id and scored_at is not None
     return seeded
 
@@ -286,7 +279,7 @@ def test_fault(healthy, fault_name, policy, tmp_path, monkeypatch):
     with healthy.connect() as admin:
         fault = FAULTS[fault_name](healthy, admin, tmp_path, monkeypatch)
     assert fault.model_id is not None
-    before = state(healthy)
+    before = state(healthy, CUSTOMER)
     errors_before = errors(healthy)
     notices = []
     with healthy.connect("app") as app:
@@ -305,12 +298,12 @@ def test_fault(healthy, fault_name, policy, tmp_path, monkeypatch):
             # PL/Python's own CONTEXT carries a two-frame "Traceback" of the
             # function shim; the message and the detail must not.
             assert "Traceback" not in (error.diag.message_detail or "")
-            assert state(healthy) == before  # no complaint row, counter and score unchanged
+            assert state(healthy, CUSTOMER) == before  # no complaint row, counter and score unchanged
             assert errors(healthy) == errors_before
             return
         app.execute("INSERT INTO complaints (customer_id, channel, category, body)"
                     " VALUES (%s, 'phone', 'billing', 'fault injection')", [CUSTOMER])
-    count, score, model_id, scored_at, complaints = state(healthy)
+    count, score, model_id, scored_at, complaints = state(healthy, CUSTOMER)
     assert (count, complaints) == (before[0] + 1, before[4] + 1)  # complaint committed and counted
     assert (score, model_id, scored_at) == before[1:4]  # the old score stays
     new = errors(healthy)[len(errors_before):]

@@ -8,24 +8,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from pgscore import render
 from pgscore.migrate import downgrade, head_revision, migrate
 from pgscore.migrations import codesets
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def empty_db(server):
-    name = "pgscore_t_empty"
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    yield make_conninfo(server["dsn"], dbname=name)
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def schema_objects(dsn):

@@ -36,66 +36,13 @@ from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
 from pgscore_server import compiled
 from pgscore_server.features import to_frame
 from tests import families
+from tests.factories import BOOLS, FEATURES, NUMBERS, TEXT, Row, preprocessing, telco_rows, training_rows
 from tests.floats import assert_within_ulps
 
-TEXT = {
-    "gender": ["Female", "Male"],
-    "multiple_lines": ["Yes", "No", "No phone service"],
-    "internet_service": ["DSL", "Fiber optic", "No"],
-    "contract": ["Month-to-month", "One year", "Two year"],
-    "payment_method": [
-        "Electronic check", "Mailed check", "Bank transfer (automatic)", "Credit card (automatic)",
-    ],
-}
-BOOLS = ["senior_citizen", "partner", "dependents", "phone_service", "paperless_billing"]
-NUMBERS = ["tenure_months", "monthly_charges", "total_charges", "complaint_count"]
-FEATURES = list(TEXT) + BOOLS + NUMBERS
 TOLERANCE = 1e-9
 
 # Unknown categories are part of the edge cases; scikit-learn warns about each.
 pytestmark = pytest.mark.filterwarnings("ignore:Found unknown categories:UserWarning")
-
-Row = dict[str, Any]
-
-
-def telco_rows(n: int, seed: int) -> list[Row]:
-    """Synthetic profiles shaped like the Telco churn data (total_charges None for new customers)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(n):
-        tenure = int(rng.integers(0, 73))
-        monthly = round(float(rng.uniform(18.0, 119.0)), 2)
-        row: Row = {name: str(rng.choice(values)) for name, values in TEXT.items()}
-        row.update({name: bool(rng.random() < 0.35) for name in BOOLS})
-        row["tenure_months"] = tenure
-        row["monthly_charges"] = monthly
-        row["total_charges"] = (
-            None if tenure == 0 or rng.random() < 0.02 else round(monthly * tenure * float(rng.uniform(0.9, 1.1)), 2)
-        )
-        row["complaint_count"] = int(rng.poisson(1.2))
-        rows.append(row)
-    return rows
-
-
-def churn_labels(rows: list[Row], seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    z = np.array([
-        (1.1 if r["contract"] == "Month-to-month" else -0.9)
-        + (0.6 if r["internet_service"] == "Fiber optic" else 0.0)
-        - 0.035 * r["tenure_months"]
-        + 0.45 * r["complaint_count"]
-        + 0.01 * (r["monthly_charges"] - 65)
-        + (0.3 if r["senior_citizen"] else 0.0)
-        for r in rows
-    ])
-    return (rng.random(len(rows)) < 1.0 / (1.0 + np.exp(-z))).astype(int)
-
-
-def preprocessing(handle_unknown: str = "ignore") -> ColumnTransformer:
-    return ColumnTransformer([
-        ("text", OneHotEncoder(handle_unknown=handle_unknown), list(TEXT)),
-        ("numeric", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), BOOLS + NUMBERS),
-    ])
 
 
 CLASSIFIERS = {family.name: family.make for family in families.FAMILIES}
@@ -112,8 +59,7 @@ def one_thread() -> Any:
 
 @pytest.fixture(scope="module")
 def train() -> tuple[list[Row], np.ndarray]:
-    rows = telco_rows(3000, seed=1)
-    return rows, churn_labels(rows, seed=2)
+    return training_rows(3000, seed=1)
 
 
 @pytest.fixture(scope="module")

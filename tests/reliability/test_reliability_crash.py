@@ -22,12 +22,10 @@ import os
 import random
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-import joblib
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
@@ -35,9 +33,8 @@ from psycopg.conninfo import make_conninfo
 from pgscore import push_model
 from pgscore.dev.localdb import LocalDatabase, local_database
 from pgscore.migrate import migrate
-from pgscore.models import fetch_feature_rows
 from pgscore.dev.seed import seed_profiles
-from pgscore_server.features import to_frame
+from tests.conftest import local_scores, own_server_folder
 
 pytestmark = pytest.mark.slow
 
@@ -126,12 +123,7 @@ def stop_server(local: LocalDatabase) -> None:
 def crash_server():
     """A server of this module's own, in a folder the postgres OS user can
     reach, with the shared server's runtime folder linked in (no pip install)."""
-    folder = Path(tempfile.mkdtemp(prefix="pgscore-crash-", dir="/tmp"))
-    folder.chmod(0o755)
-    shared = local_database(os.environ.get("PGSCORE_TEST_HOME")).state().get("runtime")
-    if shared and (Path(shared) / ".complete").exists():
-        (folder / "runtime").mkdir()
-        (folder / "runtime" / Path(shared).name).symlink_to(shared, target_is_directory=True)
+    folder = own_server_folder("pgscore-crash-")
     subreaper = _set_child_subreaper(True)
     local = local_database(folder)
     try:
@@ -153,14 +145,6 @@ def fresh_database(dsn: str, name: str) -> str:
     target = make_conninfo(dsn, dbname=name)
     migrate(target)
     return target
-
-
-def local_proba(model_path: Path, conn: psycopg.Connection, customer_ids) -> dict[int, float]:
-    model = joblib.load(model_path)
-    names = list(model.feature_names_in_)
-    rows = fetch_feature_rows(conn, names, list(customer_ids))
-    proba = model.predict_proba(to_frame(rows, names))[:, 1]
-    return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
 
 
 def check_indexes(conn: psycopg.Connection) -> None:
@@ -277,7 +261,7 @@ def test_kill_during_big_insert_keeps_counters_exact(crash_server, model_files):
         assert half == [], f"half-written profiles (score/model/scored_at not all set or all NULL): {half[:10]}"
         assert {p[2] for p in profiles.values()} <= {None, active}
         touched = sorted(rows)
-        expected = local_proba(model_files["logreg"], admin, touched)
+        expected = local_scores(model_files["logreg"], admin, touched)
         off = {c: (profiles[c][1], expected[c]) for c in touched
                if profiles[c][1] is None or abs(profiles[c][1] - expected[c]) > 1e-9}
         assert off == {}, f"scores that do not belong to the recovered profile: {list(off.items())[:10]}"
@@ -288,7 +272,7 @@ def test_kill_during_big_insert_keeps_counters_exact(crash_server, model_files):
         after = {row[0]: row[1:] for row in admin.execute(
             "SELECT customer_id, complaint_count, churn_score, churn_model_id FROM customer_profiles"
             " WHERE customer_id IN (77, 78)").fetchall()}
-        fresh = local_proba(model_files["logreg"], admin, [77, 78])
+        fresh = local_scores(model_files["logreg"], admin, [77, 78])
     assert after[77][0] == profiles[77][0] + 2 and after[78][0] == profiles[78][0] + 1
     assert all(after[c][2] == active and abs(after[c][1] - fresh[c]) <= 1e-9 for c in (77, 78))
 
@@ -356,7 +340,7 @@ def test_kill_during_rescore_leaves_whole_batches_and_rescore_resumes(crash_serv
         kept = {c: rows[c] for c in ordered[len(rescored):]}
         changed = [c for c, value in kept.items() if value != old[c]]
         assert changed == [], f"profiles after the prefix were changed: {changed[:10]}; {summary}"
-        expected = local_proba(model_files["gbm"], admin, rescored)
+        expected = local_scores(model_files["gbm"], admin, rescored)
         off = [c for c in rescored if abs(rows[c][0] - expected[c]) > 1e-9 or rows[c][2] is None
                or rows[c][2] < old[c][2]]
         assert off == [], f"rescored profiles with a wrong score or timestamp: {off[:10]}; {summary}"
@@ -364,7 +348,7 @@ def test_kill_during_rescore_leaves_whole_batches_and_rescore_resumes(crash_serv
         admin.execute("CALL scoring.rescore('churn', %s)", [BATCH])  # resumes: finishes on the recovered server
         final = {row[0]: row[1:] for row in admin.execute(
             "SELECT customer_id, churn_score, churn_model_id FROM customer_profiles").fetchall()}
-        expected = local_proba(model_files["gbm"], admin, list(final))
+        expected = local_scores(model_files["gbm"], admin, list(final))
     assert {v[1] for v in final.values()} == {second.model_id}
     worst = max(abs(final[c][0] - expected[c]) for c in final)
     assert worst <= 1e-9, f"max difference from local predict_proba after the second rescore: {worst}"

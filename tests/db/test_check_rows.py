@@ -12,8 +12,8 @@ import pytest
 
 from pgscore import push_model
 from pgscore.compile import CompiledModel, compile_model
-from pgscore.dev.demo_data import train_demo_model
 from pgscore.models import _batch_parity, check_rows_for
+from tests.factories import demo_model
 from tests.floats import CONTRACT
 
 KINDS = ("categories", "unknown categories", "nulls", "thresholds", "scaler", "type extremes")
@@ -21,7 +21,7 @@ KINDS = ("categories", "unknown categories", "nulls", "thresholds", "scaler", "t
 
 @pytest.fixture(scope="module")
 def demo() -> dict:
-    return {kind: train_demo_model(rows=3000, seed=0, kind=kind)[0] for kind in ("logreg", "gbm")}
+    return {kind: demo_model(kind) for kind in ("logreg", "gbm")}
 
 
 def _checked(db, model, compiled: CompiledModel | None = None):

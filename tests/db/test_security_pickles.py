@@ -100,15 +100,6 @@ def refused(exc_info, sha256: str, subject: str) -> None:
     assert f"a superuser who trusts {subject} runs: pgscore approve {sha256}" in diag.message_hint
 
 
-def local_scores_of(model, db, ids) -> dict[int, float]:
-    from pgscore.models import fetch_feature_rows
-
-    names = list(model.feature_names_in_)
-    with db.connect() as conn:
-        rows = fetch_feature_rows(conn, names, list(ids))
-    return {row["customer_id"]: float(p) for row, p in zip(rows, model.predict_proba(to_frame(rows, names))[:, 1])}
-
-
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     status = cli.main(list(argv))
     out, err = capsys.readouterr()
@@ -254,7 +245,7 @@ def test_compiled_and_sql_paths_never_unpickle(seeded, tmp_path, marker, logreg)
     assert one == pytest.approx(many[4], abs=1e-9)
     assert stored == pytest.approx(now, abs=1e-9) and now[9] == pytest.approx(many[9], abs=1e-9)
     assert errors == 0
-    assert now == pytest.approx(local_scores_of(logreg, seeded, [4, 9]), abs=1e-9)
+    assert now == pytest.approx(local_scores(logreg, seeded, [4, 9]), abs=1e-9)
 
 
 # -- approval ------------------------------------------------------------------------
@@ -374,10 +365,10 @@ def test_a_skops_file_is_pushed_without_unpickling(seeded, tmp_path, logreg, mon
 
 
 def test_a_pipeline_skops_cannot_rebuild_needs_i_trust_this_pickle(tmp_path):
-    from tests.test_models import log_pipeline
+    from tests.factories import untrusted_function_pipeline
 
     path = tmp_path / "custom.joblib"
-    joblib.dump(log_pipeline(), path)
+    joblib.dump(untrusted_function_pipeline(), path)
     with pytest.raises(PushError, match=r"cannot rebuild without unpickling it .*_operator.neg.*"
                                         r"--i-trust-this-pickle and --format joblib"):
         models.load_model_file(path)

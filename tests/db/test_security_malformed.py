@@ -40,6 +40,7 @@ from sklearn.tree import DecisionTreeClassifier
 
 from pgscore import PushError, cli, push_model
 from pgscore_server import compiled, formats
+from tests.conftest import postmaster_started
 
 TIMEOUT = 60  # seconds any one database call may take here (they take well under one)
 OPTIONS = "-c statement_timeout=20s"
@@ -106,11 +107,6 @@ def bounded(call: Callable[[], Any], seconds: float = TIMEOUT) -> Any:
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
-
-
-def postmaster_started(db) -> Any:
-    with db.connect() as admin:
-        return admin.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
 
 
 def assert_no_crash(db, started: Any, *still_open: psycopg.Connection) -> None:

@@ -29,6 +29,7 @@ from pgscore import PushError, cli, push_model
 from pgscore.models import fetch_feature_rows
 from pgscore_server import formats
 from pgscore_server.features import to_frame
+from tests.conftest import postmaster_started
 
 OPTIONS = "-c statement_timeout=20s"
 SVC_TYPE = "sklearn.svm._classes.SVC"
@@ -66,11 +67,6 @@ def assert_native_refusal(exc: psycopg.Error, sha256: str, subject: str) -> None
     assert "read or write out of bounds" in diag.message_hint
     assert f"pgscore approve {sha256}" in diag.message_hint
     assert "NATIVE_SAFE_TYPES" in diag.message_hint
-
-
-def server_alive(db, started) -> None:
-    with db.connect() as other:
-        assert other.execute("SELECT pg_postmaster_start_time()").fetchone()[0] == started
 
 
 # -- without a database ---------------------------------------------------------------
@@ -122,8 +118,7 @@ def test_the_demo_pipelines_are_allow_listed(model_files):
 def test_a_planted_crafted_svc_is_refused_by_every_role_without_crashing(seeded, case):
     blob = dumps(crafted_svc(case))
     sha256 = hashlib.sha256(blob).hexdigest()
-    with seeded.connect() as admin:
-        started = admin.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    started = postmaster_started(seeded)
     with seeded.connect("loader", options=OPTIONS) as loader:
         model_id = loader.execute(
             "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime, scoring_path)"
@@ -155,7 +150,7 @@ def test_a_planted_crafted_svc_is_refused_by_every_role_without_crashing(seeded,
         recorded = admin.execute("SELECT sqlstate, message FROM scoring.errors WHERE customer_id = 5").fetchall()
     assert count >= 1 and score is None
     assert [state for state, _ in recorded] == ["42501"] and SVC_TYPE in recorded[0][1]
-    server_alive(seeded, started)
+    assert postmaster_started(seeded) == started
 
 
 def test_a_benign_svc_loads_only_once_a_superuser_approved_it(seeded, tmp_path, capsys):

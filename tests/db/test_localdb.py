@@ -7,24 +7,19 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import psycopg
 import pytest
 from pgscore.dev.localdb import LocalDatabaseError, local_database, running_servers
+from tests.conftest import own_server_folder
 
 
 @pytest.fixture
 def own_server():
     """An embedded server in a folder of its own that the postgres OS user can
     reach, with the shared server's runtime folder linked in (no pip install)."""
-    folder = Path(tempfile.mkdtemp(prefix="pgscore-port-", dir="/tmp"))
-    folder.chmod(0o755)
-    shared = local_database(os.environ.get("PGSCORE_TEST_HOME")).state().get("runtime")
-    if shared and (Path(shared) / ".complete").exists():
-        (folder / "runtime").mkdir()
-        (folder / "runtime" / Path(shared).name).symlink_to(shared, target_is_directory=True)
+    folder = own_server_folder("pgscore-port-")
     local = local_database(folder)
     try:
         yield local

@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from pgscore import push_model
-from tests.conftest import local_scores
+from tests.conftest import denied, hijacked, local_scores
 
 HIJACK_PATH = "SET search_path = evil, public, pg_catalog"
 
@@ -104,17 +104,6 @@ CREATE OPERATOR evil.+ (leftarg = bigint, rightarg = bigint, function = evil.int
 """
 
 
-def hijacked(db, who: str) -> tuple[psycopg.Connection, list[str]]:
-    """A connection as ``who`` with evil first in its search_path, and the
-    evil warnings it receives."""
-    conn = db.connect(who)
-    warnings: list[str] = []
-    conn.add_notice_handler(lambda diag: warnings.append(diag.message_primary or ""))
-    conn.execute(HIJACK_PATH)
-    assert conn.execute("SHOW search_path").fetchone()[0].startswith("evil")
-    return conn, warnings
-
-
 @pytest.fixture
 def evil(scored):
     with scored.connect() as admin:
@@ -126,7 +115,7 @@ def evil(scored):
             assert admin.execute("SELECT pg_catalog.count(*) FROM evil.hits").fetchone()[0] >= 3
             admin.execute("RESET search_path")
     for who in ("app", "analyst", "loader"):  # and it catches every role
-        conn, warnings = hijacked(scored, who)
+        conn, warnings = hijacked(scored, who, HIJACK_PATH)
         with conn:
             conn.execute("SELECT now()")
         assert any("evil hit: now()" in w for w in warnings), (who, warnings)
@@ -151,7 +140,7 @@ def test_search_path_hijack_never_runs_evil_code(evil, model_files):
             "SELECT customer_id, complaint_count FROM customer_profiles WHERE customer_id = ANY(%s)", [ids]).fetchall())
     expected = local_scores(model_files["logreg"], db, range(1, 301))
 
-    analyst, analyst_warnings = hijacked(db, "analyst")
+    analyst, analyst_warnings = hijacked(db, "analyst", HIJACK_PATH)
     with analyst:
         one = analyst.execute("SELECT scoring.score(7::bigint)").fetchone()[0]
         many = analyst.execute("SELECT customer_id, score FROM scoring.score_many(%s::bigint[])", [ids]).fetchall()
@@ -170,7 +159,7 @@ def test_search_path_hijack_never_runs_evil_code(evil, model_files):
     assert what_if == pytest.approx(expected[5], abs=1e-9)
     assert info["schema_revision"]
 
-    app, app_warnings = hijacked(db, "app")
+    app, app_warnings = hijacked(db, "app", HIJACK_PATH)
     with app:
         app.execute("SET scoring.on_error = 'raise'")
         app.execute("INSERT INTO complaints (customer_id, channel) VALUES (3, 'phone')")
@@ -183,7 +172,7 @@ def test_search_path_hijack_never_runs_evil_code(evil, model_files):
         with pytest.raises(psycopg.errors.ForeignKeyViolation):
             app.execute("INSERT INTO complaints (customer_id) VALUES (987654)")
 
-    loader, loader_warnings = hijacked(db, "loader")
+    loader, loader_warnings = hijacked(db, "loader", HIJACK_PATH)
     with loader:
         second = loader.execute("SELECT scoring.activate('churn', 1)").fetchone()[0]
         back = loader.execute("SELECT scoring.rollback('churn')").fetchone()[0]
@@ -230,18 +219,6 @@ def test_temporary_tables_do_not_shadow_the_profiles(scored, model_files):
 
 
 # -- (b) least privilege, as logged-in members of each role -------------------
-
-def denied(conn: psycopg.Connection, statement) -> str | None:
-    """None when ``statement`` fails with InsufficientPrivilege, else what happened."""
-    try:
-        with conn.transaction():
-            conn.execute(statement)
-    except psycopg.errors.InsufficientPrivilege:
-        return None
-    except psycopg.Error as exc:
-        return f"{type(exc).__name__} ({exc.sqlstate}): {exc.diag.message_primary}"
-    return "succeeded"
-
 
 def assert_all_denied(conn: psycopg.Connection, statements: list) -> None:
     outcomes = {}

@@ -189,5 +189,5 @@ def test_the_migration_refuses_before_it_touches_the_schema(db, marker):
 
 def test_a_clean_database_passes_the_check(db):
     with db.connect() as conn:
-        conn.execute(Path(__file__).resolve().parents[1].joinpath("sql/idempotent/005-schema-check.sql").read_text())
+        conn.execute(Path(__file__).resolve().parents[2].joinpath("sql/idempotent/005-schema-check.sql").read_text())
     assert main(["migrate", "--dsn", db.dsn()]) == 0

@@ -36,6 +36,7 @@ from pgscore.dev.seed import seed_profiles
 from pgscore_server.sqlgen import SqlUnsupported, sql_function, to_sql
 from pgscore_server.features import to_frame
 from tests import families
+from tests.conftest import drop_category_checks, local_scores
 
 TOLERANCE = 1e-9
 N_PROFILES = 3000
@@ -124,16 +125,6 @@ def _boundary_rows(conn: psycopg.Connection, sql_text: str) -> list[dict]:
     return rows
 
 
-def _drop_text_checks(conn: psycopg.Connection) -> None:
-    """Unknown categories need the table's CHECK constraints gone (throwaway database)."""
-    names = conn.execute(
-        "SELECT conname FROM pg_constraint WHERE conrelid = 'public.customer_profiles'::regclass AND contype = 'c'"
-        " AND pg_get_constraintdef(oid) LIKE '%%ANY%%'"
-    ).fetchall()
-    for (name,) in names:
-        conn.execute(f'ALTER TABLE public.customer_profiles DROP CONSTRAINT "{name}"')
-
-
 def _create(conn: psycopg.Connection, statement: str) -> None:
     # The body is bound when CREATE runs: run it with pg_catalog first.
     conn.execute("SET search_path = pg_catalog, pg_temp")
@@ -146,13 +137,6 @@ def _create(conn: psycopg.Connection, statement: str) -> None:
 def _sql_scores(conn: psycopg.Connection, function: str) -> dict[int, float | None]:
     rows = conn.execute(f"SELECT p.customer_id, scoring.{function}(p) FROM public.customer_profiles p").fetchall()
     return dict(rows)
-
-
-def _local_scores(conn: psycopg.Connection, model: Any, ids: list[int]) -> dict[int, float]:
-    names = list(model.feature_names_in_)
-    rows = fetch_feature_rows(conn, names, ids)
-    proba = model.predict_proba(to_frame(rows, names))[:, 1]
-    return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
 
 
 def _max_diff(sql: dict, local: dict) -> tuple[float, int]:
@@ -173,7 +157,7 @@ def test_demo_pipeline_parity_without_plpython(db, demo_models, kind):
         conn.execute("DROP EXTENSION IF EXISTS plpython3u CASCADE")
         assert conn.execute("SELECT count(*) FROM pg_language WHERE lanname LIKE 'plpython%%'").fetchone() == (0,)
         seed_profiles(conn, N_PROFILES, seed=5)
-        _drop_text_checks(conn)
+        drop_category_checks(conn)
         _insert(conn, _edge_rows())
 
         pinned = sql_function(compiled, f"churn_{kind}", pin_search_path=True)
@@ -192,7 +176,7 @@ def test_demo_pipeline_parity_without_plpython(db, demo_models, kind):
 
         ids = [r[0] for r in conn.execute("SELECT customer_id FROM public.customer_profiles ORDER BY 1")]
         assert len(ids) >= N_PROFILES + len(_edge_rows())
-        local = _local_scores(conn, model, ids)
+        local = local_scores(model, conn, ids)
         conn.execute("SET jit = off")
         # Same body twice. The pinned one is not inlined and PostgreSQL sets up
         # its whole expression again on every call (about 10 ms for the 100-tree
@@ -303,7 +287,7 @@ def test_other_estimators_and_rejected_rows(db, case_models):
     with db.connect() as conn:
         conn.execute("DROP EXTENSION IF EXISTS plpython3u CASCADE")
         seed_profiles(conn, 1000, seed=8)
-        _drop_text_checks(conn)
+        drop_category_checks(conn)
         _insert(conn, _edge_rows())
         ids = [r[0] for r in conn.execute("SELECT customer_id FROM public.customer_profiles ORDER BY 1")]
         for name, model in case_models.items():

@@ -28,7 +28,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from pgscore.compile import compile_model
 from pgscore_server import compiled
-from tests.conftest import ServerFile, local_scores
+from tests.conftest import ServerFile, denied, local_scores
 
 # What scoring_owner (the definer of every SECURITY DEFINER function, so the
 # role an SQL injection into one would act as) tries against the trusted code.
@@ -81,19 +81,6 @@ AS_OWNER_REFUSED = [
 ]
 
 
-def refused_as_owner(conn: psycopg.Connection, statement: str) -> str | None:
-    """None when ``statement`` fails as scoring_owner with InsufficientPrivilege, else what happened."""
-    try:
-        with conn.transaction():
-            conn.execute("SET LOCAL ROLE scoring_owner")
-            conn.execute(statement)
-    except psycopg.errors.InsufficientPrivilege:
-        return None
-    except psycopg.Error as exc:
-        return f"{type(exc).__name__} ({exc.sqlstate}): {exc.diag.message_primary}"
-    return "succeeded"
-
-
 def trusted_state(conn: psycopg.Connection) -> tuple:
     return (
         conn.execute("SELECT md5(string_agg(module || source || coalesce(encode(bytecode, 'hex'), ''), ','"
@@ -108,7 +95,7 @@ def trusted_state(conn: psycopg.Connection) -> tuple:
 def test_scoring_owner_cannot_touch_the_trusted_code(scored):
     with scored.connect() as admin:
         before = trusted_state(admin)
-        outcomes = {statement: refused_as_owner(admin, statement) for statement in AS_OWNER_REFUSED}
+        outcomes = {statement: denied(admin, statement, role="scoring_owner") for statement in AS_OWNER_REFUSED}
         # A GRANT by a role without the grant option only warns ("no privileges were granted").
         with admin.transaction():
             admin.execute("SET LOCAL ROLE scoring_owner")
