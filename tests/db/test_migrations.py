@@ -151,21 +151,12 @@ def installed_code(dsn):
         }
 
 
-def test_a_fresh_install_equals_an_upgraded_one(server, empty_db):
+def test_a_fresh_install_equals_an_upgraded_one(empty_db, second_empty_db):
     migrate(empty_db)
     fresh = installed_code(empty_db)
-    name = "pgscore_t_upgraded"
-    with psycopg.connect(server["dsn"], autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    upgraded_dsn = make_conninfo(server["dsn"], dbname=name)
-    try:
-        migrate(upgraded_dsn, "0008")  # with the code 0008 released
-        migrate(upgraded_dsn)
-        upgraded = installed_code(upgraded_dsn)
-    finally:
-        with psycopg.connect(server["dsn"], autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    migrate(second_empty_db, "0008")  # with the code 0008 released
+    migrate(second_empty_db)
+    upgraded = installed_code(second_empty_db)
     assert [row[0] for row in fresh["functions"]] == [row[0] for row in upgraded["functions"]]
     assert fresh == upgraded
     assert fresh["last_code_set"] == [(head_revision(), render.current_code_set().sha)]
