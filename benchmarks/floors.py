@@ -44,10 +44,11 @@ STATEMENT_TRIGGER_SQL = ("CREATE OR REPLACE TRIGGER {} AFTER INSERT ON public.co
 
 def install(conn: psycopg.Connection, logreg_model_id: int) -> None:
     """Creates the FLOORS triggers on public.complaints, enabled (the caller
-    picks one with ALTER TABLE): "floorpy" from the active model's generated
-    trigger, which must be on the compiled path; "row-lr" from the logistic
-    regression ``logreg_model_id``. ``conn`` is a superuser's, in autocommit."""
-    _statement_triggers_from_patched_server_code(conn, logreg_model_id)
+    picks one with ALTER TABLE): "floorpy" for the active churn model, which
+    must be on the compiled path; "row-lr" from the logistic regression
+    ``logreg_model_id``. ``conn`` is a superuser's, in autocommit."""
+    _floor(conn, logreg_model_id)
+    _floor_py(conn)
     conn.execute(ROW_TRIGGER_SQL.format(expression=_score_after_one_more_complaint(conn, logreg_model_id),
                                         model_id=int(logreg_model_id)))
     for trigger in ("bench_floor", "bench_floor_py"):
@@ -66,28 +67,41 @@ def _score_after_one_more_complaint(conn: psycopg.Connection, model_id: int) -> 
     return to_sql(CompiledModel.from_bytes(compiled), "p", overrides={"complaint_count": "(p.complaint_count + 1)"})
 
 
-def _statement_triggers_from_patched_server_code(conn: psycopg.Connection, model_id: int) -> None:
-    """The functions of "floor" and "floorpy", made from pgscore's own
-    trigger code: the one place where the bench reaches into the server's
-    internals, since no public function writes pgscore's trigger with another
-    score (what it would take: benchmarks/README.md, "The floors and the server").
+def _create_trigger_function(conn: psycopg.Connection, name: str, body: str) -> None:
+    from pgscore_server import plpgsql
 
-    "floor": pgscore_server.sqlpath's trigger template, its score assignment
-    a constant. "floorpy": the compiled path's generated trigger as
-    installed, its call of scoring._score_profile replaced by a call of
-    public.bench_constant_score (same arguments, returns 0.5)."""
-    from pgscore_server import sqlpath
-
-    body = sqlpath.TRIGGER_BODY.format(
-        model_id=model_id, path="none: the bench's floor",
-        one=f"churn_score = 0.5::float8, churn_model_id = {int(model_id)}, churn_scored_at = now()",
-        many="        NULL;")
-    conn.execute(sqlpath.FUNCTION_SQL.format(signature="public.bench_floor()", returns="trigger", attributes="",
+    conn.execute(plpgsql.FUNCTION_SQL.format(signature=f"public.{name}()", returns="trigger", attributes="",
                                              settings="", body=sql.Literal(body).as_string(conn)))
-    compiled = conn.execute("SELECT pg_get_functiondef('scoring._on_complaints_inserted()'::regprocedure)"
-                            ).fetchone()[0]
-    if "scoring._score_profile(" not in compiled:
-        raise RuntimeError("the floors need the active model on the compiled path (the bench's forest)")
-    conn.execute(compiled.replace("scoring._on_complaints_inserted()", "public.bench_floor_py()", 1)
-                 .replace("scoring._score_profile(", "public.bench_constant_score("))
+
+
+def _floor(conn: psycopg.Connection, model_id: int) -> None:
+    """"floor": pgscore's trigger template (pgscore_server.plpgsql), its one
+    customer scored with a constant and its several customers only counted."""
+    from pgscore_server import plpgsql
+
+    _create_trigger_function(conn, "bench_floor", plpgsql.TRIGGER_BODY.format(
+        model_id=int(model_id), path="none: the bench's floor",
+        one=f"churn_score = 0.5::float8, churn_model_id = {int(model_id)}, churn_scored_at = now()",
+        many="        NULL;"))
+
+
+def _floor_py(conn: psycopg.Connection) -> None:
+    """"floorpy": the compiled path's trigger for the active churn model, as
+    pgscore_server.sqlpath writes it, with public.bench_constant_score (same
+    arguments as scoring._score_profile, returns 0.5) as its score function."""
+    from pgscore_server import catalog, sqlpath
+
+    active = conn.execute("SELECT m.model_id, m.feature_names, m.scoring_path FROM scoring.active_models a"
+                          " JOIN scoring.models m USING (model_id) WHERE a.name = 'churn'").fetchone()
+    if active is None or active[2] != "compiled":
+        raise RuntimeError("the floors need the active churn model on the compiled path (the bench's forest)")
+    model_id, feature_names, _path = active
+    columns = {name: type_ for name, type_, _declared in conn.execute(catalog.PROFILE_COLUMNS_SQL)}
+    layout = catalog.row_layout(feature_names, columns)
+
+    def quote_ident(name: str) -> str:
+        return conn.execute("SELECT pg_catalog.quote_ident(%s)", [name]).fetchone()[0]
+
     conn.execute(CONSTANT_SCORE_SQL)
+    _create_trigger_function(conn, "bench_floor_py", sqlpath.compiled_trigger_body(
+        model_id, feature_names, layout, quote_ident, score_function="public.bench_constant_score"))

@@ -45,10 +45,9 @@ from __future__ import annotations
 from . import catalog, plans, registry
 from .errors import NOT_IN_PREREQUISITE_STATE, UNDEFINED_OBJECT, ScoringError
 from .paths import BATCH_SQL_MAX_CHARS, COMPILED_PATHS, SQL_ONE_ROW_MAX_CHARS
-from .plpgsql import (  # noqa: F401 (FUNCTION_SQL and TRIGGER_BODY: also the bench's)
+from .plpgsql import (
     ASSIGN_GUARDED,
     ASSIGN_TOTAL,
-    FUNCTION_SQL,
     MANY_IN_PYTHON,
     MANY_IN_SQL,
     SCORE_BODY,
@@ -64,7 +63,7 @@ from .plpgsql import (  # noqa: F401 (FUNCTION_SQL and TRIGGER_BODY: also the be
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Callable, Sequence
 
 REJECT = "scoring._score_rejected({model_id}, p.customer_id, {{message}}, {mode})"
 
@@ -106,7 +105,7 @@ def _install_sql(plpy: Any, cache: dict, model_id: int, evaluator: Any) -> str:
     one = assignments(ONE_CUSTOMER_COUNT)
     layout = catalog.row_layout(evaluator.feature_names, catalog.profile_columns(plpy, cache))
     if len(one) > SQL_ONE_ROW_MAX_CHARS and layout is not None:
-        one = _python_assignment(plpy, model_id, evaluator.feature_names, layout)
+        one = python_assignment(model_id, evaluator.feature_names, layout, plpy.quote_ident)
     many = MANY_IN_SQL.format(assign=assignments("(p.complaint_count + c.n)"))
     raising = _to_sql(plpy, cache, model_id, evaluator, reject=REJECT.format(model_id=model_id, mode="'raise'"))
     write(plpy, TRIGGER_SIGNATURE, TRIGGER_BODY.format(model_id=model_id, path="sql", one=one, many=many))
@@ -142,22 +141,32 @@ def _install_compiled(plpy: Any, cache: dict, model_id: int, feature_names: list
     layout = catalog.row_layout(feature_names, columns) if set(feature_names) <= columns.keys() else None
     if layout is None:
         return f"model_id {model_id} scored in Python (a feature is not a profile column of a plain type)"
-    one = _python_assignment(plpy, model_id, feature_names, layout)
-    write(plpy, TRIGGER_SIGNATURE,
-           TRIGGER_BODY.format(model_id=model_id, path="compiled", one=one, many=MANY_IN_PYTHON))
+    write(plpy, TRIGGER_SIGNATURE, compiled_trigger_body(model_id, feature_names, layout, plpy.quote_ident))
     return f"model_id {model_id} scored by generated PL/pgSQL calling Python"
 
 
-def _python_assignment(plpy: Any, model_id: int, feature_names: list[str], layout: str) -> str:
-    """The score assignment through scoring._score_profile: the features as
-    one array per kind (cheaper to hand to Python than a whole row)."""
+def compiled_trigger_body(model_id: int, feature_names: Sequence[str], layout: str,
+                          quote_ident: Callable[[str], str], score_function: str = "scoring._score_profile") -> str:
+    """The complaint trigger's body for a 'compiled' model: one customer
+    scored by :func:`python_assignment`, several by the vectorised Python
+    path. The bench's floor passes a ``score_function`` that returns a constant."""
+    one = python_assignment(model_id, feature_names, layout, quote_ident, score_function)
+    return TRIGGER_BODY.format(model_id=int(model_id), path="compiled", one=one, many=MANY_IN_PYTHON)
+
+
+def python_assignment(model_id: int, feature_names: Sequence[str], layout: str,
+                      quote_ident: Callable[[str], str], score_function: str = "scoring._score_profile") -> str:
+    """The one-customer score assignment through ``score_function``
+    (scoring._score_profile's arguments: the features as one array per kind,
+    cheaper to hand to Python than a whole row). ``layout`` is
+    catalog.row_layout's; ``quote_ident`` is PostgreSQL's."""
     arrays = []
     for letter, kind in catalog.ROW_ARRAYS:
-        items = [ONE_CUSTOMER_COUNT if name == "complaint_count" else f"p.{plpy.quote_ident(name)}"
+        items = [ONE_CUSTOMER_COUNT if name == "complaint_count" else f"p.{quote_ident(name)}"
                  for name, used in zip(feature_names, layout) if used == letter]
         arrays.append(f"ARRAY[{', '.join(items)}]::{kind}[]" if items else f"'{{}}'::{kind}[]")
-    call = f"scoring._score_profile({model_id}, p.customer_id, '{layout}', {', '.join(arrays)})"
-    return ASSIGN_GUARDED.format(expression=call, model_id=model_id)
+    call = f"{score_function}({int(model_id)}, p.customer_id, '{layout}', {', '.join(arrays)})"
+    return ASSIGN_GUARDED.format(expression=call, model_id=int(model_id))
 
 
 def _model_row(plpy: Any, cache: dict, model_id: int) -> Any:
