@@ -31,12 +31,23 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 
-from pgscore_server import plpgsql
+from pgscore_server import paths, plpgsql
 
 RUNTIME_MARKER = "#pgscore:runtime"
 # A line "-- {{WITH_PYTHON_ERRORS}} <statement>" in a PL/pgSQL body becomes
 # pgscore_server.plpgsql.with_python_errors(statement).
 PYTHON_ERRORS_LINE = re.compile(r"^-- \{\{WITH_PYTHON_ERRORS\}\} (?P<statement>.+)$", re.MULTILINE)
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+# The scoring-path policy's lists where SQL needs them (pgscore_server.paths is their one home).
+POLICY_MARKERS = {
+    "{{SCORING_PATHS}}": _sql_list(paths.PATHS),
+    "{{COMPILED_PATHS}}": _sql_list(paths.COMPILED_PATHS),
+}
 MODULES_MARKER = "-- {{RUNTIME_MODULES}}"
 SHA_MARKER = "{{CODE_SHA}}"
 SOURCE_QUOTE = "$pgscore_source$"
@@ -188,6 +199,8 @@ def current_code_set(sources: dict[str, str] | None = None, sql_files: dict[str,
     parts = []
     for name, text in sorted(sql_files.items()):
         text = text.replace(MODULES_MARKER, install_modules_sql())
+        for marker, value in POLICY_MARKERS.items():
+            text = text.replace(marker, value)
         text = PYTHON_ERRORS_LINE.sub(lambda line: plpgsql.with_python_errors(line["statement"]).strip("\n"), text)
         text = text.replace(RUNTIME_MARKER, runtime_shim(runtime_sha))
         text = text.replace(SHA_MARKER, runtime_sha)

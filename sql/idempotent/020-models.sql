@@ -146,7 +146,7 @@ DECLARE
     found_id bigint;
     has_compiled boolean;
 BEGIN
-    IF path IS NULL OR path NOT IN ('sql', 'compiled', 'sklearn') THEN
+    IF path IS NULL OR path NOT IN ({{SCORING_PATHS}}) THEN
         RAISE EXCEPTION 'scoring path must be ''sql'', ''compiled'' or ''sklearn'', not %', coalesce(quote_literal(path), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -157,7 +157,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = format('list the versions with: pgscore models --name %s', model_name);
     END IF;
-    IF path IN ('sql', 'compiled') AND NOT has_compiled THEN
+    IF path IN ({{COMPILED_PATHS}}) AND NOT has_compiled THEN
         RAISE EXCEPTION 'model % v% has no compiled form', quote_literal(model_name), version
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'see path_note in pgscore models for why it could not be compiled';

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -239,6 +240,8 @@ def test_offline_sql_is_reviewable_without_a_database():
     assert "CREATE OR REPLACE FUNCTION scoring.score(customer_id bigint)" in sql
     assert "INSERT INTO scoring_trusted.runtime_modules" in sql
     assert "#pgscore:runtime" not in sql  # every marker was rendered
+    # (in the install SQL: the modules' sources may name a marker)
+    assert re.findall(r"\{\{[A-Z_]+\}\}", render.current_code_set().install_sql) == []
     assert sql.count("SET search_path = pg_catalog, pg_temp") >= 8
 
 
