@@ -18,12 +18,17 @@ from pgscore.migrations import codesets
 
 config = context.config
 HEAD = ScriptDirectory.from_config(config).get_current_head()
-# (is_upgrade, heads after the step) of every step this run applied.
+# (is_upgrade, heads after the step) of every step this run applied. A stamp
+# only writes alembic_version: it installs no code (the tables may not be there).
 applied: list[tuple[bool, frozenset[str]]] = []
+stamped: list[bool] = []
 
 
 def record_step(ctx, step, heads, run_args) -> None:
-    applied.append((step.is_upgrade, frozenset(heads)))
+    if step.is_stamp:
+        stamped.append(True)
+    else:
+        applied.append((step.is_upgrade, frozenset(heads)))
 
 
 def conninfo() -> str:
@@ -39,7 +44,9 @@ def run_offline() -> None:
         context.run_migrations()
         # Offline the database is unknown: the code set is printed whenever an upgrade reaches
         # head, and alone for `upgrade head:head --sql` (to review a code change).
-        if applied:
+        if stamped:
+            reached_head = False
+        elif applied:
             reached_head = applied[-1] == (True, frozenset({HEAD}))
         else:
             reached_head = context.get_revision_argument() in ("head", HEAD)
@@ -57,7 +64,8 @@ def run_online() -> None:
             context.run_migrations()
             # After the revisions, in their transaction: the code set, when the database is
             # at head (and was not taken down there) and its code is not this package's.
-            at_head = context.get_context().get_current_heads() == (HEAD,) and (not applied or applied[-1][0])
+            at_head = (context.get_context().get_current_heads() == (HEAD,) and not stamped
+                       and (not applied or applied[-1][0]))
 
             def run_sql(sql: str) -> None:
                 connection.exec_driver_sql(sql, execution_options={"no_parameters": True})

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from pgscore import render
-from pgscore.migrate import downgrade, head_revision, migrate
+from pgscore.migrate import alembic_config, downgrade, head_revision, migrate
 from pgscore.migrations import codesets
 
 REPO = Path(__file__).resolve().parents[2]
@@ -152,6 +152,12 @@ def installed_code(dsn):
         }
 
 
+def stamp(dsn, revision):
+    from alembic import command
+
+    command.stamp(alembic_config(dsn), revision)
+
+
 def test_a_fresh_install_equals_an_upgraded_one(empty_db, second_empty_db):
     migrate(empty_db)
     fresh = installed_code(empty_db)
@@ -163,19 +169,43 @@ def test_a_fresh_install_equals_an_upgraded_one(empty_db, second_empty_db):
     assert fresh["last_code_set"] == [(head_revision(), render.current_code_set().sha)]
 
 
-def code_change(module, function_name):
+def code_change(module, function_name, returns="int", value="1", recreate=False):
     """The package's code set with one module edited and one function added: a code change
-    that needs no revision."""
+    that needs no revision. ``recreate``: the function is dropped and created anew (as a
+    change of its return type needs)."""
     current = render.current_code_set()
     sources = dict(current.modules)
     sources[module] += "\n# a change\n"
     sql_files = {name: render.sql_file("idempotent", name) for name in render.idempotent_files()}
     sql_files["060-probe.sql"] = (
-        f"CREATE OR REPLACE FUNCTION scoring.{function_name}() RETURNS int LANGUAGE sql"
-        " SET search_path = pg_catalog, pg_temp AS $$ SELECT 1 $$;\n"
+        (f"DROP FUNCTION IF EXISTS scoring.{function_name}();\n" if recreate else "")
+        + f"CREATE OR REPLACE FUNCTION scoring.{function_name}() RETURNS {returns} LANGUAGE sql"
+        f" SET search_path = pg_catalog, pg_temp AS $$ SELECT {value} $$;\n"
         f"REVOKE ALL ON FUNCTION scoring.{function_name}() FROM PUBLIC;\n"
         f"ALTER FUNCTION scoring.{function_name}() OWNER TO scoring_owner;\n")
     return render.current_code_set(sources, sql_files)
+
+
+def test_a_function_the_new_code_drops_and_creates_again_stays(empty_db, monkeypatch):
+    migrate(empty_db)
+    first = code_change("pgscore_server.plans", "code_set_probe")
+    # Its return type changes: DROP and CREATE, a new object under the old name.
+    changed = code_change("pgscore_server.api", "code_set_probe", returns="text", value="'two'", recreate=True)
+    with monkeypatch.context() as patched:
+        patched.setattr(render, "current_code_set", lambda: first)
+        migrate(empty_db)
+        patched.setattr(render, "current_code_set", lambda: changed)
+        migrate(empty_db)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT scoring.code_set_probe()").fetchone()[0] == "two"
+    assert installed_code(empty_db)["last_code_set"] == [(head_revision(), changed.sha)]
+
+
+def test_a_stamp_installs_no_code(empty_db):
+    migrate(empty_db, "0009")
+    before = runtime_modules(empty_db)
+    stamp(empty_db, "head")  # 0010's tables are not there: installing would fail
+    assert runtime_modules(empty_db) == before
 
 
 def test_a_code_change_needs_no_revision_and_goes_back_exactly(empty_db, monkeypatch):
