@@ -47,7 +47,15 @@ def _sql_list(values: tuple[str, ...]) -> str:
 POLICY_MARKERS = {
     "{{SCORING_PATHS}}": _sql_list(paths.PATHS),
     "{{COMPILED_PATHS}}": _sql_list(paths.COMPILED_PATHS),
+    "{{GENERATED_FUNCTIONS}}": _sql_list(plpgsql.GENERATED_FUNCTIONS),
 }
+
+
+def with_policy(text: str) -> str:
+    """``text`` with the policy's markers replaced (POLICY_MARKERS)."""
+    for marker, value in POLICY_MARKERS.items():
+        text = text.replace(marker, value)
+    return text
 MODULES_MARKER = "-- {{RUNTIME_MODULES}}"
 SHA_MARKER = "{{CODE_SHA}}"
 SOURCE_QUOTE = "$pgscore_source$"
@@ -199,8 +207,7 @@ def current_code_set(sources: dict[str, str] | None = None, sql_files: dict[str,
     parts = []
     for name, text in sorted(sql_files.items()):
         text = text.replace(MODULES_MARKER, install_modules_sql())
-        for marker, value in POLICY_MARKERS.items():
-            text = text.replace(marker, value)
+        text = with_policy(text)
         text = PYTHON_ERRORS_LINE.sub(lambda line: plpgsql.with_python_errors(line["statement"]).strip("\n"), text)
         text = text.replace(RUNTIME_MARKER, runtime_shim(runtime_sha))
         text = text.replace(SHA_MARKER, runtime_sha)

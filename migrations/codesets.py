@@ -49,7 +49,7 @@ def switch_sql(code_set_expression: str, revision: str) -> str:
     """Installs the recorded code set that ``code_set_expression`` (SQL) names, at ``revision``."""
     switch = render.sql_file("codeset", "switch.sql")
     switch = switch.replace("{{CODE_SET}}", code_set_expression).replace("{{REVISION}}", _revision_literal(revision))
-    return switch + "\n" + render.sql_file("codeset", "record-functions.sql")
+    return switch + "\n" + render.with_policy(render.sql_file("codeset", "record-functions.sql"))
 
 
 def install_sql(code_set: render.CodeSet, revision: str) -> str:

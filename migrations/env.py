@@ -31,6 +31,12 @@ def record_step(ctx, step, heads, run_args) -> None:
         applied.append((step.is_upgrade, frozenset(heads)))
 
 
+# Qualified: an unqualified alembic_version would resolve to a pg_temp table
+# of that name first, which code run earlier in the migration's session
+# could have created.
+VERSION_TABLE_SCHEMA = "public"
+
+
 def conninfo() -> str:
     given = config.attributes.get("conninfo") or context.get_x_argument(as_dictionary=True).get("dsn")
     return resolve_conninfo(given)
@@ -39,7 +45,7 @@ def conninfo() -> str:
 def run_offline() -> None:
     # `alembic upgrade head --sql`: print the SQL for review, connect to nothing.
     context.configure(dialect_name="postgresql", literal_binds=True, transactional_ddl=True,
-                      on_version_apply=record_step)
+                      on_version_apply=record_step, version_table_schema=VERSION_TABLE_SCHEMA)
     with context.begin_transaction():
         context.run_migrations()
         # Offline the database is unknown: the code set is printed whenever an upgrade reaches
@@ -59,7 +65,8 @@ def run_online() -> None:
         "postgresql+psycopg://", creator=lambda: psycopg.connect(target), poolclass=pool.NullPool
     )
     with engine.connect() as connection:
-        context.configure(connection=connection, transactional_ddl=True, on_version_apply=record_step)
+        context.configure(connection=connection, transactional_ddl=True, on_version_apply=record_step,
+                          version_table_schema=VERSION_TABLE_SCHEMA)
         with context.begin_transaction():
             context.run_migrations()
             # After the revisions, in their transaction: the code set, when the database is

@@ -145,8 +145,9 @@ BEGIN
                 EXECUTE 'SELECT i.prokind, i.security_definer, i.language, i.definition_md5'
                         ' FROM scoring_trusted.installed_functions i WHERE i.signature = $1'
                    INTO installed USING found.signature;
+                -- Every recorded definition (record-functions.sql says which are).
                 definition_md5 := NULL;
-                IF NOT found.prosecdef THEN
+                IF installed.definition_md5 IS NOT NULL THEN
                     definition_md5 := pg_catalog.md5(pg_catalog.pg_get_functiondef(found.oid));
                 END IF;
                 IF installed IS NULL THEN

@@ -127,13 +127,21 @@ def tampered(db, kind: str, marker: ServerFile) -> str:
 CREATE OR REPLACE FUNCTION scoring.activate(model_name text, version integer) RETURNS bigint
 LANGUAGE plpgsql AS $f$ BEGIN PERFORM scoring.pwn(); RETURN 0; END $f$;""")
         return "function scoring.activate(text,integer) (changed since pgscore installed it)"
+    if kind == "definer":
+        # Runs as scoring_owner, but in the superuser's transaction, where it could leave a
+        # deferred trigger or a pg_temp table that runs as the superuser later.
+        as_scoring_owner(db, pwn_sql(marker) + """
+CREATE OR REPLACE FUNCTION scoring.warmup(model_name text DEFAULT 'churn') RETURNS void
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $f$ BEGIN PERFORM scoring.pwn(); END $f$;""")
+        return "function scoring.warmup(text) (changed since pgscore installed it)"
     if kind == "default":
         as_scoring_owner(db, pwn_sql(marker) + "ALTER TABLE scoring.errors ADD COLUMN x boolean DEFAULT scoring.pwn();")
         return "default value for column x of table scoring.errors (uses scoring.pwn())"
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["view", "trigger", "rule", "function", "default"])
+@pytest.mark.parametrize("kind", ["view", "trigger", "rule", "function", "definer", "default"])
 def test_a_superusers_commands_refuse_what_scoring_owner_planted(seeded, model_files, marker, capsys, kind):
     named = tampered(seeded, kind, marker)
     dsn = seeded.dsn()
