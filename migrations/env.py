@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, pool
 
 from pgscore.connection import resolve_conninfo
 from pgscore.migrations import codesets
+from pgscore.migrations.sqlops import run_sql
 
 config = context.config
 HEAD = ScriptDirectory.from_config(config).get_current_head()
@@ -56,7 +57,7 @@ def run_offline() -> None:
             reached_head = applied[-1] == (True, frozenset({HEAD}))
         else:
             reached_head = context.get_revision_argument() in ("head", HEAD)
-        codesets.after_migrations(context.get_context().impl.static_output, None, reached_head, HEAD)
+        codesets.after_migrations(lambda sql: run_sql(sql, context.get_context()), None, reached_head, HEAD)
 
 
 def run_online() -> None:
@@ -74,13 +75,10 @@ def run_online() -> None:
             at_head = (context.get_context().get_current_heads() == (HEAD,) and not stamped
                        and (not applied or applied[-1][0]))
 
-            def run_sql(sql: str) -> None:
-                connection.exec_driver_sql(sql, execution_options={"no_parameters": True})
-
             def last_installed():
                 return tuple(connection.exec_driver_sql(codesets.LAST_INSTALLED_SQL).fetchone() or ())
 
-            codesets.after_migrations(run_sql, last_installed, at_head, HEAD)
+            codesets.after_migrations(lambda sql: run_sql(sql, context.get_context()), last_installed, at_head, HEAD)
 
 
 if context.is_offline_mode():
