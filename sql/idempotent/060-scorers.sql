@@ -534,6 +534,19 @@ AS $$
 $$;
 COMMENT ON FUNCTION scoring.score_keys(text, text[]) IS 'fresh scores of many keys of a scorer, in input order';
 
+-- push's parity check on a scorer's rows, with the model it pushed (not yet active).
+CREATE OR REPLACE FUNCTION scoring.score_keys_with_model(model_id bigint, scorer text, keys text[])
+RETURNS TABLE (key text, score double precision)
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.score_keys_with_model(plpy, GD, model_id, scorer, keys)
+$python$;
+COMMENT ON FUNCTION scoring.score_keys_with_model(bigint, text, text[]) IS 'scores a scorer''s rows with a given model version (push''s parity check)';
+
 -- scoring.rescore of an attached scorer commits between these batches (api.rescore).
 CREATE OR REPLACE FUNCTION scoring._rescore_batch(scorer text, after text, batch_size integer)
 RETURNS text

@@ -289,6 +289,8 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
             "scoring._rescore_batch(text,text,integer)": [
                 (psycopg.errors.InvalidParameterValue, "SELECT scoring._rescore_batch('churn', NULL, 0)", [])],
             "scoring._scorer_rows(text)": ["SELECT scoring._scorer_rows('churn')"],
+            "scoring.score_keys_with_model(bigint,text,text[])": [
+                ("SELECT * FROM scoring.score_keys_with_model(%s, 'churn', ARRAY['3', '1'])", [model_id])],
             **scorers, **scored_keys,
         },
         "analyst": {
