@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # The reference scorer: public.customer_profiles and public.complaints.
 REFERENCE = "churn"
 SCORE_SCHEMA = "scoring_scores"
+HOOK_SCHEMA = "scoring_hooks"
 # What a scorer's name may be: the CHECK on scoring.scorer_entities.scorer.
 # 40 characters, so that its trigger names (pgscore_<scorer>_features) fit in 63.
 SCORER_NAME = "[a-z][a-z0-9_]{0,39}"
@@ -48,6 +49,12 @@ SELECT e.scorer, e.model_name, e.entity::oid AS entity_oid,
   JOIN pg_catalog.pg_class c ON c.oid = e.entity
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE e.scorer = $1
+   -- What attach checked, checked again at every use (the registry is the
+   -- owners' to write): a table without row-level security (its policies
+   -- would run as scoring_owner), whose key is of the type recorded.
+   AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+   AND e.key_type = (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attname = e.key_column AND NOT a.attisdropped)
 """
 EVENTS_SQL = """
 SELECT v.events::oid AS events_oid,
@@ -56,7 +63,7 @@ SELECT v.events::oid AS events_oid,
   FROM scoring.scorer_events v
   JOIN pg_catalog.pg_class c ON c.oid = v.events
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE v.scorer = $1
+ WHERE v.scorer = $1 AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
  ORDER BY v.events::oid
 """
 COLUMNS_SQL = (
@@ -93,7 +100,8 @@ class Scorer:
     """
 
     __slots__ = ("name", "model_name", "entity_oid", "entity", "key", "key_name", "key_type", "score",
-                 "model_id", "scored_at", "score_name", "model_id_name", "scored_at_name", "score_table", "features", "score_on_insert", "mode", "events",
+                 "model_id", "scored_at", "score_name", "model_id_name", "scored_at_name", "score_table",
+                 "lock_hook", "write_hook", "features", "score_on_insert", "mode", "events",
                  "columns", "declared", "stamp", "plan_cache")
 
     def __init__(self, row: Any, events: list[Events], columns: dict[str, str], declared: dict[str, str],
@@ -115,6 +123,9 @@ class Scorer:
         self.model_id = quoted(row["model_id_column"])
         self.scored_at = quoted(row["scored_at_column"])
         self.score_table = None if self.score is not None else f"{SCORE_SCHEMA}.{quote_ident(self.name)}"
+        # The entity's writes run as its owner, in functions attach created (scoring._create_scorer_hooks).
+        self.lock_hook = f"{HOOK_SCHEMA}.{quote_ident(self.name + '_lock')}"
+        self.write_hook = f"{HOOK_SCHEMA}.{quote_ident(self.name + '_write')}"
         self.features = list(row["features"])
         self.score_on_insert = bool(row["score_on_insert"])
         self.mode = row["mode"]
