@@ -19,7 +19,7 @@ then the scorer is read again.
 from __future__ import annotations
 
 from . import plans
-from .errors import UNDEFINED_OBJECT, ScoringError
+from .errors import INSUFFICIENT_PRIVILEGE, UNDEFINED_OBJECT, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -59,11 +59,11 @@ SELECT e.scorer, e.model_name, e.entity::oid AS entity_oid,
 EVENTS_SQL = """
 SELECT v.events::oid AS events_oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS events,
-       v.key_column, v.counter_column
+       v.key_column, v.counter_column, c.relkind IN ('r', 'p') AND NOT c.relrowsecurity AS usable
   FROM scoring.scorer_events v
   JOIN pg_catalog.pg_class c ON c.oid = v.events
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE v.scorer = $1 AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+ WHERE v.scorer = $1
  ORDER BY v.events::oid
 """
 COLUMNS_SQL = (
@@ -163,10 +163,17 @@ def get(plpy: Any, cache: dict, name: str) -> Scorer:
     known = cache.setdefault("pgscore.scorers", {})
     scorer = known.get(name)
     if scorer is None or scorer.stamp != row["stamp"]:
+        event_rows = plans.run(plpy, cache, EVENTS_SQL, ["text"], [name])
+        unusable = [r["events"] for r in event_rows if not r["usable"]]
+        if unusable:
+            raise ScoringError(
+                f"scorer {name!r} cannot read its events from {unusable[0]}: it is not a table, or it has row-level"
+                " security (its policies would run as scoring_owner)", sqlstate=INSUFFICIENT_PRIVILEGE,
+                hint=f"disable row-level security on it, or detach the scorer: SELECT scoring.detach('{name}')")
         events = [Events(r["events_oid"], r["events"], plpy.quote_ident(r["key_column"]),
                          None if r["counter_column"] is None else plpy.quote_ident(r["counter_column"]),
                          r["counter_column"])
-                  for r in plans.run(plpy, cache, EVENTS_SQL, ["text"], [name])]
+                  for r in event_rows]
         column_rows = plans.run(plpy, cache, COLUMNS_SQL, ["oid"], [row["entity_oid"]])
         columns = {r["name"]: r["type"] for r in column_rows}
         declared = {r["name"]: r["declared"] for r in column_rows}
@@ -184,6 +191,12 @@ def of_model(plpy: Any, cache: dict, model_name: str) -> Scorer:
 
 def unknown_scorer(plpy: Any, cache: dict, name: str) -> ScoringError:
     names = [r["scorer"] for r in plans.run(plpy, cache, "SELECT scorer FROM scoring.scorer_entities ORDER BY 1")]
+    if name in names:
+        return ScoringError(
+            f"scorer {name!r} cannot be used: its entity or an event table is gone, is not a table, has row-level"
+            " security (its policies would run as scoring_owner), or its key is no longer of the type attached",
+            sqlstate=UNDEFINED_OBJECT,
+            hint=f"see SELECT * FROM scoring.scorers WHERE scorer = '{name}'; detach it or attach it again")
     known = f"scorers: {', '.join(names[:10])}" if names else "no scorer is attached yet"
     return ScoringError(
         f"no scorer named {name!r}", sqlstate=UNDEFINED_OBJECT,
