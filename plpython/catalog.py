@@ -115,14 +115,6 @@ def select_list(
     return ", ".join(items)
 
 
-def plain_row(feature_names: Sequence[str], columns: Mapping[str, str], row: Mapping[str, Any]) -> dict[str, Any]:
-    """The features of a row PL/Python passed (a trigger's NEW) as
-    :func:`select_list` would read them: numeric (a Decimal) as float8."""
-    floats = NUMBER_TYPES - INTEGER_TYPES
-    return {name: float(row[name]) if row[name] is not None and columns[name] in floats else row[name]
-            for name in feature_names}
-
-
 # Text features of batch reads arrive as one string per column joined by
 # this separator: string_agg and one str.split cost 1M profiles ~0.7 s less
 # than array_agg and a list of strings from PL/Python.

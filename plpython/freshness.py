@@ -65,8 +65,16 @@ def on_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
     rows = plpy.execute(
         f"SELECT k, sum(d)::int AS n FROM ({' UNION ALL '.join(parts)}) x"
         " WHERE k IS NOT NULL GROUP BY k HAVING sum(d) <> 0 ORDER BY k")
-    if rows.nrows():
-        apply(plpy, cache, scorer, events.counter, [r["k"] for r in rows], [r["n"] for r in rows])
+    if not rows.nrows():
+        return None
+    keys = [r["k"] for r in rows]
+    if event == "UPDATE" and events.counter is not None:
+        # A move: the counters of the keys involved are counted again, which
+        # stays exact when the entity's key itself changed and its events
+        # followed (ON UPDATE CASCADE: the counter moved with the row).
+        recount(plpy, cache, scorer, events, keys)
+    else:
+        apply(plpy, cache, scorer, events.counter, keys, [r["n"] for r in rows])
     return None
 
 
@@ -77,16 +85,25 @@ def _events_truncated(plpy: Any, cache: dict, scorer: scorers.Scorer, events: sc
     return None
 
 
-def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Events) -> int:
+def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Events,
+            keys: Sequence[Any] | None = None) -> int:
     """Sets the counter ``events`` keeps to its number of event rows wherever
-    it differs (attach_events on tables with rows, TRUNCATE), rescoring those
-    rows. Returns how many counters moved."""
+    it differs (attach_events on tables with rows, TRUNCATE; only for
+    ``keys`` when given: moves, new entity rows), rescoring those rows.
+    Returns how many counters moved. The entity's rows are locked (in key
+    order) before they are counted, so that the count and the write agree."""
     if events.counter is None:
         return 0
-    rows = plpy.execute(
+    key_array = f"{scorer.key_type}[]"
+    if keys is not None:
+        plans.run(plpy, cache, f"SELECT {scorer.lock_hook}($1::{key_array})", [key_array], [list(keys)])
+    only = "" if keys is None else f" AND p.{scorer.key} = ANY($1::{key_array})"
+    only_events = "" if keys is None else f" WHERE e.{events.key} = ANY($1::{key_array})"
+    rows = plans.run(plpy, cache,
         f"SELECT p.{scorer.key} AS k, (coalesce(c.n, 0) - p.{events.counter})::int AS d FROM {scorer.entity} p"
-        f" LEFT JOIN (SELECT e.{events.key} AS k, count(*) AS n FROM {events.table} e GROUP BY 1) c"
-        f" ON c.k = p.{scorer.key} WHERE coalesce(c.n, 0) IS DISTINCT FROM p.{events.counter} ORDER BY 1")
+        f" LEFT JOIN (SELECT e.{events.key} AS k, count(*) AS n FROM {events.table} e{only_events} GROUP BY 1) c"
+        f" ON c.k = p.{scorer.key} WHERE coalesce(c.n, 0) IS DISTINCT FROM p.{events.counter}{only} ORDER BY 1",
+        [key_array] if keys is not None else [], [list(keys)] if keys is not None else [])
     if rows.nrows():
         apply(plpy, cache, scorer, events.counter, [r["k"] for r in rows], [r["d"] for r in rows])
     return rows.nrows()
@@ -94,12 +111,16 @@ def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Even
 
 def _on_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, td: dict, event: str) -> str | None:
     if event == "UPDATE" and td["level"] == "ROW":
-        return row_updated(plpy, cache, scorer, td["old"], td["new"], before=td["when"] == "BEFORE")
+        return row_updated(plpy, cache, scorer, td["old"], td["new"])
     if event == "UPDATE":
         _rows_updated(plpy, cache, scorer)
     elif event == "INSERT":
+        # New rows (the scorer scores them): their counters count the events
+        # there are already (events without a foreign key may come first).
         keys = [r["k"] for r in plpy.execute(f"SELECT e.{scorer.key} AS k FROM {NEW_ROWS} e ORDER BY 1")]
         if keys:
+            for events in scorer.events:
+                recount(plpy, cache, scorer, events, keys)
             apply(plpy, cache, scorer, None, keys, [0] * len(keys))
     elif event == "DELETE" and scorer.narrow:
         plpy.execute(f"DELETE FROM {scorer.score_table} s USING {OLD_ROWS} e WHERE s.{scorer.key} = e.{scorer.key}")
@@ -180,47 +201,25 @@ def count(plpy: Any, cache: dict, scorer: scorers.Scorer) -> int:
     return plans.run(plpy, cache, f"SELECT count(*) AS n FROM {scorer.entity}")[0]["n"]
 
 
-def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: dict, before: bool) -> str | None:
-    """One entity row an UPDATE changed: rescored when a feature of the active
-    model changed. BEFORE (score columns): the scores go into the row being
-    written ("MODIFY"). AFTER (narrow table): the key is noted, and the
-    statement's trigger rescores all noted keys at once, in key order
-    (:func:`_rows_updated`), as every other writer of score rows does."""
-    model, load_failure, active_id = _active(plpy, cache, scorer)
-    if model is None and load_failure is None:
+def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: dict) -> None:
+    """One entity row an UPDATE changed (AFTER ROW: as stored, after the
+    table's own BEFORE triggers and generated columns): its key is noted when
+    a feature of the active model changed (or, for the narrow table, the key
+    itself), and the statement's trigger rescores all noted keys at once, in
+    key order (:func:`_rows_updated`), as every other writer does."""
+    active = registry.active_model_id(plpy, cache, scorer.model_name)
+    if active is None:
         return None
+    model = registry.cached(cache, active[0], active[1], active[2])
     names = model.feature_names if model is not None else scorer.features
     moved = scorer.narrow and old[scorer.key_name] != new[scorer.key_name]
     if not moved and all(old.get(name) == new.get(name) for name in names):
         return None
-    key = new[scorer.key_name]
-    if not before:
-        noted = cache.setdefault("pgscore.updated_keys", {}).setdefault(scorer.name, ([], []))
-        noted[0].append(key)
-        if moved:
-            noted[1].append(old[scorer.key_name])
-        return None
-    failure = load_failure
-    score = None
-    if model is not None:
-        try:
-            row = catalog.plain_row(model.feature_names, scorer.columns, new)
-            score = model.predict_one([row[name] for name in model.feature_names])
-        except ScoringError as exc:
-            failure = exc
-    if failure is not None:
-        if settings.on_error(plpy, cache) == "raise":
-            raise failure
-        trigger._record(plpy, cache, model.model_id if model is not None else active_id, {key: failure},
-                        scorer.name)
-    if score is None:
-        return None
-    new[scorer.score_name] = score
-    if scorer.model_id is not None:
-        new[scorer.model_id_name] = model.model_id
-    if scorer.scored_at is not None:
-        new[scorer.scored_at_name] = plans.run(plpy, cache, "SELECT now() AS t")[0]["t"]
-    return "MODIFY"
+    noted = cache.setdefault("pgscore.updated_keys", {}).setdefault(scorer.name, ([], []))
+    noted[0].append(new[scorer.key_name])
+    if moved:
+        noted[1].append(old[scorer.key_name])
+    return None
 
 
 def _rows_updated(plpy: Any, cache: dict, scorer: scorers.Scorer) -> None:

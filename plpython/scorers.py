@@ -41,6 +41,14 @@ SELECT e.scorer, e.model_name, e.entity::oid AS entity_oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS entity,
        e.key_column, e.key_type, e.score_column, e.model_id_column, e.scored_at_column,
        e.features, e.score_on_insert, e.mode,
+       -- The hooks run as the entity's owner: never as anyone else (the owner
+       -- may alter them; made to run as their caller, they would run as scoring_owner).
+       (SELECT pg_catalog.bool_and(coalesce(p.prosecdef AND p.proowner = c.relowner, false))
+          FROM pg_catalog.unnest(ARRAY[
+                   pg_catalog.to_regprocedure(pg_catalog.format('scoring_hooks.%I(%s[])', e.scorer || '_lock', e.key_type)),
+                   pg_catalog.to_regprocedure(pg_catalog.format('scoring_hooks.%I(%s[], integer[], double precision[], bigint, text)',
+                                                     e.scorer || '_write', e.key_type))]) AS h(oid)
+          LEFT JOIN pg_catalog.pg_proc p ON p.oid = h.oid) AS hooks_run_as_owner,
        e.xmin::text || ':' || c.xmin::text || ':' || coalesce(
            (SELECT pg_catalog.string_agg(v.xmin::text || '/' || v.events::oid::text || '/' || ec.xmin::text, ',' ORDER BY v.events::oid)
               FROM scoring.scorer_events v JOIN pg_catalog.pg_class ec ON ec.oid = v.events
@@ -160,6 +168,12 @@ def get(plpy: Any, cache: dict, name: str) -> Scorer:
     if not rows.nrows():
         raise unknown_scorer(plpy, cache, name)
     row = rows[0]
+    if not row["hooks_run_as_owner"]:
+        raise ScoringError(
+            f"scorer {name!r}: its functions scoring_hooks.{name}_lock and _write are missing, or no longer run"
+            " as the owner of its entity (SECURITY DEFINER, owned by the table's owner); pgscore will not call them",
+            sqlstate=INSUFFICIENT_PRIVILEGE,
+            hint=f"the entity's owner can write them again: SELECT scoring._create_scorer_triggers('{name}')")
     known = cache.setdefault("pgscore.scorers", {})
     scorer = known.get(name)
     if scorer is None or scorer.stamp != row["stamp"]:

@@ -197,11 +197,14 @@ BEGIN
     -- parameters go by number (a column may have any name), and unnest of
     -- several arrays is FROM-clause syntax, which takes no schema.
     v_owner := (SELECT c.relowner::regrole FROM pg_catalog.pg_class c WHERE c.oid = s.entity);
-    v_run := 'EXECUTE pg_catalog.format(%L, ' || s.entity::oid || '::pg_catalog.oid::pg_catalog.regclass) USING $1, $2, $3, $4;';
+    -- A statement on the entity, named by its oid when it runs, with the
+    -- hook's arguments: '<verb> <table> p <rest>' (the parts as literals).
+    v_run := 'EXECUTE %L || (' || s.entity::oid || '::pg_catalog.oid::pg_catalog.regclass)::pg_catalog.text || %L'
+             ' USING $1, $2, $3, $4;';
     EXECUTE format($f$CREATE OR REPLACE FUNCTION %s(keys %s[]) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
                       SET search_path = pg_catalog, pg_temp AS %L$f$, v_hooks[1], s.key_type,
-                   'BEGIN ' || format(pg_catalog.replace(v_run, ' USING $1, $2, $3, $4', ' USING $1'),
-                                      format('SELECT FROM %%s p WHERE p.%I = ANY ($1) ORDER BY p.%I FOR NO KEY UPDATE OF p',
+                   'BEGIN ' || format(pg_catalog.replace(v_run, ' USING $1, $2, $3, $4', ' USING $1'), 'SELECT FROM ',
+                                      format(' p WHERE p.%I = ANY ($1) ORDER BY p.%I FOR NO KEY UPDATE OF p',
                                              s.key_column, s.key_column)) || ' END');
     IF s.score_column IS NOT NULL THEN
         v_sets := format('%1$I = coalesce(u.score, p.%1$I)', s.score_column);
@@ -214,10 +217,10 @@ BEGIN
         END IF;
     END IF;
     SELECT pg_catalog.string_agg(format(' ELSIF $5 = %L THEN ', c.counter_column)
-                                 || format(v_run, format('UPDATE %%s p SET %I = p.%I + u.n%s FROM unnest($1, $2, $3)'
-                                                         ' AS u(k, n, score) WHERE p.%I = u.k',
-                                                         c.counter_column, c.counter_column,
-                                                         coalesce(', ' || v_sets, ''), s.key_column)),
+                                 || format(v_run, 'UPDATE ', format(' p SET %I = p.%I + u.n%s FROM unnest($1, $2, $3)'
+                                                                   ' AS u(k, n, score) WHERE p.%I = u.k',
+                                                                   c.counter_column, c.counter_column,
+                                                                   coalesce(', ' || v_sets, ''), s.key_column)),
                                  '' ORDER BY c.counter_column)
       INTO v_counters
       FROM scoring.scorer_events c WHERE c.scorer = s.scorer AND c.counter_column IS NOT NULL;
@@ -226,8 +229,9 @@ BEGIN
                       SET search_path = pg_catalog, pg_temp AS %L$f$, v_hooks[2], s.key_type,
                    format('BEGIN IF $5 IS NULL THEN %s%s ELSE RAISE EXCEPTION ''no counter %%'', $5; END IF; END',
                           CASE WHEN v_sets IS NULL THEN 'NULL;'
-                               ELSE format(v_run, format('UPDATE %%s p SET %s FROM unnest($1, $2, $3)'
-                                                         ' AS u(k, n, score) WHERE p.%I = u.k', v_sets, s.key_column)) END,
+                               ELSE format(v_run, 'UPDATE ', format(' p SET %s FROM unnest($1, $2, $3)'
+                                                                   ' AS u(k, n, score) WHERE p.%I = u.k',
+                                                                   v_sets, s.key_column)) END,
                           coalesce(v_counters, '')));
     FOR t IN SELECT pg_catalog.unnest(ARRAY[format('%s(%s[])', v_hooks[1], s.key_type),
                                             format('%s(%s[], integer[], double precision[], bigint, text)',
@@ -243,12 +247,11 @@ BEGIN
       FROM pg_catalog.unnest(s.features || CASE WHEN s.score_column IS NULL THEN ARRAY[s.key_column] ELSE '{}' END) f
      WHERE f NOT IN (SELECT c.counter_column FROM scoring.scorer_events c
                       WHERE c.scorer = s.scorer AND c.counter_column IS NOT NULL);
-    IF v_update_of IS NOT NULL AND s.score_column IS NOT NULL THEN
-        -- Score columns: set in the row being written.
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION %s',
-                       v_prefix || 'features', v_update_of, s.entity, v_function);
-    ELSIF v_update_of IS NOT NULL THEN
-        -- The narrow table: each changed row's key noted, then all of them rescored in key order.
+    IF v_update_of IS NOT NULL THEN
+        -- Each changed row's key noted (after every BEFORE trigger of the
+        -- table and its generated columns), then all of them rescored in key
+        -- order at the end of the statement. The scores' own UPDATE names
+        -- none of these columns: it fires neither.
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION %s',
                        v_prefix || 'features', v_update_of, s.entity, v_function);
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
@@ -358,6 +361,11 @@ BEGIN
                       HINT = 'a score column is double precision, a model_id column bigint, a scored_at column timestamptz';
         END IF;
     END LOOP;
+    IF score_column IS NULL AND key IN ('score', 'model_id', 'scored_at') THEN
+        RAISE EXCEPTION 'key % is also a column of pgscore''s narrow score table', pg_catalog.quote_ident(key)
+            USING ERRCODE = 'duplicate_column',
+                  HINT = 'name a score_column to keep the scores in the entity, or use another key column';
+    END IF;
     IF key = ANY (v_scores) THEN
         RAISE EXCEPTION 'the key % cannot hold scores', pg_catalog.quote_ident(key) USING ERRCODE = 'invalid_parameter_value',
               HINT = 'name other columns for the score';
@@ -508,6 +516,7 @@ DECLARE
     v record;
     v_still text[];
     v_gone text[];
+    v_events scoring.scorer_events[];
 BEGIN
     SELECT * INTO s FROM scoring.scorer_entities e WHERE e.scorer = detach.scorer;
     IF s.scorer IS NULL THEN
@@ -518,6 +527,7 @@ BEGIN
     FOR v IN SELECT * FROM scoring.scorer_events c WHERE c.scorer = s.scorer LOOP
         PERFORM scoring._require_owner(v.events, 'detach the scorers it drives');
     END LOOP;
+    v_events := ARRAY(SELECT c FROM scoring.scorer_events c WHERE c.scorer = s.scorer);
     DELETE FROM scoring.scorer_entities e WHERE e.scorer = s.scorer;  -- and its events (ON DELETE CASCADE)
     PERFORM scoring._create_scorer_triggers(scorer);  -- drops them all: the scorer is gone
     IF scorer = 'churn' THEN
@@ -541,6 +551,14 @@ BEGIN
                        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(v_gone) c),
                        s.entity);
     END IF;
+    -- ... and the events' keys no other scorer reads.
+    FOR v IN SELECT c.events, c.key_column FROM pg_catalog.unnest(v_events) c
+              WHERE NOT EXISTS (SELECT FROM scoring.scorer_events o WHERE o.events = c.events AND o.key_column = c.key_column)
+                AND EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.events AND a.attname = c.key_column
+                              AND NOT a.attisdropped)
+    LOOP
+        EXECUTE format('REVOKE SELECT (%I) ON %s FROM scoring_owner', v.key_column, v.events);
+    END LOOP;
     RETURN format('scorer %s detached from %s; its tables and their data are unchanged', scorer, s.entity);
 END
 $$;
@@ -688,6 +706,7 @@ BEGIN
     END LOOP;
 END
 $$;
+REVOKE ALL ON FUNCTION scoring_trusted.columns_in_use() FROM PUBLIC;  -- an event trigger needs no grant
 COMMENT ON FUNCTION scoring_trusted.columns_in_use() IS 'internal: refuses dropping or renaming a column a scorer uses';
 
 -- Named to fire before scoring_profiles_altered (event triggers fire in name
