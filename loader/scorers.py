@@ -170,8 +170,11 @@ def detach(dsn: str | None, scorer: str) -> str:
 
 def list_scorers(dsn: str | None = None) -> list[dict]:
     """Every row of the view ``scoring.scorers``, by scorer name; ``entity``,
-    ``score_table`` (regclass) come as text."""
-    with connect(dsn) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+    ``score_table`` (regclass) come as text, and they and the tables in
+    ``events`` are schema-qualified (``public.customer_profiles``)."""
+    with connect(dsn) as conn, conn.transaction(), conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        # A regclass prints its schema unless the search_path finds it: read with none.
+        cur.execute("SET LOCAL search_path = pg_catalog, pg_temp")
         cur.execute(
             "SELECT scorer, model_name, entity::text AS entity, key_column, key_type, score_target, score_column,"
             " model_id_column, scored_at_column, score_table::text AS score_table, features, score_on_insert, mode,"

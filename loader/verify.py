@@ -104,7 +104,7 @@ def database_scores(conn: psycopg.Connection, model_id: int, keys: Sequence[Any]
         rows = conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s::bigint[])",
                             [model_id, list(keys)]).fetchall()
     else:
-        rows = conn.execute("SELECT key, score FROM scoring.score_keys_with_model(%s, %s, %s::text[])",
+        rows = conn.execute("SELECT key, score FROM scoring.score_keys_with_model(%s::bigint, %s::text, %s::text[])",
                             [model_id, entity.scorer, [key_text(key) for key in keys]]).fetchall()
     return {key_text(key): score for key, score in rows}
 

@@ -120,12 +120,39 @@ def test_attach_with_events_is_one_transaction_and_errors_are_one_line(plans, ca
     assert [row["scorer"] for row in list_scorers(dsn)] == ["churn"]  # attach itself was rolled back too
 
     status, _, err = run_cli(capsys, "attach", "plan_risk", "--entity", '"CRM".plans', "--key", "PlanID", "--dsn", dsn)
-    assert status == 1 and '"CRM".plans' in one_line_error(err)  # unquoted, the name is another table
+    assert status == 1 and '"CRM.plans" does not exist' in one_line_error(err)  # plans unquoted: another table
     status, _, err = run_cli(capsys, "detach", "no_such_scorer", "--dsn", dsn)
     assert status == 1 and "no_such_scorer" in one_line_error(err)
+    with pytest.raises(SystemExit) as usage:  # a usage error, before any connection: argparse exits with 2
+        cli.main(["attach", "plan_risk", "--entity", PLANS, "--key", "PlanID", "--events", "just_a_table", "--dsn", dsn])
+    assert usage.value.code == 2 and "'just_a_table' is not TABLE:KEYCOLUMN" in capsys.readouterr().err
+
+
+def test_attach_and_detach_run_as_the_tables_owner(plans, capsys):
+    """Not as the role pgscore's other commands run in: the owner of the
+    tables (here a login role that is no superuser) may attach and detach,
+    any other role is refused in one line."""
+    owner = plans.users["app"]
+    with plans.connect() as admin:
+        # The schema's owner lets the owner of the tables and pgscore's owner role in (attach says so otherwise).
+        admin.execute(f'GRANT USAGE ON SCHEMA "CRM" TO {owner}, {plans.users["analyst"]}, scoring_owner')
+        admin.execute(f'ALTER TABLE "CRM"."Plans" OWNER TO {owner}')
+        admin.execute(f'ALTER TABLE "CRM".calls OWNER TO {owner}')
     status, _, err = run_cli(capsys, "attach", "plan_risk", "--entity", PLANS, "--key", "PlanID",
-                             "--events", "just_a_table", "--dsn", dsn)
-    assert status == 2 and "TABLE:KEYCOLUMN" in err  # a usage error, before any connection
+                             "--dsn", plans.dsn("analyst"))
+    assert status == 1 and "owner" in one_line_error(err)
+    status, out, err = run_cli(capsys, "attach", "plan_risk", "--entity", PLANS, "--key", "PlanID",
+                               "--score-column", "Score", "--events", '"CRM".calls:PlanID:CallCount',
+                               "--dsn", plans.dsn("app"))
+    assert status == 0 and len(out.splitlines()) == 2, err
+    with plans.connect("app") as app:
+        app.execute('INSERT INTO "CRM".calls ("PlanID") VALUES (3), (3)')
+        assert app.execute('SELECT "CallCount" FROM "CRM"."Plans" WHERE "PlanID" = 3').fetchone()[0] == 2
+    status, _, err = run_cli(capsys, "detach", "plan_risk", "--dsn", plans.dsn("analyst"))
+    assert status == 1 and "owner" in one_line_error(err)
+    status, _, err = run_cli(capsys, "detach", "plan_risk", "--dsn", plans.dsn("app"))
+    assert status == 0, err
+    assert [row["scorer"] for row in list_scorers(plans.dsn("analyst"))] == ["churn"]
 
 
 def test_push_refuses_a_model_name_no_scorer_scores_with(db, model_files, capsys):
