@@ -242,9 +242,13 @@ def test_push_checks_and_test_scores_on_the_scorers_own_table(db, key_type, caps
         push_model(db.dsn("loader"), shoes, name="crm_churn")
     assert model_count(db) == 0
 
+    # A second scorer with the same model name, into pgscore's own table: push test-scores for both.
+    status, _, err = run_cli(capsys, "attach", "crm_narrow", "--entity", SUBSCRIBERS, "--key", "SubscriberID",
+                             "--model", "crm_churn", "--dsn", db.dsn())
+    assert status == 0, err
     result = push_model(db.dsn("loader"), model, name="crm_churn", activate=True)
-    assert result.scored_tables == [SUBSCRIBERS]
-    assert result.sample_size == N_SUBSCRIBERS and result.max_abs_diff <= PARITY_TOLERANCE
+    assert result.scored_tables == [SUBSCRIBERS, SUBSCRIBERS]
+    assert result.sample_size == 2 * N_SUBSCRIBERS and result.max_abs_diff <= PARITY_TOLERANCE
     assert result.scoring_path in ("sql", "compiled"), result.path_note
 
     keys = [str(KEYS[key_type](i)) for i in range(0, N_SUBSCRIBERS, 7)]
@@ -254,5 +258,10 @@ def test_push_checks_and_test_scores_on_the_scorers_own_table(db, key_type, caps
     assert [key for key, _ in scored] == keys
     assert max(abs(score - expected[key]) for key, score in scored) <= PARITY_TOLERANCE
 
+    with db.connect("analyst") as analyst:
+        narrow = analyst.execute("SELECT key, score FROM scoring.score_keys('crm_narrow', %s::text[])",
+                                 [keys]).fetchall()
+    assert narrow == scored
+
     status, out, err = run_cli(capsys, "scorers", "--dsn", db.dsn("loader"))
-    assert status == 0 and f"crm_churn v{result.version} (model_id {result.model_id})" in out, err
+    assert status == 0 and out.count(f"crm_churn v{result.version} (model_id {result.model_id})") == 2, err
