@@ -343,7 +343,7 @@ def push_model(
                                             checks, entity)
             if activate:
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
-    where = " or ".join(scored.table for scored in entities)
+    where = " or ".join(dict.fromkeys(scored.table for scored in entities))
     notes = [] if tested else [f"no rows in {where} to test-score the model on; it was checked for loading only"]
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
                       [scored.table for scored in entities])
