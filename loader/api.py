@@ -9,7 +9,8 @@ errors (:mod:`pgscore.errors`, each a ``PgscoreError``); what the database
 refuses raises psycopg's class for that SQLSTATE (``psycopg.errors.*``).
 
 The work itself is done where each function lives: pushing, checking and
-activating models in :mod:`pgscore.models`, approvals of pickles in
+activating models in :mod:`pgscore.models`, scorers (a model name bound to
+a table of your own: attach, detach, list) in :mod:`pgscore.scorers`, approvals of pickles in
 :mod:`pgscore.approvals`, migrations in :mod:`pgscore.migrate`. The
 development tools (a local server, the demo, synthetic data) are in
 :mod:`pgscore.dev`, the benchmark in :mod:`pgscore.bench`.
@@ -26,9 +27,11 @@ from .approvals import approve, list_approvals, revoke
 from .connection import connect
 from .migrate import migrate
 from .models import SCORING_PATHS, PushResult, activate, export_sql, list_models, push_model, rollback
+from .scorers import attach, detach, list_scorers
 
-__all__ = ["SCORING_PATHS", "PushResult", "activate", "approve", "export_sql", "list_approvals", "list_models", "migrate",
-           "push_model", "rescore", "revoke", "rollback", "runtime_info", "score"]
+__all__ = ["SCORING_PATHS", "PushResult", "activate", "approve", "attach", "detach", "export_sql", "list_approvals",
+           "list_models", "list_scorers", "migrate", "push_model", "rescore", "revoke", "rollback", "runtime_info",
+           "score"]
 
 # The NOTICE scoring.rescore sends after each committed batch.
 RESCORE_PROGRESS = re.compile(r"pgscore rescore: (\d+)/(\d+) profiles")

@@ -117,10 +117,47 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("migrate", cmd_migrate, "alembic upgrade head on the target database")
 
+    attach = command("attach", cmd_attach,
+                     "bind a scorer to a table of yours, whose scores then follow every change of its rows and "
+                     "events (as the table's owner or a superuser)")
+    attach.add_argument("scorer", help="the scorer's name: a lowercase letter, then up to 39 lowercase letters, "
+                                       "digits or underscores")
+    attach.add_argument("--entity", required=True, metavar="TABLE",
+                        help="the table with one row per scored thing, as SQL names it "
+                             "(e.g. '\"CRM\".\"Subscribers\"' or public.customer_profiles)")
+    attach.add_argument("--key", required=True, metavar="COLUMN",
+                        help="its key column (bigint, integer, text or uuid), spelled as it is, without quotes")
+    attach.add_argument("--score-column", metavar="COLUMN",
+                        help="write the score into this column of TABLE (default: into pgscore's own table "
+                             "scoring_scores.SCORER, so that TABLE is never written)")
+    attach.add_argument("--model-id-column", metavar="COLUMN",
+                        help="with --score-column: a column for the model_id that produced the score")
+    attach.add_argument("--scored-at-column", metavar="COLUMN",
+                        help="with --score-column: a column for when the score was written")
+    attach.add_argument("--model", metavar="NAME", help="the model name it scores with (default: SCORER)")
+    attach.add_argument("--features", metavar="A,B,C", type=_column_list,
+                        help="the columns a model may read, comma-separated (default: every column of a "
+                             "supported type but the key and score columns)")
+    attach.add_argument("--no-score-on-insert", dest="score_on_insert", action="store_false",
+                        help="do not score a row when it is inserted (only when it or its events change)")
+    attach.add_argument("--events", nargs="+", action="extend", default=[], type=_event_source,
+                        metavar="TABLE:KEYCOLUMN[:COUNTER]",
+                        help="an event table whose rows rescore the entity they name in KEYCOLUMN; COUNTER, a "
+                             "column of the entity kept equal to its number of event rows (a name holding ':' "
+                             "goes in double quotes)")
+
+    detach = command("detach", cmd_detach,
+                     "remove a scorer's triggers, functions and score table; your tables and columns stay")
+    detach.add_argument("scorer")
+
+    command("scorers", cmd_scorers, "list the scorers: tables, key, where scores go, events, active model")
+
     push = command("push", cmd_push, "validate, upload and test-score a model")
     push.add_argument("file", help="a fitted scikit-learn classifier saved with skops.io.dump (.skops) or joblib.dump "
                                    "(.joblib: a pickle, unpickled in a child process without database credentials)")
-    push.add_argument("--name", required=True, help="model name, e.g. churn")
+    push.add_argument("--name", required=True,
+                      help="model name, e.g. churn: the scorers that score with it (pgscore scorers) give the tables "
+                           "whose columns its features must be and whose rows it is test-scored on")
     push.add_argument("--activate", action="store_true", help="make it the active version")
     push.add_argument("--note", help="free text kept with the version")
     push.add_argument("--path", choices=api.SCORING_PATHS, default="auto",
@@ -157,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("version", type=int)
     export.add_argument("--function", help="function name in schema scoring (default: NAME_vVERSION_sql)")
 
-    rescore = command("rescore", cmd_rescore, "rescore every profile with the active model")
+    rescore = command("rescore", cmd_rescore, "rescore every row of a scorer (default churn) with its active model")
     rescore.add_argument("name", nargs="?", default="churn")
     rescore.add_argument("--batch-size", type=int, default=10000)
 
@@ -208,6 +245,29 @@ def cmd_migrate(args: argparse.Namespace) -> None:
           f"Python {info['python']}, scikit-learn {info['scikit-learn']}, numpy {info['numpy']}")
 
 
+def cmd_attach(args: argparse.Namespace) -> None:
+    lines = api.attach(args.dsn, args.scorer, args.entity, args.key, score_column=args.score_column,
+                       model_id_column=args.model_id_column, scored_at_column=args.scored_at_column,
+                       model_name=args.model, features=args.features, score_on_insert=args.score_on_insert,
+                       events=args.events)
+    for line in lines:
+        print(line)
+
+
+def cmd_detach(args: argparse.Namespace) -> None:
+    print(api.detach(args.dsn, args.scorer))
+
+
+def cmd_scorers(args: argparse.Namespace) -> None:
+    rows = api.list_scorers(args.dsn)
+    if not rows:
+        print("no scorers: attach one with pgscore attach SCORER --entity TABLE --key COLUMN")
+        return
+    print_table(["scorer", "entity", "key", "target", "events", "active model", "path"],
+                [[r["scorer"], r["entity"], f"{r['key_column']} ({r['key_type']})", _score_target(r),
+                  _events(r["events"]), _active_model(r), r["scoring_path"] or "-"] for r in rows])
+
+
 def cmd_push(args: argparse.Namespace) -> None:
     result = api.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
                             scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
@@ -215,7 +275,9 @@ def cmd_push(args: argparse.Namespace) -> None:
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
     print(f"stored as {args.format}; scoring path: {result.scoring_path} ({result.path_note})")
     if result.sample_size:
-        print(f"test-scored {result.sample_size} profiles in the database: max difference {result.max_abs_diff:.2g}")
+        rows = "profiles" if result.scored_tables == ["public.customer_profiles"] else \
+            "rows of " + ", ".join(result.scored_tables)
+        print(f"test-scored {result.sample_size} {rows} in the database: max difference {result.max_abs_diff:.2g}")
     for note in result.notes:
         print(f"note: {note}")
 
@@ -300,7 +362,66 @@ def cmd_bench(args: argparse.Namespace) -> None:
     run_bench(args.dsn, quick=args.quick, out=args.out, floors=args.floors)
 
 
+# -- arguments
+
+def _column_list(text: str) -> list[str]:
+    """--features a,b,c: column names as they are spelled (spaces around commas dropped)."""
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"empty column name in {text!r}: give names separated by commas")
+    return names
+
+
+def _event_source(text: str) -> tuple[str, str, str | None]:
+    """--events TABLE:KEYCOLUMN[:COUNTER]. TABLE is SQL's spelling (the server
+    resolves it); the columns are names as they are spelled, double-quoted
+    when they hold a ':' (and then with "" for a quote)."""
+    parts = _split_outside_quotes(text, ":")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not TABLE:KEYCOLUMN or TABLE:KEYCOLUMN:COUNTER")
+    table, key, *counter = parts
+    return table, _unquote(key), _unquote(counter[0]) if counter else None
+
+
+def _split_outside_quotes(text: str, separator: str) -> list[str]:
+    parts, current, quoted = [], [], False
+    for char in text:
+        if char == '"':
+            quoted = not quoted  # "" inside quotes toggles twice: the text is kept as it is
+        if char == separator and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return parts
+
+
+def _unquote(name: str) -> str:
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        return name[1:-1].replace('""', '"')
+    return name
+
+
 # -- output
+
+def _score_target(row: dict) -> str:
+    if row["score_target"] == "table":
+        return row["score_table"] or "-"
+    return ", ".join(c for c in (row["score_column"], row["model_id_column"], row["scored_at_column"]) if c)
+
+
+def _events(events: Any) -> str:
+    if not events:
+        return "-"
+    return "; ".join(f"{e['events']}({e['entity_key']})" + (f" -> {e['counter']}" if e.get("counter") else "")
+                     for e in events)
+
+
+def _active_model(row: dict) -> str:
+    if row["active_model_id"] is None:
+        return f"{row['model_name']}: none"
+    return f"{row['model_name']} v{row['active_version']} (model_id {row['active_model_id']})"
 
 def _metrics(metrics: Any) -> str:
     if not metrics:

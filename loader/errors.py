@@ -69,6 +69,14 @@ class ModelNotFound(PgscoreError, LookupError):
     sqlstate = UNDEFINED_OBJECT  # what the server raises for the same name (scoring.activate, score_many, ...)
 
 
+class ScorerNotFound(PushError, LookupError):
+    """No scorer scores with the model name being pushed (``scoring.scorers``):
+    push would not know which table's columns the features are; the message
+    says how to attach one."""
+
+    sqlstate = UNDEFINED_OBJECT
+
+
 class UnsupportedModel(PgscoreError):
     """The model cannot be compiled; ``reason`` says which part and why.
     Push then keeps it on the scikit-learn path (or refuses it, when the

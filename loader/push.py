@@ -1,12 +1,18 @@
 """pgscore push: a model file or estimator checked, uploaded, test-scored,
 given its scoring path and, if asked, activated.
 
+A model name is scored by the scorers whose ``model_name`` it is
+(``scoring.scorers``; the reference scorer ``churn`` scores public.customer_profiles):
+their entity tables are where its features must be columns, and whose real
+rows it is test-scored on.
+
 ``push_model`` refuses, with nothing written, anything the server could not
 score: a file that does not load, a model without ``predict_proba`` or
-feature names, features that are not profile columns, a model saved with
-library versions the server's runtime lacks, and a model whose scores in
-the database differ from its scores here (the parity checks are
-:mod:`pgscore.verify`; the scoring paths, pgscore_server.paths).
+feature names, a name no scorer scores with, features that are not columns
+of the scorers' entity tables, a model saved with library versions the
+server's runtime lacks, and a model whose scores in the database differ
+from its scores here (the parity checks are :mod:`pgscore.verify`; the
+scoring paths, pgscore_server.paths).
 """
 
 from __future__ import annotations
@@ -23,17 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from pgscore_server import approvals, features, formats, paths
 from pgscore_server import runtime as server_runtime
 from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE
 
-from . import check_rows, verify
+from . import check_rows, scorers, verify
 from .connection import connect
 from .errors import PushError
+from .scorers import Entity
 
-# Profiles test-scored in the database before a push is accepted.
+# Rows of each entity table test-scored in the database before a push is accepted.
 SAMPLE_SIZE = 200
 # push's --path: 'auto' (push chooses; pgscore_server.paths.SQL_PATH_MAX_CHARS) or one it forces.
 SCORING_PATHS = ("auto", *paths.PATHS)
@@ -51,6 +59,8 @@ class PushResult:
     scoring_path: str = "sklearn"
     path_note: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The entity tables whose rows it was test-scored on (one per scorer with this model name).
+    scored_tables: list[str] = field(default_factory=list)
 
 
 # What a model file must be, said whenever a file is not one.
@@ -209,7 +219,7 @@ def check_estimator(estimator: Any, origin: str) -> list[str]:
     if names is None:
         raise PushError(
             f"{origin} has no feature names: fit it on a pandas DataFrame whose columns are "
-            "columns of public.customer_profiles"
+            "columns of its scorer's entity table (public.customer_profiles for the scorer churn)"
         )
     return [str(name) for name in names]
 
@@ -253,7 +263,11 @@ def push_model(
     only trusted types) or 'joblib' (a pickle: loading it runs code; only on
     explicit request, and on the scikit-learn path the server loads it only
     once a superuser approved its sha256: ``pgscore approve``).
-    Raises PushError (nothing written) when the model is refused, and
+    The features must be columns of the entity table of every scorer whose
+    model name is ``name`` (``scoring.scorers``), and the model is
+    test-scored on real rows of each.
+    Raises PushError (nothing written) when the model is refused,
+    ScorerNotFound (a PushError) when no scorer scores with ``name``, and
     psycopg errors for connection or permission problems.
     """
     check_model_name(name)
@@ -287,14 +301,17 @@ def push_model(
         )
     digest = hashlib.sha256(blob).hexdigest()
     with connect(dsn) as conn:
-        columns = verify.profile_columns(conn)
-        unknown = [feature for feature in feature_names if feature not in columns]
-        if unknown:
-            raise PushError(
-                f"{origin} uses features that are not columns of public.customer_profiles: "
-                + ", ".join(unknown)
-                + "; train it on profile columns only"
-            )
+        entities = scorers.entities_for_model(conn, name)
+        for entity in entities:
+            columns = verify.entity_columns(conn, entity)
+            unknown = [feature for feature in feature_names if feature not in columns]
+            if unknown:
+                raise PushError(
+                    f"{origin} uses features that are not columns of {entity.table}: " + ", ".join(unknown)
+                    + f"; train it on columns of {entity.table} only (scorer {entity.scorer!r} scores with "
+                    f"model name {name!r} there)"
+                )
+            _require_read_access(conn, entity, feature_names)
         server = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
         server_problems = server_runtime.incompatibilities(saved, server)
         if server_problems:
@@ -304,7 +321,9 @@ def push_model(
                 + "; install the pinned runtime on the server (pgscore db start does; see README) "
                 "or re-save the model with the server's versions"
             )
-        compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin)
+        # The first scorer's rows check the compiled form and the SQL; every scorer's rows are test-scored.
+        entity = entities[0]
+        compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin, entity)
         if path == "sklearn":
             _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})", blob)
         with conn.transaction():
@@ -315,14 +334,40 @@ def push_model(
                 [name, format, blob, digest, feature_names, Jsonb(saved), compiled, path, path_note,
                  Jsonb(metrics or {}), note],
             ).fetchone()
-            tested, max_diff = _test_score(conn, estimator, model_id, feature_names, sample_size, origin)
+            results = [_test_score(conn, estimator, model_id, feature_names, sample_size, origin, scored)
+                       for scored in entities]
+            tested = sum(count for count, _ in results)
+            max_diff = max((diff for _, diff in results if diff is not None), default=None)
             if path == "compiled" and scoring_path in ("auto", "sql"):
                 path, path_note = _sql_path(conn, estimator, model_id, feature_names, scoring_path, origin, path_note,
-                                            checks)
+                                            checks, entity)
             if activate:
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
-    notes = [] if tested else ["no customer profiles to test-score the model on; it was checked for loading only"]
-    return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes)
+    where = " or ".join(dict.fromkeys(scored.table for scored in entities))
+    notes = [] if tested else [f"no rows in {where} to test-score the model on; it was checked for loading only"]
+    return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
+                      [scored.table for scored in entities])
+
+
+def _require_read_access(conn: psycopg.Connection, entity: Entity, feature_names: list[str]) -> None:
+    """Raises PushError unless this session may read the key and feature
+    columns of ``entity``: push reads its rows to check the model on them."""
+    wanted = list(dict.fromkeys([entity.key, *feature_names]))
+    role, schema_usage, flags = conn.execute(
+        "SELECT current_user::text, has_schema_privilege(%s, 'USAGE'),"
+        " array_agg(has_column_privilege(%s::regclass, c, 'SELECT') ORDER BY n)"
+        " FROM unnest(%s::text[]) WITH ORDINALITY AS t(c, n)", [entity.schema, entity.relation, wanted]).fetchone()
+    missing = [column for column, ok in zip(wanted, flags) if not ok]
+    if missing or not schema_usage:
+        grantee = sql.Identifier(role).as_string(conn)
+        grants = [] if schema_usage else [f"GRANT USAGE ON SCHEMA {sql.Identifier(entity.schema).as_string(conn)} "
+                                          f"TO {grantee}"]
+        columns = ", ".join(sql.Identifier(column).as_string(conn) for column in (missing or wanted))
+        if missing:
+            grants.append(f"GRANT SELECT ({columns}) ON {entity.table} TO {grantee}")
+        raise PushError(
+            f"role {role} may not read {columns} of {entity.table}, which push reads to test-score the model on "
+            f"real rows of scorer {entity.scorer!r}; as the table's owner: {'; '.join(grants)}")
 
 
 def _require_approval(conn: psycopg.Connection, fmt: str, digest: str, subject: str, blob: bytes) -> None:
@@ -360,12 +405,12 @@ def _skops_blob(estimator: Any, origin: str) -> bytes:
 
 
 def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str], wanted: str,
-             origin: str) -> tuple[bytes | None, str, str | None, check_rows.CheckRows | None]:
+             origin: str, entity: Entity) -> tuple[bytes | None, str, str | None, check_rows.CheckRows | None]:
     """(compiled bytes or None, scoring path, why, the rows it was checked on)
     for a model about to be pushed.
 
     The compiled form is used only if it matches predict_proba to
-    verify.PARITY_TOLERANCE on real profiles and on rows generated from the model
+    verify.PARITY_TOLERANCE on real rows of ``entity`` and on rows generated from the model
     (see :func:`pgscore.verify.check_rows_for`), and never when it was checked on no row at
     all. Raises PushError when 'compiled' was forced and is not possible.
     """
@@ -376,9 +421,9 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     forced = wanted in paths.COMPILED_PATHS  # a path that needs the compiled form
     try:
         compiled = compile_model(estimator)
-        checks = verify.check_rows_for(conn, compiled, feature_names)
+        checks = verify.check_rows_for(conn, compiled, feature_names, entity=entity)
         if not checks.total:
-            raise UnsupportedModel("no profile and no generated row to check the compiled form on")
+            raise UnsupportedModel(f"no row of {entity.table} and no generated row to check the compiled form on")
         edges = checks.edges
         worst = max(verify.batch_parity(estimator, compiled, checks.profiles) if checks.profiles else 0.0,
                     verify.batch_parity(estimator, compiled, edges) if edges else 0.0,
@@ -399,7 +444,8 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
 
 
 def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], wanted: str,
-              origin: str, compiled_note: str | None, checks: check_rows.CheckRows) -> tuple[str, str | None]:
+              origin: str, compiled_note: str | None, checks: check_rows.CheckRows,
+              entity: Entity) -> tuple[str, str | None]:
     """('sql', note) when the SQL the server generates for ``model_id`` equals
     predict_proba to verify.PARITY_TOLERANCE on the rows the compiled form was
     checked on (``checks``: its profiles, read again now, and the rows
@@ -419,11 +465,12 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
     if wanted == "auto" and len(expression) > paths.SQL_PATH_MAX_CHARS:
         return refuse(f"its SQL is {len(expression):,} characters (> {paths.SQL_PATH_MAX_CHARS:,}); "
                       "slower per statement than the compiled path")
-    # The profiles as they are now (a complaint may have changed one since the compiled check).
-    profiles = verify.fetch_feature_rows(conn, feature_names, [row["customer_id"] for row in checks.profiles])
-    in_sql = verify.sql_scores(conn, expression, [row["customer_id"] for row in profiles])
-    pairs = [(in_sql[row["customer_id"]], row) for row in profiles]
-    pairs += verify.sql_scores_of_rows(conn, expression, checks.edges)
+    # The rows as they are now (a complaint may have changed one since the compiled check).
+    keys = [row[entity.key] for row in checks.profiles]
+    profiles = verify.fetch_feature_rows(conn, feature_names, keys, entity)
+    in_sql = verify.sql_scores(conn, expression, [row[entity.key] for row in profiles], entity)
+    pairs = [(in_sql[verify.key_text(row[entity.key])], row) for row in profiles]
+    pairs += verify.sql_scores_of_rows(conn, expression, checks.edges, entity)
     worst = 0.0
     for (in_db, row), local in zip(pairs, verify.scores_one_by_one(estimator, [row for _, row in pairs], feature_names)):
         if (in_db is None) != (local is None):
@@ -440,23 +487,25 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
 
 
 def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], sample_size: int,
-                origin: str) -> tuple[int, float | None]:
-    """Scores a random sample of real profiles in the database and here; raises
-    PushError (rolling the push back) unless they agree to verify.PARITY_TOLERANCE."""
-    ids = verify.sample_ids(conn, sample_size)
+                origin: str, entity: Entity) -> tuple[int, float | None]:
+    """Scores a random sample of real rows of ``entity`` in the database and
+    here; raises PushError (rolling the push back) unless they agree to
+    verify.PARITY_TOLERANCE."""
+    ids = verify.sample_ids(conn, sample_size, entity)
     try:
-        in_db = verify.database_scores(conn, model_id, ids)
+        in_db = verify.database_scores(conn, model_id, ids, entity)
     except psycopg.Error as exc:
         raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
     if not ids:
         return 0, None
-    rows = verify.fetch_feature_rows(conn, feature_names, ids)
+    rows = verify.fetch_feature_rows(conn, feature_names, ids, entity)
     local = estimator.predict_proba(features.to_frame(rows, feature_names))[:, 1]
-    diffs = [abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local)]
+    diffs = [abs(in_db[verify.key_text(row[entity.key])] - float(p)) for row, p in zip(rows, local)]
     max_diff = max(diffs)
     if not math.isfinite(max_diff) or max_diff > verify.PARITY_TOLERANCE:
+        rows_of = "profiles" if entity.is_reference else f"rows of {entity.table}"
         raise PushError(
-            f"{origin} scores differently in the database (max difference {max_diff:.3g} over {len(ids)} profiles, "
+            f"{origin} scores differently in the database (max difference {max_diff:.3g} over {len(ids)} {rows_of}, "
             f"tolerance {verify.PARITY_TOLERANCE}); it was not pushed"
         )
     return len(ids), max_diff

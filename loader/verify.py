@@ -1,11 +1,14 @@
 """Parity: whether a model scores the same in the database, in its compiled
 form and in scikit-learn, to PARITY_TOLERANCE.
 
-pgscore push (pgscore.push) checks the compiled form on real profiles and on
-rows generated from the model (pgscore.check_rows) before it may be used,
-and the server's SQL on the same rows; ``export_sql`` checks the SQL it
-exports against the database's scores. Feature rows are read here exactly
-as the server reads them (pgscore_server.catalog).
+pgscore push (pgscore.push) checks the compiled form on real rows of the
+entity table of the model's scorer (public.customer_profiles for the
+reference scorer 'churn'; pgscore.scorers.Entity) and on rows generated
+from the model (pgscore.check_rows) before it may be used, and the
+server's SQL on the same rows; ``export_sql`` checks the SQL it exports
+against the database's scores. Feature rows are read here exactly as the
+server reads them (pgscore_server.catalog). Keys of any scorer's type are
+compared as text, as PostgreSQL prints them.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pgscore_server import catalog, features
 
 from . import check_rows
 from .connection import connect
+from .scorers import REFERENCE, Entity
 
 PARITY_TOLERANCE = 1e-9
 # Profiles the compiled form is checked on, locally, before it may be used.
@@ -37,52 +41,92 @@ class _Quoter:
         return sql.Identifier(name).as_string(self.conn)
 
 
+# The columns of a table: name, type, type with its modifier (as
+# pgscore_server.catalog.PROFILE_COLUMNS_SQL reads the profiles').
+COLUMNS_SQL = (
+    "SELECT attname::text AS name, format_type(atttypid, NULL) AS type,"
+    " format_type(atttypid, atttypmod) AS declared"
+    " FROM pg_catalog.pg_attribute"
+    " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped"
+    " ORDER BY attnum"
+)
+
+
+def _columns(conn: psycopg.Connection, entity: Entity) -> list[tuple[str, str, str]]:
+    return conn.execute(COLUMNS_SQL, [entity.relation]).fetchall()
+
+
+def entity_columns(conn: psycopg.Connection, entity: Entity = REFERENCE) -> dict[str, str]:
+    """Column name -> type name of a scorer's entity table."""
+    return {name: type_ for name, type_, _declared in _columns(conn, entity)}
+
+
 def profile_columns(conn: psycopg.Connection) -> dict[str, str]:
-    return {name: type_ for name, type_, _declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+    """Column name -> type name of public.customer_profiles."""
+    return entity_columns(conn, REFERENCE)
 
 
-def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], customer_ids: Sequence[int]) -> list[dict]:
-    """Feature rows read exactly as the server reads them, in ``customer_ids`` order."""
-    columns = profile_columns(conn)
+def key_text(key: Any) -> str:
+    """A key as PostgreSQL prints it: how keys of any type are compared here
+    (str of an int or a uuid.UUID is exactly that)."""
+    return str(key)
+
+
+def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], keys: Sequence[Any],
+                       entity: Entity = REFERENCE) -> list[dict]:
+    """Feature rows read exactly as the server reads them, in ``keys`` order,
+    each with its key under the key column's name (``customer_id`` for the
+    reference profiles); keys without a row are left out."""
+    columns = entity_columns(conn, entity)
     select_list = catalog.select_list(_Quoter(conn), feature_names, columns)
+    query = sql.SQL("SELECT p.{key}, {features} FROM {table} p WHERE p.{key} = ANY({keys}::{array})").format(
+        key=sql.Identifier(entity.key), features=sql.SQL(select_list), table=entity.identifier,
+        keys=sql.Placeholder(), array=entity.key_array)
     with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-        cur.execute(
-            f"SELECT p.customer_id, {select_list} FROM public.customer_profiles p"  # noqa: S608 (quoted identifiers)
-            " WHERE p.customer_id = ANY(%s)",
-            [list(customer_ids)],
-        )
-        by_id = {row["customer_id"]: row for row in cur}
-    return [by_id[customer_id] for customer_id in customer_ids if customer_id in by_id]
+        cur.execute(query, [list(keys)])
+        by_key = {key_text(row[entity.key]): row for row in cur}
+    return [by_key[key_text(key)] for key in keys if key_text(key) in by_key]
 
 
-def sample_ids(conn: psycopg.Connection, size: int) -> list[int]:
-    """Up to ``size`` customer_ids of random profiles."""
-    return [row[0] for row in conn.execute(
-        "SELECT customer_id FROM public.customer_profiles ORDER BY random() LIMIT %s", [size])]
+def sample_ids(conn: psycopg.Connection, size: int, entity: Entity = REFERENCE) -> list[Any]:
+    """The keys of up to ``size`` random rows of the entity table."""
+    query = sql.SQL("SELECT {key} FROM {table} ORDER BY random() LIMIT %s").format(
+        key=sql.Identifier(entity.key), table=entity.identifier)
+    return [row[0] for row in conn.execute(query, [size])]
 
 
-def database_scores(conn: psycopg.Connection, model_id: int, ids: Sequence[int]) -> dict[int, float]:
-    """customer_id -> the database's score of that profile with ``model_id``
-    (scoring.score_with_model, on the model's recorded path)."""
-    return dict(conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s)",
-                             [model_id, list(ids)]).fetchall())
+def database_scores(conn: psycopg.Connection, model_id: int, keys: Sequence[Any],
+                    entity: Entity = REFERENCE) -> dict[str, float]:
+    """Key (as text) -> the database's score of that row with ``model_id``, on
+    the model's recorded path: scoring.score_with_model for the reference
+    profiles, scoring.score_keys_with_model for any other scorer."""
+    if entity.is_reference:
+        rows = conn.execute("SELECT customer_id, score FROM scoring.score_with_model(%s, %s::bigint[])",
+                            [model_id, list(keys)]).fetchall()
+    else:
+        rows = conn.execute("SELECT key, score FROM scoring.score_keys_with_model(%s::bigint, %s::text, %s::text[])",
+                            [model_id, entity.scorer, [key_text(key) for key in keys]]).fetchall()
+    return {key_text(key): score for key, score in rows}
 
 
-def sql_scores(conn: psycopg.Connection, expression: str, ids: Sequence[int]) -> dict[int, float | None]:
-    """customer_id -> ``expression`` (a model's SQL over p) of those profiles."""
-    return dict(conn.execute(
-        f"SELECT p.customer_id, {expression} FROM public.customer_profiles p WHERE p.customer_id = ANY(%s)",  # noqa: S608
-        [list(ids)]).fetchall())
+def sql_scores(conn: psycopg.Connection, expression: str, keys: Sequence[Any],
+               entity: Entity = REFERENCE) -> dict[str, float | None]:
+    """Key (as text) -> ``expression`` (a model's SQL over p) of those rows."""
+    query = sql.SQL("SELECT p.{key}::text, {expression} FROM {table} p WHERE p.{key} = ANY({keys}::{array})").format(
+        key=sql.Identifier(entity.key), expression=sql.SQL(expression), table=entity.identifier,
+        keys=sql.Placeholder(), array=entity.key_array)
+    return dict(conn.execute(query, [list(keys)]).fetchall())
 
 
 def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Sequence[str],
-                   size: int = COMPILE_CHECK_SIZE) -> check_rows.CheckRows:
-    """Up to ``size`` random real profiles, and rows generated from the
-    compiled model (``pgscore.check_rows``) on one of them, or on the model's
-    own typical values when the table is empty."""
-    profiles = fetch_feature_rows(conn, feature_names, sample_ids(conn, size))
+                   size: int = COMPILE_CHECK_SIZE, entity: Entity = REFERENCE) -> check_rows.CheckRows:
+    """Up to ``size`` random real rows of the entity table (the profiles by
+    default), and rows generated from the compiled model
+    (``pgscore.check_rows``) on one of them, or on the model's own typical
+    values when the table is empty."""
+    profiles = fetch_feature_rows(conn, feature_names, sample_ids(conn, size, entity), entity)
     base = {name: profiles[0][name] for name in feature_names} if profiles else None
-    declared = {name: declared for name, _type, declared in conn.execute(catalog.PROFILE_COLUMNS_SQL).fetchall()}
+    declared = {name: declared for name, _type, declared in _columns(conn, entity)}
     generated = check_rows.rows_for(compiled.ir, declared, base)
     return check_rows.CheckRows(profiles, generated)
 
@@ -145,24 +189,27 @@ def row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
     return worst
 
 
-def sql_scores_of_rows(conn: psycopg.Connection, expression: str, rows: list[dict]) -> list[tuple[Any, dict]]:
-    """(the SQL's score, row) of rows that are no profile, each read as a
-    profile record; a batch the profile type refuses (a value out of a
+def sql_scores_of_rows(conn: psycopg.Connection, expression: str, rows: list[dict],
+                       entity: Entity = REFERENCE) -> list[tuple[Any, dict]]:
+    """(the SQL's score, row) of rows that are no row of the entity table, each
+    read as a record of its type; a batch the type refuses (a value out of a
     column's range) is halved until the refused rows stand alone, and those
     are left out: they are no input the SQL can meet."""
     if not rows:
         return []
+    query = sql.SQL("SELECT p.ordinality, {expression}"
+                    " FROM ROWS FROM (jsonb_populate_recordset(NULL::{table}, %s)) WITH ORDINALITY AS p"
+                    " ORDER BY p.ordinality").format(expression=sql.SQL(expression), table=entity.identifier)
     try:
         with conn.transaction():
-            scores = [score for _, score in conn.execute(
-                f"SELECT p.ordinality, {expression} FROM ROWS FROM (jsonb_populate_recordset(NULL::public.customer_profiles, %s))"  # noqa: S608
-                " WITH ORDINALITY AS p ORDER BY p.ordinality", [Jsonb(rows)]).fetchall()]
+            scores = [score for _, score in conn.execute(query, [Jsonb(rows)]).fetchall()]
         return list(zip(scores, rows))
     except psycopg.errors.DataException:
         if len(rows) == 1:
             return []
     middle = len(rows) // 2
-    return sql_scores_of_rows(conn, expression, rows[:middle]) + sql_scores_of_rows(conn, expression, rows[middle:])
+    return (sql_scores_of_rows(conn, expression, rows[:middle], entity)
+            + sql_scores_of_rows(conn, expression, rows[middle:], entity))
 
 
 def scores_one_by_one(estimator: Any, rows: list[dict], feature_names: list[str]) -> list[float | None]:
@@ -218,7 +265,8 @@ def export_sql(dsn: str | None, name: str, version: int, function_name: str | No
         ids = sample_ids(conn, sample_size)
         in_sql = sql_scores(conn, expression, ids)
         in_db = database_scores(conn, model_id, ids)
-    worst = max((abs(in_sql[c] - in_db[c]) for c in ids if in_sql[c] is not None), default=0.0)
+    worst = max((abs(in_sql[key_text(c)] - in_db[key_text(c)]) for c in ids if in_sql[key_text(c)] is not None),
+                default=0.0)
     if not worst <= PARITY_TOLERANCE:
         raise PushError(f"the SQL form of {name!r} v{version} differs from its scores by {worst:.3g}; not exported")
     return f"-- {name} v{version} (model_id {model_id}); checked on {len(ids)} profiles: max difference {worst:.1e}\n" \

@@ -444,6 +444,9 @@ def test_timings_against_score_many(db, demo_models):
         everyone = "SELECT customer_id FROM public.customer_profiles"
         for kind, model in demo_models.items():
             compiled = compile_model(model)
+            # A model name is pushed for a scorer: one on the profiles that writes only its own score table.
+            conn.execute("SELECT scoring.attach(%s, 'public.customer_profiles', 'customer_id', score_on_insert => false)",
+                         [f"bench_{kind}"])
             result = push_model(db.dsn("loader"), model, name=f"bench_{kind}", activate=True)
             assert result.scoring_path in ("compiled", "sql"), result.path_note
             _create(conn, sql_function(compiled, f"bench_{kind}", pin_search_path=True))
