@@ -189,8 +189,15 @@ def owned_roles(admin_dsn: str, *names: str, login: Sequence[str] = ()) -> Itera
                 conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
 
 
+def may_create_schemas(conn: psycopg.Connection, role: str) -> None:
+    """Lets ``role`` create schemas in the connection's database (as the owner of an application's tables may)."""
+    conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO {}").format(
+        sql.Identifier(conn.info.dbname), sql.Identifier(role)))
+
+
 def create_crm(conn: psycopg.Connection, owner: str, app: str) -> None:
     """The CRM schema, owned by ``owner``; ``app`` may read and write its tables and nothing else."""
+    may_create_schemas(conn, owner)
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
     conn.execute(CRM_SCHEMA)
     grant_app(conn, app, ["CRM", "support"], [ENTITY, EVENTS])
@@ -297,8 +304,8 @@ def check(crm: Crm, step: str) -> dict[str, dict]:
         assert unscored == [], step
         narrow_models = admin.execute("SELECT DISTINCT model_id FROM scoring_scores.crm_narrow").fetchall()
         assert narrow_models in ([], [(crm.model_ids["crm_narrow"],)]), step
-        errors = admin.execute("SELECT count(*) FROM scoring.errors WHERE scorer IN ('crm', 'crm_narrow')").fetchone()[0]
-        assert errors == 0, step
+        errors = admin.execute("SELECT count(*) FROM scoring.errors WHERE scorer = ANY(%s)", [list(crm.models)])
+        assert errors.fetchone()[0] == 0, step
     with crm.db.connect("analyst") as analyst:
         for scorer in crm.models:
             fresh = analyst.execute("SELECT key, score FROM scoring.score_keys(%s, %s)", [scorer, keys]).fetchall()
@@ -306,5 +313,6 @@ def check(crm: Crm, step: str) -> dict[str, dict]:
             assert score_differences(expected[scorer], dict(fresh)) == {}, f"{step}: score_keys({scorer})"
             for key in keys:
                 one = analyst.execute("SELECT scoring.score_key(%s, %s)", [scorer, key]).fetchone()[0]
-                assert one is not None and abs(one - expected[scorer][key]) <= 1e-9, f"{step}: score_key({scorer}, {key})"
+                assert one is not None and abs(one - expected[scorer][key]) <= TOLERANCE, \
+                    f"{step}: score_key({scorer}, {key})"
     return stored

@@ -185,6 +185,11 @@ def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm):
         assert admin.execute("SELECT count(*) FROM scoring.scorers WHERE scorer LIKE 'crm%%'").fetchone()[0] == 0
         after_detach = pgscore_objects(admin)
     assert after_detach == before_attach  # every function, table and trigger attach or activation made is gone
+    with crm.db.connect() as admin:
+        left = admin.execute("SELECT table_schema || '.' || table_name, column_name, privilege_type"
+                             " FROM information_schema.column_privileges WHERE grantee = 'scoring_owner'"
+                             " AND table_schema IN ('CRM', 'support')").fetchall()
+    assert left == []  # and scoring_owner's rights on the user's tables
     # Nothing fires any more: a ticket leaves the counter and the score as they were.
     app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s)', [KEYS[0]])
     with crm.db.connect() as admin:

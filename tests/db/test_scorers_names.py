@@ -14,7 +14,8 @@ import pytest
 from psycopg import sql
 
 from tests.crm import (ENTITY, EVENTS, FEATURES, Crm, as_role, counter_differences, crm_pipeline, crm_schema,
-                       expected_scores, owned_roles, score_differences, stored_scores, subscriber_rows, suffix)
+                       expected_scores, may_create_schemas, owned_roles, score_differences, stored_scores,
+                       subscriber_rows, suffix)
 
 # Each would drop the canary public.x if it reached SQL unquoted: as an
 # identifier ("), as a literal ('), or inside a format string (%, $).
@@ -41,6 +42,8 @@ def qualified(conn: psycopg.Connection, schema: str, table: str) -> str:
 def owner(db) -> Iterator[str]:
     name = f"names_owner_{suffix()}"
     with owned_roles(db.admin, name):
+        with db.connect() as admin:
+            may_create_schemas(admin, name)
         yield name
 
 
@@ -106,12 +109,13 @@ def test_hostile_identifiers_are_quoted_everywhere(db, owner):
             pushed.model_id}
         listed = admin.execute("SELECT key_column, score_column, scored_at_column, events, score_table::text"
                                " FROM scoring.scorers WHERE scorer LIKE 'hostile%%' ORDER BY scorer").fetchall()
-        assert [row[:3] for row in listed] == [(HOSTILE_KEY, HOSTILE_SCORE, HOSTILE_SCORED_AT), (HOSTILE_KEY, None, None)]
+        assert [row[:3] for row in listed] == [(HOSTILE_KEY, HOSTILE_SCORE, HOSTILE_SCORED_AT),
+                                               (HOSTILE_KEY, None, None)]
         for row in listed:
             described = row[3] if not isinstance(row[3], str) else json.loads(row[3])
             assert [e["entity_key"] for e in described] == [HOSTILE_EVENTS_KEY]
-        narrow_key = admin.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass AND attnum = 1",
-                                   [listed[1][4]]).fetchone()[0]
+        narrow_key = admin.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass"
+                                   " AND attnum = 1", [listed[1][4]]).fetchone()[0]
         assert narrow_key == HOSTILE_KEY
     with db.connect("analyst") as analyst:
         for key in HOSTILE_KEYS:
@@ -153,10 +157,12 @@ def test_every_key_type_works_end_to_end(db, owner, key_type):
             ' "ScoredAt" timestamptz);'
             ' CREATE TABLE "Keys"."Tickets" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
             ' "customerID" {type} NOT NULL REFERENCES "Keys"."Subscribers")').format(type=sql.SQL(key_type)))
-        admin.execute("""SELECT scoring.attach('keys_wide', '"Keys"."Subscribers"', 'customerID', model_name => 'keys',"""
-                      " score_column => 'ChurnRisk', model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')")
+        admin.execute("""SELECT scoring.attach('keys_wide', '"Keys"."Subscribers"', 'customerID',"""
+                      " model_name => 'keys', score_column => 'ChurnRisk', model_id_column => 'ScoredBy',"
+                      " scored_at_column => 'ScoredAt')")
         admin.execute("""SELECT scoring.attach_events('keys_wide', '"Keys"."Tickets"', 'customerID', 'TicketCount')""")
-        admin.execute("""SELECT scoring.attach('keys_narrow', '"Keys"."Subscribers"', 'customerID', model_name => 'keys')""")
+        admin.execute("""SELECT scoring.attach('keys_narrow', '"Keys"."Subscribers"', 'customerID',"""
+                      " model_name => 'keys')")
         admin.execute("""SELECT scoring.attach_events('keys_narrow', '"Keys"."Tickets"', 'customerID')""")
     push_model(db.dsn("loader"), model, name="keys", activate=True)
     entity, events = '"Keys"."Subscribers"', '"Keys"."Tickets"'
@@ -246,7 +252,8 @@ def test_an_unknown_column_is_refused_by_name(crm, arguments, named):
     ('"CRM"."Regions" ("customerID" text, region text, "Tenure" integer, PRIMARY KEY ("customerID", region))',
      "customerID", ("unique", "primary key")),
     ('"CRM"."Partial" ("customerID" text, "Tenure" integer);'
-     ' CREATE UNIQUE INDEX ON "CRM"."Partial" ("customerID") WHERE "Tenure" > 0', "customerID", ("unique", "primary key")),
+     ' CREATE UNIQUE INDEX ON "CRM"."Partial" ("customerID") WHERE "Tenure" > 0', "customerID",
+     ("unique", "primary key")),
 ], ids=["numeric-key", "not-unique", "part-of-a-key", "partial-unique-index"])
 def test_a_key_that_is_not_a_single_unique_column_of_the_four_types_is_refused(crm, table, key, words):
     name = table.split(" (")[0]
@@ -326,7 +333,8 @@ def test_events_the_entity_owner_does_not_own_are_refused(crm):
             owner.execute("SELECT scoring.attach('crm', %s, 'customerID')", [ENTITY])
             error = refusal(owner, "SELECT scoring.attach_events('crm', 'calls.calls', 'customerID')")
         assert error.sqlstate == "42501", text_of(error)
-        assert admin.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'calls.calls'::regclass").fetchone()[0] == 0
+        triggers = admin.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'calls.calls'::regclass")
+        assert triggers.fetchone()[0] == 0
 
 
 @pytest.mark.parametrize("arguments, named", [
@@ -347,13 +355,19 @@ def test_attach_events_refuses_bad_columns_by_name(crm, arguments, named):
         assert admin.execute("SELECT events FROM scoring.scorers WHERE scorer = 'crm'").fetchone()[0] in ([], None)
 
 
-def test_unknown_scorers_and_a_second_attach_are_refused(crm):
+def test_unknown_scorers_and_a_name_taken_by_another_table_are_refused(crm):
+    """attach_events and detach name the unknown scorer (42704); attaching a scorer's name to
+    another table is refused (42710), to the same table it replaces the binding."""
     with crm.owner_connect() as owner:
         error = refusal(owner, "SELECT scoring.attach_events('nope', %s, 'customerID')", [EVENTS])
         assert "nope" in text_of(error) and error.sqlstate == "42704", text_of(error)
         error = refusal(owner, "SELECT scoring.detach('nope')")
         assert "nope" in text_of(error) and error.sqlstate == "42704", text_of(error)
         owner.execute("SELECT scoring.attach('crm', %s, 'customerID')", [ENTITY])
-        error = refusal(owner, "SELECT scoring.attach('crm', %s, 'customerID')", [ENTITY])
-        assert "crm" in text_of(error), text_of(error)
+        owner.execute('CREATE TABLE "CRM"."Prospects" ("customerID" text PRIMARY KEY, "Tenure" integer)')
+        error = refusal(owner, """SELECT scoring.attach('crm', '"CRM"."Prospects"', 'customerID')""")
+        assert "crm" in text_of(error) and "Subscribers" in text_of(error) and error.sqlstate == "42710", text_of(error)
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk')", [ENTITY])
+        assert owner.execute("SELECT score_column FROM scoring.scorers WHERE scorer = 'crm'").fetchall() == [
+            ("ChurnRisk",)]
     nothing_attached(crm, allowed=("crm",))
