@@ -18,10 +18,12 @@ from . import (
     catalog,
     features,
     floatbits,
+    freshness,
     paths,
     plans,
     registry,
     runtime,
+    scorers,
     settings,
     sqlpath,
     trigger,
@@ -175,13 +177,75 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> list[st
     PL/Python's traceback. None when every batch was rescored."""
     spi_error = getattr(plpy, "SPIError", ())  # an error of SQL run by the Python (a model the SQL path rejects)
     try:
-        batch.rescore(plpy, cache, model_name, batch_size)
+        if model_name != scorers.REFERENCE and _is_scorer(plpy, cache, model_name):
+            _rescore_scorer(plpy, model_name, batch_size)
+        else:
+            batch.rescore(plpy, cache, model_name, batch_size)
     except ScoringError as exc:
         return [exc.sqlstate, exc.message, exc.detail, exc.hint]
     except spi_error as exc:
         return [getattr(exc, "sqlstate", None) or MODEL_FAILED, str(exc.args[0] if exc.args else exc),
                 getattr(exc, "detail", None), getattr(exc, "hint", None)]
     return None
+
+
+# A scorer's batches run as scoring_owner (the caller may not write its
+# entity) in a SECURITY DEFINER function; the procedure commits between them.
+RESCORE_BATCH_SQL = "SELECT scoring._rescore_batch($1, $2, $3) AS last"
+IS_SCORER_SQL = "SELECT EXISTS (SELECT FROM scoring.scorers WHERE scorer = $1) AS found"
+
+
+def _is_scorer(plpy: Any, cache: dict, name: str | None) -> bool:
+    return bool(plans.run(plpy, cache, IS_SCORER_SQL, ["text"], [name])[0]["found"])
+
+
+def _rescore_scorer(plpy: Any, scorer: str, batch_size: int) -> None:
+    """scoring.rescore of an attached scorer: batches in key order, each
+    committed; NOTICEs 'pgscore rescore: DONE/TOTAL rows' as batch.rescore's."""
+    plan = plpy.prepare(RESCORE_BATCH_SQL, ["text", "text", "int"])
+    total = plpy.execute(plpy.prepare("SELECT scoring._scorer_rows($1) AS n", ["text"]), [scorer])[0]["n"]
+    done, last = 0, None
+    while True:
+        last = plpy.execute(plan, [scorer, last, batch_size])[0]["last"]
+        if last is None:
+            break
+        done = min(done + batch_size, max(total, done + 1))
+        plpy.notice(f"pgscore rescore: {done}/{max(total, done)} rows")
+        batch._commit(plpy)
+
+
+@sql_errors
+def rescore_batch(plpy: Any, cache: dict, scorer: str, after: str | None, batch_size: int) -> str | None:
+    return freshness.rescore_batch(plpy, cache, scorers.get(plpy, cache, scorer), after, batch_size)
+
+
+@sql_errors
+def recount(plpy: Any, cache: dict, scorer: str, events: int) -> int:
+    found = scorers.get(plpy, cache, scorer)
+    return freshness.recount(plpy, cache, found, found.events_of(int(events)))
+
+
+@sql_errors
+def scorer_rows(plpy: Any, cache: dict, scorer: str) -> int:
+    return freshness.count(plpy, cache, scorers.get(plpy, cache, scorer))
+
+
+@sql_errors
+def scorer_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
+    """scoring._scorer_trigger(): every trigger of every scorer (pgscore_server.freshness)."""
+    return freshness.on_trigger(plpy, cache, td)
+
+
+@sql_errors
+def score_key(plpy: Any, cache: dict, scorer: str, key: str | None) -> float:
+    return freshness.score_keys(plpy, cache, scorers.get(plpy, cache, scorer), [key])[0]
+
+
+@sql_errors
+def score_keys(plpy: Any, cache: dict, scorer: str, keys: list[str] | None) -> list[tuple[str, float]]:
+    keys = list(keys or [])
+    settings.check_batch_ids(plpy, cache, len(keys))
+    return list(zip(keys, freshness.score_keys(plpy, cache, scorers.get(plpy, cache, scorer), keys)))
 
 
 @sql_errors

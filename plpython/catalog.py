@@ -53,15 +53,16 @@ def _profile_columns(plpy: Any, cache: dict) -> tuple[dict[str, str], dict[str, 
     return found
 
 
-def check_features(feature_names: Sequence[str], columns: Mapping[str, str], model_label: str) -> None:
-    """Raises ScoringError unless every feature is a profile column of a supported type."""
+def check_features(feature_names: Sequence[str], columns: Mapping[str, str], model_label: str,
+                   table: str = PROFILES) -> None:
+    """Raises ScoringError unless every feature is a column of ``table`` of a supported type."""
     for name in feature_names:
         column_type = columns.get(name)
         if column_type is None:
             raise ScoringError(
-                f"{model_label} uses feature {name!r}, which is not a column of {PROFILES}",
+                f"{model_label} uses feature {name!r}, which is not a column of {table}",
                 sqlstate=UNDEFINED_OBJECT,
-                hint=f"add the column to {PROFILES} or push a model trained on its columns",
+                hint=f"add the column to {table} or push a model trained on its columns",
             )
         if column_type not in SUPPORTED_TYPES:
             raise ScoringError(
@@ -112,6 +113,14 @@ def select_list(
             expr = f"{aggregate}({expr})"
         items.append(f"{expr} AS {ident}")
     return ", ".join(items)
+
+
+def plain_row(feature_names: Sequence[str], columns: Mapping[str, str], row: Mapping[str, Any]) -> dict[str, Any]:
+    """The features of a row PL/Python passed (a trigger's NEW) as
+    :func:`select_list` would read them: numeric (a Decimal) as float8."""
+    floats = NUMBER_TYPES - INTEGER_TYPES
+    return {name: float(row[name]) if row[name] is not None and columns[name] in floats else row[name]
+            for name in feature_names}
 
 
 # Text features of batch reads arrive as one string per column joined by

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 
 from . import approvals, catalog, features, plans, runtime
 from .errors import (
+    INSUFFICIENT_PRIVILEGE,
     INVALID_PARAMETER_VALUE,
     MODEL_FAILED,
     MODEL_LOAD_FAILED,
@@ -87,6 +88,10 @@ class LoadedModel:
         self.joined = list(joined)  # features batch_list reads as one joined string
         self.coded = list(coded)  # ... and as category codes (compiled.CategoryCodes)
         self.plan_cache: dict = {}
+        # The table the readers above are written for (a scorer's stamp;
+        # None: the reference profiles) and its key column, quoted.
+        self.table: str | None = None
+        self.key = "customer_id"
 
     @property
     def label(self) -> str:
@@ -103,7 +108,7 @@ class LoadedModel:
         separator, or codes the model cannot use
         (compiled.Evaluator.codes_usable), the batch is read again as arrays."""
         def aggregate(select_list: str) -> Any:
-            sql = (f"SELECT count(*) AS pgscore_rows, array_agg(p.customer_id) AS pgscore_ids, {select_list}{also}"
+            sql = (f"SELECT count(*) AS pgscore_rows, array_agg(p.{self.key}) AS pgscore_ids, {select_list}{also}"
                    f" FROM {source}")
             return plans.run(plpy, cache, sql, types, args)[0]
 
@@ -292,7 +297,7 @@ def unknown_model_hint(name: str, names: Sequence[str]) -> str:
 
 
 def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = None,
-         expected_path: str | None = None) -> LoadedModel:
+         expected_path: str | None = None, scorer: Any = None) -> LoadedModel:
     """The model with ``model_id``, from this backend's cache or the models table.
 
     Raises ScoringError when it does not exist, its compiled form is
@@ -304,6 +309,8 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     if found is not None and (expected_sha256 is None or found.sha256 == expected_sha256) and (
             expected_path is None or found.scoring_path == expected_path):
         models.move_to_end(model_id)
+        if found.table != (scorer.stamp if scorer is not None else None):
+            _bind(plpy, cache, found, scorer)
         return found
     rows = plans.run(plpy, cache, MODEL_SQL, ["bigint"], [model_id])
     if not rows:
@@ -315,13 +322,9 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     row = rows[0]
     label = f"model {row['name']!r} v{row['version']} (model_id {model_id})"
     feature_names = list(row["feature_names"])
-    columns = catalog.profile_columns(plpy, cache)
-    catalog.check_features(feature_names, columns, label)
-    coded: dict[int, list[str]] = {}
+    _check_features(plpy, cache, feature_names, label, scorer)
     if row["scoring_path"] in COMPILED_PATHS:
         estimator = load_compiled(bytes(row["compiled"]), label)
-        coded = {k: categories for k, categories in estimator.category_inputs().items()
-                 if columns[feature_names[k]] in catalog.JOINED_TYPES}
     else:
         blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
         verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
@@ -338,17 +341,50 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
         feature_names=feature_names,
         estimator=estimator,
         scoring_path=row["scoring_path"],
-        select_list=catalog.select_list(plpy, feature_names, columns),
-        array_list=catalog.select_list(plpy, feature_names, columns, aggregate="array_agg"),
-        batch_list=catalog.batch_list(plpy, feature_names, columns, coded=coded),
-        joined=[k for k in catalog.joined_features(feature_names, columns) if k not in coded],
-        coded=list(coded),
     )
+    _bind(plpy, cache, model, scorer)
     models[model_id] = model
     models.move_to_end(model_id)
     while len(models) > CACHE_SIZE:
         models.popitem(last=False)
     return model
+
+
+def _check_features(plpy: Any, cache: dict, feature_names: list[str], label: str, scorer: Any) -> None:
+    """Raises ScoringError unless every feature is a column the model's table
+    has, of a type pgscore reads, and (for a scorer) one its owner let pgscore read."""
+    if scorer is None:
+        catalog.check_features(feature_names, catalog.profile_columns(plpy, cache), label)
+        return
+    catalog.check_features(feature_names, scorer.columns, label, table=scorer.entity)
+    hidden = [name for name in feature_names if name not in scorer.features]
+    if hidden:
+        raise ScoringError(
+            f"{label} uses {', '.join(map(repr, hidden))}, which scorer {scorer.name!r} may not read"
+            f" (attached with features {', '.join(scorer.features) or 'none'})",
+            sqlstate=INSUFFICIENT_PRIVILEGE,
+            hint=f"the owner of {scorer.entity} can attach the scorer again with those columns in features")
+
+
+def _bind(plpy: Any, cache: dict, model: LoadedModel, scorer: Any) -> None:
+    """Writes the model's readers (select lists) for the table it scores:
+    a scorer's entity, or the reference profiles (``scorer`` None)."""
+    columns = catalog.profile_columns(plpy, cache) if scorer is None else scorer.columns
+    if scorer is not None:
+        _check_features(plpy, cache, model.feature_names, model.label, scorer)
+    feature_names = model.feature_names
+    coded: dict[int, list[str]] = {}
+    if model.scoring_path in COMPILED_PATHS:
+        coded = {k: categories for k, categories in model.estimator.category_inputs().items()
+                 if columns[feature_names[k]] in catalog.JOINED_TYPES}
+    model.select_list = catalog.select_list(plpy, feature_names, columns)
+    model.array_list = catalog.select_list(plpy, feature_names, columns, aggregate="array_agg")
+    model.batch_list = catalog.batch_list(plpy, feature_names, columns, coded=coded)
+    model.joined = [k for k in catalog.joined_features(feature_names, columns) if k not in coded]
+    model.coded = list(coded)
+    model.plan_cache = {}
+    model.table = None if scorer is None else scorer.stamp
+    model.key = "customer_id" if scorer is None else scorer.key
 
 
 def verify_blob(blob: bytes, recorded: str, expected: str | None, label: str, name: str) -> None:

@@ -31,6 +31,7 @@ from collections import Counter
 
 from . import catalog, paths, plans, registry, settings
 from .errors import ScoringError, as_scoring_error
+from .scorers import REFERENCE as REFERENCE_SCORER
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -66,10 +67,10 @@ UPDATE_ONE_SQL = (
     " WHERE p.customer_id = $1"
 )
 RECORD_ERRORS_SQL = (
-    "INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message)"
-    " SELECT $1, e.customer_id, e.sqlstate, e.message"
-    " FROM unnest($2::bigint[], $3::text[], $4::text[]) AS e(customer_id, sqlstate, message)"
-    " RETURNING customer_id, error_id"
+    "INSERT INTO scoring.errors (model_id, customer_id, sqlstate, message, scorer, entity_key)"
+    " SELECT $1, e.customer_id, e.sqlstate, e.message, $5, e.entity_key"
+    " FROM unnest($2::bigint[], $3::text[], $4::text[], $6::text[]) AS e(customer_id, sqlstate, message, entity_key)"
+    " RETURNING entity_key, error_id"
 )
 # The client statement this backend is running: transaction and statement start.
 STATEMENT_SQL = (
@@ -186,27 +187,32 @@ def _score_each(model: registry.LoadedModel, ids: list, rows: Any) -> tuple[list
     return scores, failures
 
 
-def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, ScoringError]) -> None:
-    failures, recorded = _not_yet_recorded(plpy, cache, model_id, failures)
+def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[Any, ScoringError],
+            scorer: str = REFERENCE_SCORER) -> None:
+    """Records scoring failures by entity key (of any key type) in scoring.errors, once per client statement."""
+    failures, recorded = _not_yet_recorded(plpy, cache, model_id, {(scorer, str(k)): e for k, e in failures.items()})
     if not failures:
         return
-    customer_ids = list(failures)
-    messages = [failures[customer_id].message for customer_id in customer_ids]
+    keys = [key for _, key in failures]
+    messages = [failure.message for failure in failures.values()]
+    integer_keys = [int(key) if key.lstrip("-").isdigit() else None for key in keys]
     rows = plans.run(
-        plpy, cache, RECORD_ERRORS_SQL, ["bigint", "bigint[]", "text[]", "text[]"],
-        [model_id, customer_ids, [failures[c].sqlstate for c in customer_ids], messages],
+        plpy, cache, RECORD_ERRORS_SQL, ["bigint", "bigint[]", "text[]", "text[]", "text", "text[]"],
+        [model_id, integer_keys, [failure.sqlstate for failure in failures.values()], messages, scorer, keys],
     )
-    recorded.update({(model_id, row["customer_id"]): row["error_id"] for row in rows})
+    recorded.update({(model_id, scorer, row["entity_key"]): row["error_id"] for row in rows})
     first = messages[0]
-    more = f" (and {len(customer_ids) - 1} more customers)" if len(customer_ids) > 1 else ""
-    plpy.warning(
-        f"complaint saved but not scored for customer_id {customer_ids[0]}{more}: {first}",
-        hint="see scoring.errors; SET scoring.on_error = 'raise' to make such inserts fail instead",
-    )
+    if scorer == REFERENCE_SCORER:
+        more = f" (and {len(keys) - 1} more customers)" if len(keys) > 1 else ""
+        message = f"complaint saved but not scored for customer_id {keys[0]}{more}: {first}"
+    else:
+        more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+        message = f"scorer {scorer!r}: the change is saved but key {keys[0]}{more} was not scored: {first}"
+    plpy.warning(message, hint="see scoring.errors; SET scoring.on_error = 'raise' to make such statements fail instead")
 
 
-def _not_yet_recorded(plpy: Any, cache: dict, model_id: int | None, failures: dict[int, ScoringError]
-                      ) -> tuple[dict[int, ScoringError], dict[tuple[int | None, int], int]]:
+def _not_yet_recorded(plpy: Any, cache: dict, model_id: int | None, failures: dict[tuple[str, str], ScoringError]
+                      ) -> tuple[dict[tuple[str, str], ScoringError], dict[tuple[int | None, str, str], int]]:
     """``failures`` less those this client statement already recorded, and its record.
 
     When a concurrent insert for the same customer committed first,
@@ -220,7 +226,7 @@ def _not_yet_recorded(plpy: Any, cache: dict, model_id: int | None, failures: di
     if known is None or known[0] != statement:
         known = cache["pgscore.recorded"] = (statement, {})
     recorded = known[1]
-    earlier = {c: recorded[(model_id, c)] for c in failures if (model_id, c) in recorded}
+    earlier = {c: recorded[(model_id, *c)] for c in failures if (model_id, *c) in recorded}
     if earlier:
         kept = set(plans.run(plpy, cache, STILL_RECORDED_SQL, ["bigint[]"], [list(earlier.values())])[0]["kept"])
         failures = {c: e for c, e in failures.items() if earlier.get(c) not in kept}

@@ -26,10 +26,14 @@ DO $pgscore_schema_check$
 DECLARE
     scoring_ns oid := (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = 'scoring');
     owner_oid oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = 'scoring_owner');
-    tables constant text[] := ARRAY['models', 'deployments', 'errors', 'runtime_modules'];
-    views constant text[] := ARRAY['active_models'];
+    tables constant text[] := ARRAY['models', 'deployments', 'errors', 'runtime_modules', 'scorer_entities',
+                                    'scorer_events'];
+    views constant text[] := ARRAY['active_models', 'scorers'];
     indexes constant text[] := ARRAY['models_pkey', 'models_name_version_key', 'deployments_pkey',
-                                     'deployments_name_latest_idx', 'errors_pkey', 'runtime_modules_pkey'];
+                                     'deployments_name_latest_idx', 'errors_pkey', 'runtime_modules_pkey',
+                                     'scorer_entities_pkey', 'scorer_events_pkey'];
+    -- The narrow score tables of scorers (scoring.attach), owned by scoring_owner.
+    scores_ns oid := (SELECT n.oid FROM pg_catalog.pg_namespace n WHERE n.nspname = 'scoring_scores');
     -- (relation, trigger, function) of every trigger pgscore creates on scoring's tables or with its functions.
     triggers constant text[] := ARRAY[
         'scoring.models|assign_version|scoring._assign_model_version()',
@@ -45,7 +49,10 @@ DECLARE
         '_score_bits_plpython', '_score_bits_py', '_score_customer_py', '_score_features_plpython',
         '_score_many_py', '_score_new_complaints', '_score_profile', '_score_rejected', '_scores_py',
         '_unknown_model_hint', '_warmup_plpython', 'activate', 'rollback', 'runtime_info', 'score',
-        'score_many', 'score_with_model', 'set_scoring_path', 'sql_expression', 'warmup', 'rescore'];
+        'score_many', 'score_with_model', 'set_scoring_path', 'sql_expression', 'warmup', 'rescore',
+        '_scorer_trigger', '_require_owner', '_grant_schema_usage', '_column_type', '_score_table', '_create_scorer_triggers', 'attach',
+        'attach_events', '_recount', 'detach', '_score_key_py', 'score_key', '_score_keys_py', 'score_keys',
+        '_rescore_batch', '_scorer_rows', '_scorer_tables_altered', '_scorer_tables_dropped'];
     recorded boolean := false;
     problems text[] := '{}';
     found record;
@@ -60,7 +67,7 @@ BEGIN
 
     -- Relations: known names, of the known kind, owned by scoring_owner.
     FOR found IN
-        SELECT c.oid::regclass::text AS name, c.relname, c.relkind, c.relowner,
+        SELECT c.oid::regclass::text AS name, c.relname, c.relkind, c.relowner, c.relnamespace,
                CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
                     WHEN 'i' THEN 'index' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign table'
                     WHEN 'p' THEN 'partitioned table' WHEN 'c' THEN 'composite type' ELSE 'relation' END AS kind,
@@ -78,7 +85,8 @@ BEGIN
         IF found.relkind = 'r' AND found.relname = ANY (tables)
            OR found.relkind = 'v' AND found.relname = ANY (views)
            OR found.relkind = 'i' AND found.relname = ANY (indexes) AND found.index_of = ANY (tables)
-           OR found.relkind = 'S' AND found.sequence_of = ANY (tables) THEN
+           OR found.relkind = 'S' AND found.sequence_of = ANY (tables)
+           OR found.relnamespace = scores_ns AND found.relkind IN ('r', 'i') THEN
             -- runtime_modules (before 0009) may belong to the superuser who migrated.
             IF found.relowner IS DISTINCT FROM owner_oid AND found.relkind <> 'i'
                AND found.relname <> 'runtime_modules' THEN
@@ -116,7 +124,9 @@ BEGIN
                 OR p.proowner = owner_oid)
          ORDER BY 1
     LOOP
-        IF NOT found.what = ANY (triggers) THEN
+        IF NOT found.what = ANY (triggers)
+           -- A scorer's triggers (scoring._create_scorer_triggers): pgscore_<scorer>_<event>.
+           AND NOT (found.what LIKE '%|pgscore\_%|scoring._scorer_trigger()') THEN
             problems := problems || found.name;
         END IF;
     END LOOP;
@@ -182,7 +192,9 @@ BEGIN
            -- everyone's DDL, the migration's too: its function must run as scoring_owner.
            AND NOT (d.classid = 'pg_catalog.pg_event_trigger'::regclass AND p.prosecdef
                     AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
-                                 WHERE e.oid = d.objid AND e.evtfoid = p.oid AND e.evtname = 'scoring_profiles_altered'))
+                                 WHERE e.oid = d.objid AND e.evtfoid = p.oid
+                                   AND e.evtname IN ('scoring_profiles_altered', 'scoring_scorer_tables_altered',
+                                                     'scoring_scorer_tables_dropped')))
          ORDER BY 1
     LOOP
         problems := problems || found.name;

@@ -101,10 +101,17 @@ COMMENT ON FUNCTION scoring.score(bigint) IS 'fresh churn probability of one cus
 COMMENT ON FUNCTION scoring.score_many(bigint[], text) IS 'scores many customers, set-based; rows come back in input order';
 COMMENT ON FUNCTION scoring._on_complaints_inserted() IS 'internal: the complaint trigger, written for the active churn model';
 
-CREATE OR REPLACE TRIGGER complaints_rescore
-    AFTER INSERT ON public.complaints
-    REFERENCING NEW TABLE AS new_complaints
-    FOR EACH STATEMENT EXECUTE FUNCTION scoring._on_complaints_inserted();
+-- While the reference scorer 'churn' is attached (scoring.detach('churn') drops the trigger).
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM scoring.scorer_entities e WHERE e.scorer = 'churn') THEN
+        CREATE OR REPLACE TRIGGER complaints_rescore
+            AFTER INSERT ON public.complaints
+            REFERENCING NEW TABLE AS new_complaints
+            FOR EACH STATEMENT EXECUTE FUNCTION scoring._on_complaints_inserted();
+    END IF;
+END
+$$;
 
 -- Whatever changes the active churn model or its path rewrites the two
 -- functions in the same transaction (activate, rollback, set_scoring_path,

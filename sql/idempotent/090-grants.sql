@@ -43,3 +43,20 @@ GRANT EXECUTE ON FUNCTION scoring._unknown_model_hint(text) TO scoring_loader;
 -- rescore's UPDATE on the sql path raises through it for a profile the model
 -- rejects; it runs with the caller's rights, so the loader still cannot write scoring.errors.
 GRANT EXECUTE ON FUNCTION scoring._score_rejected(bigint, bigint, text, text) TO scoring_loader;
+
+-- Scorers (060-scorers.sql). The registry is readable by all and written
+-- only by the owners of the tables in it (row-level security, 0011);
+-- attach, attach_events and detach run as their caller and check that too.
+GRANT USAGE ON SCHEMA scoring TO PUBLIC;
+GRANT SELECT ON scoring.scorers TO PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON scoring.scorer_entities, scoring.scorer_events TO PUBLIC;
+GRANT EXECUTE ON FUNCTION scoring.attach(text, regclass, text, text, text, text, text, text[], boolean),
+                          scoring.attach_events(text, regclass, text, text), scoring.detach(text),
+                          scoring._require_owner(regclass, text), scoring._grant_schema_usage(regclass), scoring._column_type(regclass, text, text),
+                          scoring._create_scorer_triggers(text), scoring._score_table(text),
+                          scoring._recount(text, oid), scoring._scorer_trigger() TO PUBLIC;
+-- Reading a scorer's scores, as analysts read the reference profiles' and rescoring, as the loader does.
+GRANT USAGE ON SCHEMA scoring_scores TO scoring_analyst, scoring_loader, PUBLIC;
+GRANT EXECUTE ON FUNCTION scoring.score_key(text, text), scoring.score_keys(text, text[])
+    TO scoring_analyst, scoring_loader;
+GRANT EXECUTE ON FUNCTION scoring._rescore_batch(text, text, integer), scoring._scorer_rows(text) TO scoring_loader;

@@ -10,6 +10,7 @@
 -- may write those may run code as the server's OS user, and the owner of a
 -- schema may drop and recreate anything in it.
 ALTER SCHEMA scoring OWNER TO scoring_owner;
+ALTER SCHEMA scoring_scores OWNER TO scoring_owner;
 DO $$
 DECLARE
     object record;

@@ -1,0 +1,52 @@
+"""Scorers: a model bound to the user's own entity table, event tables that
+keep its counters exact (sql/incremental/0011-scorers.sql). The reference
+tables become the scorer 'churn'. Its downgrade drops every scorer's
+triggers and restores the code recorded at 0010.
+
+Revision ID: 0011
+Revises: 0010
+Create Date: 2026-12-04
+"""
+
+from pgscore import render
+from pgscore.migrations import codesets
+from pgscore.migrations.sqlops import run_sql
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+SCHEMA_CHECK = ("idempotent", "005-schema-check.sql")
+
+# Before the code of 0010 comes back: it does not know the scorers' triggers,
+# and their functions could not be dropped under them.
+DROP_SCORER_TRIGGERS = """
+DROP EVENT TRIGGER IF EXISTS scoring_scorer_tables_altered;
+DROP EVENT TRIGGER IF EXISTS scoring_scorer_tables_dropped;
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT tg.tgname, tg.tgrelid::regclass AS relation
+               FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid
+              WHERE NOT tg.tgisinternal AND p.pronamespace = 'scoring'::regnamespace AND tg.tgname LIKE 'pgscore\\_%'
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.relation);
+    END LOOP;
+END
+$$;
+"""
+
+
+def upgrade() -> None:
+    run_sql(render.sql_file(*SCHEMA_CHECK))
+    run_sql(render.sql_file("incremental", "0011-scorers.sql"))
+
+
+def downgrade() -> None:
+    run_sql(render.sql_file(*SCHEMA_CHECK))
+    run_sql(DROP_SCORER_TRIGGERS)
+    run_sql(codesets.restore_recorded(down_revision))
+    run_sql(render.sql_file("incremental", "0011-scorers.down.sql"))

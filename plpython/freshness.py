@@ -1,0 +1,328 @@
+"""Keeping a scorer's scores fresh as the rows behind them change: the
+generic path of every scorer's triggers (scoring._scorer_trigger, one
+static PL/Python function for all of them).
+
+Events (a statement on an event table, seen through its transition tables):
+
+- INSERT, COPY: +1 per new row for its entity key; DELETE: -1 per old row;
+  an UPDATE that moves an event to another key: -1 for the old key, +1 for
+  the new one (an UPDATE that moves nothing changes nothing); TRUNCATE:
+  every counter of the entity goes back to 0.
+- Per statement, :func:`apply` locks the affected entity rows in key order
+  (so that concurrent statements cannot deadlock: every path of pgscore
+  takes an entity's row locks in that order), reads the features with the
+  counter as it will be, scores them with one model call and writes
+  counters and scores, all in the event's transaction.
+
+Entity rows:
+
+- an UPDATE that changes a column the active model reads: that row is
+  scored again in the same statement (:func:`row_updated`; with score
+  columns, by a BEFORE ROW trigger that sets them in the row being written,
+  so there is no second UPDATE and nothing recurses); an UPDATE of other
+  columns, or of the score columns alone, is not rescored;
+- INSERT (when the scorer scores new rows): scored like an event with no counter;
+- DELETE and TRUNCATE (narrow score table): their scores go too.
+
+A scoring failure follows scoring.on_error, as on the reference path: with
+'keep' counters still move, the old score stays and the failure goes to
+scoring.errors (with the scorer and the key) and a WARNING.
+
+The reference scorer's INSERTs into complaints keep their generated fast
+path (pgscore_server.sqlpath); everything else of every scorer comes here.
+"""
+
+from __future__ import annotations
+
+from . import catalog, plans, registry, scorers, settings, trigger
+from .errors import INVALID_PARAMETER_VALUE, ScoringError, as_scoring_error
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+
+# The transition tables of every pgscore trigger.
+NEW_ROWS = "pgscore_new"
+OLD_ROWS = "pgscore_old"
+
+
+def on_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
+    """scoring._scorer_trigger(): dispatches on the table and the event."""
+    scorer = scorers.get(plpy, cache, td["args"][0])
+    relid = int(td["relid"])
+    event = td["event"]
+    if relid == scorer.entity_oid:
+        return _on_entity(plpy, cache, scorer, td, event)
+    events = scorer.events_of(relid)
+    if event == "TRUNCATE":
+        return _events_truncated(plpy, cache, scorer, events)
+    key = events.key
+    parts = []
+    if event in ("INSERT", "UPDATE"):
+        parts.append(f"SELECT e.{key} AS k, 1 AS d FROM {NEW_ROWS} e")
+    if event in ("DELETE", "UPDATE"):
+        parts.append(f"SELECT e.{key} AS k, -1 AS d FROM {OLD_ROWS} e")
+    rows = plpy.execute(
+        f"SELECT k, sum(d)::int AS n FROM ({' UNION ALL '.join(parts)}) x"
+        " WHERE k IS NOT NULL GROUP BY k HAVING sum(d) <> 0 ORDER BY k")
+    if rows.nrows():
+        apply(plpy, cache, scorer, events.counter, [r["k"] for r in rows], [r["n"] for r in rows])
+    return None
+
+
+def _events_truncated(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Events) -> None:
+    """Every counter this event table keeps goes back to 0 (a recount of an
+    empty table), and those entities are rescored."""
+    recount(plpy, cache, scorer, events)
+    return None
+
+
+def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Events) -> int:
+    """Sets the counter ``events`` keeps to its number of event rows wherever
+    it differs (attach_events on tables with rows, TRUNCATE), rescoring those
+    rows. Returns how many counters moved."""
+    if events.counter is None:
+        return 0
+    rows = plpy.execute(
+        f"SELECT p.{scorer.key} AS k, (coalesce(c.n, 0) - p.{events.counter})::int AS d FROM {scorer.entity} p"
+        f" LEFT JOIN (SELECT e.{events.key} AS k, count(*) AS n FROM {events.table} e GROUP BY 1) c"
+        f" ON c.k = p.{scorer.key} WHERE coalesce(c.n, 0) IS DISTINCT FROM p.{events.counter} ORDER BY 1")
+    if rows.nrows():
+        apply(plpy, cache, scorer, events.counter, [r["k"] for r in rows], [r["d"] for r in rows])
+    return rows.nrows()
+
+
+def _on_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, td: dict, event: str) -> str | None:
+    if event == "UPDATE" and td["level"] == "ROW":
+        return row_updated(plpy, cache, scorer, td["old"], td["new"], before=td["when"] == "BEFORE")
+    if event == "INSERT":
+        keys = [r["k"] for r in plpy.execute(f"SELECT e.{scorer.key} AS k FROM {NEW_ROWS} e ORDER BY 1")]
+        if keys:
+            apply(plpy, cache, scorer, None, keys, [0] * len(keys))
+    elif event == "DELETE" and scorer.narrow:
+        plpy.execute(f"DELETE FROM {scorer.score_table} s USING {OLD_ROWS} e WHERE s.{scorer.key} = e.{scorer.key}")
+    elif event == "TRUNCATE" and scorer.narrow:
+        plpy.execute(f"TRUNCATE {scorer.score_table}")
+    return None
+
+
+def apply(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, keys: Sequence[Any],
+          deltas: Sequence[int]) -> int:
+    """Grows ``counter`` (a quoted column, or None) of each key's entity row by
+    its delta and rescores those rows, with one model call. Keys whose row
+    does not exist (an event for a deleted entity) are skipped. Returns the
+    number of rows rescored.
+
+    Locks, always in key order: with score columns, the entity rows (then
+    read with the counter as it will be, and written once); with the narrow
+    table, the entity rows whose counter moves, then the score rows, and
+    the features are read after that (a statement of its own, which sees
+    every change committed before the score rows were locked). A writer of
+    the same score holds its score row until it commits, so no score is
+    computed from a row version older than the one it overwrites.
+    """
+    model, load_failure, active_id = _active(plpy, cache, scorer)
+    key_array = f"{scorer.key_type}[]"
+    if scorer.narrow:
+        if counter is not None:
+            plans.run(plpy, cache, _narrow_sql(scorer, "lock", counter), [key_array], [list(keys)])
+            plans.run(plpy, cache, _narrow_sql(scorer, "count", counter), [key_array, "int[]"],
+                      [list(keys), list(deltas)])
+        plans.run(plpy, cache, _narrow_sql(scorer, "claim"), [key_array], [list(keys)])
+        plans.run(plpy, cache, _narrow_sql(scorer, "lock_scores"), [key_array], [list(keys)])
+        rows = plans.run(plpy, cache, _read_sql(plpy, scorer, model, None, lock=False), [key_array, "int[]"],
+                         [list(keys), list(deltas)])
+    else:
+        rows = plans.run(plpy, cache, _read_sql(plpy, scorer, model, counter, lock=True), [key_array, "int[]"],
+                         [list(keys), list(deltas)])
+    if not rows.nrows():
+        return 0
+    ids = [row["pgscore_key"] for row in rows]
+    scores: list[float | None] = [None] * len(ids)
+    failures: dict = {}
+    if model is not None:
+        scores, failures = trigger._score_each(model, ids, rows)
+        if failures and settings.on_error(plpy, cache) == "raise":
+            raise next(iter(failures.values()))
+    elif load_failure is not None:
+        failures = {key: load_failure for key in ids}
+    model_id = model.model_id if model is not None else None
+    if scorer.narrow:
+        plans.run(plpy, cache, _narrow_sql(scorer, "write"), [key_array, "float8[]", "bigint"], [ids, scores, model_id])
+    else:
+        counts = [row["pgscore_delta"] for row in rows]
+        _write_columns(plpy, cache, scorer, counter, ids, counts, scores, model_id)
+    if failures:
+        trigger._record(plpy, cache, model_id if model is not None else active_id, failures, scorer.name)
+    return len(ids)
+
+
+def rescore_batch(plpy: Any, cache: dict, scorer: scorers.Scorer, after: str | None, batch_size: int) -> str | None:
+    """One batch of scoring.rescore for a scorer: the ``batch_size`` keys after
+    ``after`` (text; None: from the first), rescored by :func:`apply`.
+    Returns the batch's last key as text, None when there were no keys left."""
+    if batch_size is None or batch_size < 1:
+        raise ScoringError(f"batch_size must be a positive number of rows, not {batch_size}",
+                           sqlstate=INVALID_PARAMETER_VALUE, hint=f"call scoring.rescore('{scorer.name}', 10000)")
+    _require_active(plpy, cache, scorer)
+    where = "" if after is None else f" WHERE p.{scorer.key} > $2::text::{scorer.key_type}"
+    rows = plans.run(plpy, cache, f"SELECT p.{scorer.key} AS k FROM {scorer.entity} p{where}"
+                                  f" ORDER BY p.{scorer.key} LIMIT $1", ["int", "text"], [batch_size, after])
+    keys = [row["k"] for row in rows]
+    if not keys:
+        return None
+    apply(plpy, cache, scorer, None, keys, [0] * len(keys))
+    return str(keys[-1])
+
+
+def count(plpy: Any, cache: dict, scorer: scorers.Scorer) -> int:
+    return plans.run(plpy, cache, f"SELECT count(*) AS n FROM {scorer.entity}")[0]["n"]
+
+
+def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: dict, before: bool) -> str | None:
+    """One entity row an UPDATE changed: rescored when a feature of the active
+    model changed. BEFORE (score columns): the scores go into the row being
+    written ("MODIFY"); AFTER (narrow table): into the score table."""
+    model, load_failure, active_id = _active(plpy, cache, scorer)
+    if model is None and load_failure is None:
+        return None
+    names = model.feature_names if model is not None else scorer.features
+    moved = scorer.narrow and old[scorer.key_name] != new[scorer.key_name]
+    if not moved and all(old.get(name) == new.get(name) for name in names):
+        return None
+    key = new[scorer.key_name]
+    failure = load_failure
+    score = None
+    if model is not None:
+        try:
+            row = catalog.plain_row(model.feature_names, scorer.columns, new)
+            score = model.predict_one([row[name] for name in model.feature_names])
+        except ScoringError as exc:
+            failure = exc
+    if failure is not None:
+        if settings.on_error(plpy, cache) == "raise":
+            raise failure
+        trigger._record(plpy, cache, model.model_id if model is not None else active_id, {key: failure},
+                        scorer.name)
+    if moved:
+        plans.run(plpy, cache, f"DELETE FROM {scorer.score_table} WHERE {scorer.key} = $1", [scorer.key_type],
+                  [old[scorer.key_name]])
+    if score is None:
+        return None
+    if before:
+        new[scorer.score_name] = score
+        if scorer.model_id is not None:
+            new[scorer.model_id_name] = model.model_id
+        if scorer.scored_at is not None:
+            new[scorer.scored_at_name] = plans.run(plpy, cache, "SELECT now() AS t")[0]["t"]
+        return "MODIFY"
+    plans.run(plpy, cache,
+              f"INSERT INTO {scorer.score_table} AS s ({scorer.key}, score, model_id, scored_at)"
+              f" VALUES ($1, $2, $3, now()) ON CONFLICT ({scorer.key}) DO UPDATE"
+              " SET score = excluded.score, model_id = excluded.model_id, scored_at = excluded.scored_at",
+              [scorer.key_type, "float8", "bigint"], [key, score, model.model_id])
+    return None
+
+
+def score_keys(plpy: Any, cache: dict, scorer: scorers.Scorer, keys: Sequence[Any]) -> list[float]:
+    """Fresh scores of ``keys`` (in order) with the scorer's active model; reads only.
+    Raises ScoringError naming the keys that have no row."""
+    if any(key is None for key in keys):
+        raise ScoringError("keys contains NULL", sqlstate=INVALID_PARAMETER_VALUE,
+                           hint="remove NULLs, e.g. array_remove(keys, NULL)")
+    model = registry.load(plpy, cache, *_require_active(plpy, cache, scorer), scorer=scorer)
+    if not keys:
+        return []
+    rows = plans.run(plpy, cache,
+                     f"SELECT u.k AS pgscore_key, {model.select_list} FROM unnest($1::text[]) AS u(k)"
+                     f" JOIN {scorer.entity} p ON p.{scorer.key} = u.k::{scorer.key_type}", ["text[]"],
+                     [sorted(set(keys))])
+    found = {row["pgscore_key"]: row for row in rows}
+    missing = sorted(set(keys) - found.keys())
+    if missing:
+        from .errors import NO_DATA_FOUND
+
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise ScoringError(f"no row of {scorer.entity} with {scorer.key} {shown}", sqlstate=NO_DATA_FOUND,
+                           hint=f"check the key against {scorer.entity}")
+    distinct = list(found)
+    scored = dict(zip(distinct, model.predict([found[key] for key in distinct])))
+    return [scored[key] for key in keys]
+
+
+def _require_active(plpy: Any, cache: dict, scorer: scorers.Scorer) -> tuple[int, str, str]:
+    active = registry.active_model_id(plpy, cache, scorer.model_name)
+    if active is None:
+        raise registry.no_active_model(plpy, cache, scorer.model_name)
+    return active
+
+
+def _active(plpy: Any, cache: dict, scorer: scorers.Scorer) -> tuple[Any, ScoringError | None, int | None]:
+    """(the scorer's active model loaded for its entity or None, why it could not be loaded, its model_id)."""
+    active = registry.active_model_id(plpy, cache, scorer.model_name)
+    if active is None:
+        return None, None, None
+    try:
+        # A subtransaction, so that a failed query while loading does not
+        # abort the event's transaction under 'keep'.
+        with plpy.subtransaction():
+            return registry.load(plpy, cache, *active, scorer=scorer), None, active[0]
+    except Exception as exc:
+        failure = as_scoring_error(exc, f"loading the active {scorer.model_name!r} model failed")
+        if settings.on_error(plpy, cache) == "raise":
+            raise failure from None
+        return None, failure, active[0]
+
+
+def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: str | None, lock: bool) -> str:
+    """Reads each key's delta and the model's features (the counter as it
+    will be after the statement), locking the entity rows in key order when ``lock``."""
+    cache_key = ("read", counter, model.model_id if model else None, lock)
+    cached = scorer.plan_cache.get(cache_key)
+    if cached is not None:
+        return cached
+    select_list = ""
+    if model is not None:
+        overrides = {}
+        if counter is not None:
+            name = next(e.counter_name for e in scorer.events if e.counter == counter)
+            overrides[name] = f"p.{counter} + u.n"
+        select_list = ", " + catalog.select_list(plpy, model.feature_names, scorer.columns, overrides=overrides)
+    sql = (f"SELECT p.{scorer.key} AS pgscore_key, u.n AS pgscore_delta{select_list}"
+           f" FROM {scorer.entity} p JOIN unnest($1::{scorer.key_type}[], $2::int[]) AS u(k, n) ON p.{scorer.key} = u.k"
+           f" ORDER BY p.{scorer.key}" + (" FOR NO KEY UPDATE OF p" if lock else ""))
+    scorer.plan_cache[cache_key] = sql
+    return sql
+
+
+def _narrow_sql(scorer: scorers.Scorer, step: str, counter: str | None = None) -> str:
+    """The statements of the narrow table's protocol (:func:`apply`), keys as $1."""
+    key, entity, table, keys = scorer.key, scorer.entity, scorer.score_table, f"$1::{scorer.key_type}[]"
+    return {
+        "lock": f"SELECT FROM {entity} p WHERE p.{key} = ANY({keys}) ORDER BY p.{key} FOR NO KEY UPDATE OF p",
+        "count": f"UPDATE {entity} p SET {counter} = p.{counter} + u.n"
+                 f" FROM unnest({keys}, $2::int[]) AS u(k, n) WHERE p.{key} = u.k",
+        # Score rows for keys that have none yet, then every score row locked, in key order.
+        "claim": f"INSERT INTO {table} ({key}) SELECT DISTINCT u.k FROM unnest({keys}) AS u(k)"
+                 f" JOIN {entity} p ON p.{key} = u.k ORDER BY 1 ON CONFLICT ({key}) DO NOTHING",
+        "lock_scores": f"SELECT FROM {table} s WHERE s.{key} = ANY({keys}) ORDER BY s.{key} FOR UPDATE",
+        "write": f"UPDATE {table} s SET score = u.score, model_id = $3, scored_at = now()"
+                 f" FROM unnest({keys}, $2::float8[]) AS u(k, score) WHERE s.{key} = u.k AND u.score IS NOT NULL",
+    }[step]
+
+
+def _write_columns(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, keys: list, deltas: list,
+                   scores: list, model_id: int | None) -> None:
+    """Counters and score columns of entity rows :func:`apply` locked; a None score keeps the old one."""
+    key_array = f"{scorer.key_type}[]"
+    sets = [f"{scorer.score} = coalesce(u.score, p.{scorer.score})"]
+    if scorer.model_id is not None:
+        sets.append(f"{scorer.model_id} = CASE WHEN u.score IS NULL THEN p.{scorer.model_id} ELSE $4 END")
+    if scorer.scored_at is not None:
+        sets.append(f"{scorer.scored_at} = CASE WHEN u.score IS NULL THEN p.{scorer.scored_at} ELSE now() END")
+    if counter is not None:
+        sets.insert(0, f"{counter} = p.{counter} + u.n")
+    plans.run(plpy, cache,
+              f"UPDATE {scorer.entity} p SET {', '.join(sets)}"
+              f" FROM unnest($1::{key_array}, $2::int[], $3::float8[]) AS u(k, n, score) WHERE p.{scorer.key} = u.k",
+              [key_array, "int[]", "float8[]", "bigint"], [keys, deltas, scores, model_id])

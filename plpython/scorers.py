@@ -1,0 +1,180 @@
+"""Scorers: what a scorer binds (scoring.scorer_entities, scoring.scorer_events),
+read once per backend and checked on every use.
+
+A scorer scores the rows of one entity table (a single-column key of type
+bigint, integer, text or uuid) with the active model of its model name and
+writes each score either into columns of the entity (``score_column``,
+optionally ``model_id_column`` and ``scored_at_column``) or into its own
+narrow table ``scoring_scores."<scorer>"``. Event tables keep a counter
+column of the entity equal to their number of rows per key. The reference
+tables are the scorer 'churn'.
+
+Every name here comes from the catalog and is quoted by PostgreSQL
+(quote_ident): a :class:`Scorer`'s SQL fragments are safe to write into
+statements. The stamp (the registry rows' and the entity's catalog row
+versions) changes with an attach, a detach, a rename or an ALTER TABLE, and
+then the scorer is read again.
+"""
+
+from __future__ import annotations
+
+from . import plans
+from .errors import UNDEFINED_OBJECT, ScoringError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
+if TYPE_CHECKING:
+    from typing import Any
+
+# The reference scorer: public.customer_profiles and public.complaints.
+REFERENCE = "churn"
+SCORE_SCHEMA = "scoring_scores"
+# What a scorer's name may be: the CHECK on scoring.scorer_entities.scorer.
+# 40 characters, so that its trigger names (pgscore_<scorer>_features) fit in 63.
+SCORER_NAME = "[a-z][a-z0-9_]{0,39}"
+KEY_TYPES = ("bigint", "integer", "text", "uuid")
+
+# One row per scorer: its binding with every name quoted, the entity's
+# columns, and the stamp that tells a cached copy from a stale one.
+SCORER_SQL = """
+SELECT e.scorer, e.model_name, e.entity::oid AS entity_oid,
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS entity,
+       e.key_column, e.key_type, e.score_column, e.model_id_column, e.scored_at_column,
+       e.features, e.score_on_insert, e.mode,
+       e.xmin::text || ':' || c.xmin::text || ':' || coalesce(
+           (SELECT pg_catalog.string_agg(v.xmin::text || '/' || v.events::oid::text || '/' || ec.xmin::text, ',' ORDER BY v.events::oid)
+              FROM scoring.scorer_events v JOIN pg_catalog.pg_class ec ON ec.oid = v.events
+             WHERE v.scorer = e.scorer), '') AS stamp
+  FROM scoring.scorer_entities e
+  JOIN pg_catalog.pg_class c ON c.oid = e.entity
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE e.scorer = $1
+"""
+EVENTS_SQL = """
+SELECT v.events::oid AS events_oid,
+       pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS events,
+       v.key_column, v.counter_column
+  FROM scoring.scorer_events v
+  JOIN pg_catalog.pg_class c ON c.oid = v.events
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE v.scorer = $1
+ ORDER BY v.events::oid
+"""
+COLUMNS_SQL = (
+    "SELECT attname::text AS name, pg_catalog.format_type(atttypid, NULL) AS type,"
+    " pg_catalog.format_type(atttypid, atttypmod) AS declared"
+    " FROM pg_catalog.pg_attribute"
+    " WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped"
+    " ORDER BY attnum"
+)
+SCORERS_OF_MODEL_SQL = "SELECT scorer FROM scoring.scorer_entities WHERE model_name = $1 ORDER BY scorer"
+
+
+class Events:
+    """One event table of a scorer: its key column and the entity's counter it keeps (or None)."""
+
+    __slots__ = ("oid", "table", "key", "counter", "counter_name")
+
+    def __init__(self, oid: int, table: str, key: str, counter: str | None, counter_name: str | None) -> None:
+        self.oid = oid
+        self.table = table
+        self.key = key
+        self.counter = counter
+        self.counter_name = counter_name
+
+
+class Scorer:
+    """A scorer's binding, every identifier already quoted.
+
+    ``entity`` is the qualified entity table, ``key`` its key column
+    (``key_name`` unquoted), ``columns``/``declared`` the entity's column
+    types. Scores go to ``score``/``model_id``/``scored_at`` of the entity
+    (None where not named), or, when ``score`` is None, to ``score_table``.
+    ``plan_cache`` holds SQL built for this version of the scorer.
+    """
+
+    __slots__ = ("name", "model_name", "entity_oid", "entity", "key", "key_name", "key_type", "score",
+                 "model_id", "scored_at", "score_name", "model_id_name", "scored_at_name", "score_table", "features", "score_on_insert", "mode", "events",
+                 "columns", "declared", "stamp", "plan_cache")
+
+    def __init__(self, row: Any, events: list[Events], columns: dict[str, str], declared: dict[str, str],
+                 quote_ident: Any) -> None:
+        def quoted(name: str | None) -> str | None:
+            return None if name is None else quote_ident(name)
+
+        self.name = row["scorer"]
+        self.model_name = row["model_name"]
+        self.entity_oid = int(row["entity_oid"])
+        self.entity = row["entity"]
+        self.key_name = row["key_column"]
+        self.key = quote_ident(self.key_name)
+        self.key_type = row["key_type"]
+        self.score_name = row["score_column"]
+        self.model_id_name = row["model_id_column"]
+        self.scored_at_name = row["scored_at_column"]
+        self.score = quoted(row["score_column"])
+        self.model_id = quoted(row["model_id_column"])
+        self.scored_at = quoted(row["scored_at_column"])
+        self.score_table = None if self.score is not None else f"{SCORE_SCHEMA}.{quote_ident(self.name)}"
+        self.features = list(row["features"])
+        self.score_on_insert = bool(row["score_on_insert"])
+        self.mode = row["mode"]
+        self.events = events
+        self.columns = columns
+        self.declared = declared
+        self.stamp = row["stamp"]
+        self.plan_cache: dict = {}
+
+    @property
+    def narrow(self) -> bool:
+        """Scores go to pgscore's own table, never to the entity."""
+        return self.score is None
+
+    def events_of(self, oid: int) -> Events:
+        for events in self.events:
+            if events.oid == oid:
+                return events
+        raise ScoringError(f"table with oid {oid} does not drive scorer {self.name!r}", sqlstate=UNDEFINED_OBJECT,
+                           hint=f"see SELECT * FROM scoring.scorers WHERE scorer = '{self.name}'")
+
+    def key_label(self) -> str:
+        return f"{self.entity}.{self.key}"
+
+
+def get(plpy: Any, cache: dict, name: str) -> Scorer:
+    """The scorer ``name``, read again when the catalog changed since this backend last read it.
+
+    Raises ScoringError (42704) for an unknown name, naming the scorers there are.
+    """
+    rows = plans.run(plpy, cache, SCORER_SQL, ["text"], [name])
+    if not rows.nrows():
+        raise unknown_scorer(plpy, cache, name)
+    row = rows[0]
+    known = cache.setdefault("pgscore.scorers", {})
+    scorer = known.get(name)
+    if scorer is None or scorer.stamp != row["stamp"]:
+        events = [Events(r["events_oid"], r["events"], plpy.quote_ident(r["key_column"]),
+                         None if r["counter_column"] is None else plpy.quote_ident(r["counter_column"]),
+                         r["counter_column"])
+                  for r in plans.run(plpy, cache, EVENTS_SQL, ["text"], [name])]
+        column_rows = plans.run(plpy, cache, COLUMNS_SQL, ["oid"], [row["entity_oid"]])
+        columns = {r["name"]: r["type"] for r in column_rows}
+        declared = {r["name"]: r["declared"] for r in column_rows}
+        scorer = known[name] = Scorer(row, events, columns, declared, plpy.quote_ident)
+    return scorer
+
+
+def of_model(plpy: Any, cache: dict, model_name: str) -> Scorer:
+    """The scorer a model name scores for: the one whose model_name it is, or
+    the reference scorer (which scores any model on its table, as
+    scoring.score_many(ids, model_name) always has)."""
+    rows = plans.run(plpy, cache, SCORERS_OF_MODEL_SQL, ["text"], [model_name])
+    return get(plpy, cache, rows[0]["scorer"] if rows.nrows() else REFERENCE)
+
+
+def unknown_scorer(plpy: Any, cache: dict, name: str) -> ScoringError:
+    names = [r["scorer"] for r in plans.run(plpy, cache, "SELECT scorer FROM scoring.scorer_entities ORDER BY 1")]
+    known = f"scorers: {', '.join(names[:10])}" if names else "no scorer is attached yet"
+    return ScoringError(
+        f"no scorer named {name!r}", sqlstate=UNDEFINED_OBJECT,
+        hint=f"{known}; attach one with SELECT scoring.attach('{name}', 'schema.table', 'key_column')"
+             if names or name else known)
