@@ -16,8 +16,11 @@ from typing import Iterator
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from tests.crm import ENTITY, EVENTS, KEYS, Crm, as_role, attach_both, check, crm_schema, subscriber_rows
+from tests.crm import (CRM_SCHEMA, ENTITY, EVENTS, FEATURES, KEYS, Crm, as_role, attach_both, check,
+                       counter_differences, crm_pipeline, crm_schema, expected_scores, push, score_differences,
+                       stored_scores, subscriber_rows)
 
 @pytest.fixture
 def crm(db) -> Iterator[Crm]:
@@ -63,10 +66,11 @@ def pgscore_objects(admin: psycopg.Connection) -> dict[str, set]:
     }
 
 
-def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm):
+@pytest.mark.parametrize("path", ["auto", "sklearn"])
+def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm, path):
     with crm.db.connect() as admin:
         before_attach = pgscore_objects(admin)
-    attach_both(crm)
+    attach_both(crm, path=path)
     app = crm.app_connect()
     rows = subscriber_rows(KEYS, seed=5)
 
@@ -118,7 +122,7 @@ def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm):
 
     # Only columns the models do not read ("Email" is a feature pgscore may read, but no model does):
     # not rescored, scored_at unchanged.
-    app.execute('UPDATE "CRM"."Subscribers" SET "Email" = %s, "SignedUp" = DATE %s WHERE "customerID" = %s',
+    app.execute('UPDATE "CRM"."Subscribers" SET "Email" = %s, "SignedUp" = %s::date WHERE "customerID" = %s',
                 ["new@example.com", "2020-01-02", key])
     assert scored_at(crm, key) == after
     check(crm, "a column no model reads changed")
@@ -139,10 +143,16 @@ def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm):
     assert any(counts_before.values())
     try:
         app.execute("TRUNCATE support.tickets")
+        truncated = True  # pgscore_server.freshness recounts (to 0) and rescores
     except psycopg.Error as exc:
+        truncated = False
         text = " ".join(filter(None, [exc.diag.message_primary, exc.diag.message_detail, exc.diag.message_hint]))
         assert "tickets" in text and ("DELETE" in text or "scoring." in text), text
         app.execute("DELETE FROM support.tickets")  # what a refusal points to
+    with crm.db.connect() as admin:
+        assert admin.execute("SELECT count(*) FROM support.tickets").fetchone()[0] == 0
+    if not truncated:  # refused: nothing was truncated, the DELETE it points to did the work
+        assert app.execute("SELECT count(*) FROM support.tickets").fetchone()[0] == 0
     with crm.db.connect() as admin:
         assert set(dict(admin.execute(
             'SELECT "customerID", "TicketCount" FROM "CRM"."Subscribers"').fetchall()).values()) == {0}
@@ -181,20 +191,19 @@ def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm):
         assert user_objects(admin) == kept
         assert admin.execute("SELECT tgname::text FROM pg_trigger WHERE tgrelid IN (%s::regclass, %s::regclass)"
                              " AND NOT tgisinternal", [ENTITY, EVENTS]).fetchall() == []
-        assert admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')").fetchone()[0] is None
+        left_behind = admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')::text").fetchone()[0]
         assert admin.execute("SELECT count(*) FROM scoring.scorers WHERE scorer LIKE 'crm%%'").fetchone()[0] == 0
         after_detach = pgscore_objects(admin)
     assert after_detach == before_attach  # every function, table and trigger attach or activation made is gone
-    with crm.db.connect() as admin:
-        left = admin.execute("SELECT table_schema || '.' || table_name, column_name, privilege_type"
-                             " FROM information_schema.column_privileges WHERE grantee = 'scoring_owner'"
-                             " AND table_schema IN ('CRM', 'support')").fetchall()
-    assert left == []  # and scoring_owner's rights on the user's tables
     # Nothing fires any more: a ticket leaves the counter and the score as they were.
     app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s)', [KEYS[0]])
     with crm.db.connect() as admin:
         assert user_objects(admin)["subscribers"] == kept["subscribers"]
+        left = admin.execute("SELECT table_schema || '.' || table_name, column_name, privilege_type"
+                             " FROM information_schema.column_privileges WHERE grantee = 'scoring_owner'"
+                             " AND table_schema IN ('CRM', 'support')").fetchall()
     app.close()
+    assert left == []  # scoring_owner's rights on the user's tables are taken back too
 
 
 def test_rescore_by_the_loader_restores_every_score(crm):
@@ -237,3 +246,263 @@ def test_a_subscriber_inserted_with_tickets_in_one_transaction(crm):
     with crm.db.connect() as admin:
         assert admin.execute('SELECT "TicketCount" FROM "CRM"."Subscribers"').fetchone()[0] == 2
     assert set(stored["crm"]) == {"0000-NEWCO"}
+
+
+def test_subscribers_deleted_or_rekeyed_take_their_narrow_scores_along(crm):
+    attach_both(crm)
+    rows = subscriber_rows(KEYS, seed=12)
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")'
+                    ' SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[])',
+                    [list(column) for column in zip(*rows)])
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS[:4])])
+        app.execute('DELETE FROM support.tickets WHERE "customerID" = %s', [KEYS[0]])
+        app.execute('DELETE FROM "CRM"."Subscribers" WHERE "customerID" IN (%s, %s)', [KEYS[0], KEYS[7]])
+        check(crm, "two subscribers deleted")
+        app.execute('UPDATE "CRM"."Subscribers" SET "customerID" = %s WHERE "customerID" = %s', ["9999-REKEY", KEYS[6]])
+        check(crm, "a subscriber's key changed")
+        app.execute('UPDATE "CRM"."Subscribers" SET "customerID" = "customerID" || %s WHERE "customerID" IN (%s, %s)',
+                    ["-X", KEYS[4], KEYS[5]])
+        check(crm, "two keys changed in one statement")
+    with crm.db.connect() as admin:
+        narrow = {row[0] for row in admin.execute("SELECT \"customerID\" FROM scoring_scores.crm_narrow")}
+    assert narrow == {KEYS[1], KEYS[2], KEYS[3], "9999-REKEY", KEYS[4] + "-X", KEYS[5] + "-X"}
+
+
+def test_counters_are_kept_before_any_model_is_active(crm):
+    """Attached, no model pushed yet: under on_error = 'keep' (the default) the events and
+    counters commit; pushing the models and rescoring then scores every row."""
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk',"
+                      " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')", [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm', %s, 'customerID', 'TicketCount')", [EVENTS])
+    with psycopg.connect(crm.app_dsn, autocommit=True) as app:
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")'
+                    ' SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[])',
+                    [list(column) for column in zip(*subscriber_rows(KEYS, seed=13))])
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])',
+                    [[KEYS[0], KEYS[1], KEYS[0]]])
+        app.execute('DELETE FROM support.tickets WHERE id = (SELECT min(id) FROM support.tickets)')
+    with crm.db.connect() as admin:
+        assert counter_differences(admin, ENTITY, "customerID", "TicketCount", EVENTS, "customerID") == {}
+        assert admin.execute('SELECT count("ChurnRisk") FROM "CRM"."Subscribers"').fetchone()[0] == 0
+    crm.models = {"crm": crm_pipeline(FEATURES)}
+    crm.model_ids["crm"] = push(crm.db, crm.models["crm"], "crm")
+    with crm.db.connect("loader") as loader:
+        loader.execute("CALL scoring.rescore('crm')")
+    with crm.db.connect() as admin:
+        expected = expected_scores(admin, crm.models["crm"], ENTITY, "customerID")
+        assert score_differences(expected, stored_scores(admin, "crm")) == {}
+
+
+def test_a_row_the_model_cannot_score_keeps_its_events_under_keep_and_fails_under_raise(crm):
+    """A subscriber with no "Tenure" (the pipeline has no imputer): under on_error = 'keep'
+    the row, its tickets and its counter commit and each failure is recorded with the
+    scorer's name and the key; under 'raise' the statement fails and nothing is written."""
+    attach_both(crm)
+    bad = "0000-NOTEN"
+    with psycopg.connect(crm.app_dsn, autocommit=True) as app:
+        app.execute("SET scoring.on_error = 'keep'")
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "MonthlyCharges", "Contract") VALUES (%s, 50, %s)',
+                    [bad, "One year"])
+        app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s), (%s)', [bad, bad])
+        app.execute('DELETE FROM support.tickets WHERE id = (SELECT min(id) FROM support.tickets)')
+        app.execute("SET scoring.on_error = 'raise'")
+        with pytest.raises(psycopg.Error) as caught:
+            app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s)', [bad])
+    with crm.db.connect() as admin:
+        assert counter_differences(admin, ENTITY, "customerID", "TicketCount", EVENTS, "customerID") == {}
+        assert admin.execute('SELECT "TicketCount" FROM "CRM"."Subscribers" WHERE "customerID" = %s',
+                             [bad]).fetchone()[0] == 1
+        recorded = admin.execute("SELECT scorer, entity_key, count(*) FROM scoring.errors GROUP BY 1, 2"
+                                 " ORDER BY 1").fetchall()
+    assert [(scorer, key) for scorer, key, _ in recorded] == [("crm", bad), ("crm_narrow", bad)], recorded
+    assert all(count >= 3 for _, _, count in recorded), recorded  # the insert and both ticket statements
+    assert "crm" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("how", ["generated-column", "later-before-trigger", "trigger-outside-the-set-list"])
+def test_features_the_database_computes_are_scored_as_stored(crm, how):
+    """A feature the database itself writes: a stored generated column ("TotalCharges");
+    a BEFORE trigger of the application's that fires after pgscore's (zz_ sorts after
+    pgscore_) and caps "Tenure"; one that fires before pgscore's (a_) and sets "Contract"
+    when the UPDATE names only "SignedUp" (a date: no scorer's feature). The stored
+    scores are those of the rows as stored."""
+    features = FEATURES + (("TotalCharges",) if how == "generated-column" else ())
+    with crm.owner_connect() as owner:
+        if how == "generated-column":
+            owner.execute('ALTER TABLE "CRM"."Subscribers" ADD COLUMN "TotalCharges" numeric(12,2)'
+                          ' GENERATED ALWAYS AS ("Tenure" * "MonthlyCharges") STORED')
+        else:
+            owner.execute("""
+                CREATE FUNCTION "CRM".normalize() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    NEW."Tenure" := least(NEW."Tenure", 72);
+                    IF NEW."SignedUp" IS NULL THEN NEW."Contract" := 'Month-to-month'; END IF;
+                    RETURN NEW;
+                END $$;
+            """)
+            owner.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE ON {} FOR EACH ROW"
+                                  ' EXECUTE FUNCTION "CRM".normalize()').format(
+                sql.Identifier("zz_normalize" if how == "later-before-trigger" else "a_normalize"), sql.SQL(ENTITY)))
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk',"
+                      " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')", [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm', %s, 'customerID', 'TicketCount')", [EVENTS])
+        owner.execute("SELECT scoring.attach('crm_narrow', %s, 'customerID', model_name => 'crm')", [ENTITY])
+    crm.models = {"crm": crm_pipeline(features), "crm_narrow": crm_pipeline(features)}
+    crm.model_ids["crm"] = crm.model_ids["crm_narrow"] = push(crm.db, crm.models["crm"], "crm")
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")'
+                    ' SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[])',
+                    [list(column) for column in zip(*subscriber_rows(KEYS, seed=14))])
+        check(crm, "inserted")
+        app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s), (%s)', [KEYS[0], KEYS[1]])
+        check(crm, "tickets")
+        if how == "trigger-outside-the-set-list":
+            app.execute('UPDATE "CRM"."Subscribers" SET "SignedUp" = NULL WHERE "Contract" <> %s', ["Month-to-month"])
+        else:
+            app.execute('UPDATE "CRM"."Subscribers" SET "Tenure" = "Tenure" + 30')
+        check(crm, "updated")
+
+
+def test_counters_of_events_with_no_foreign_key(crm):
+    """Events may come before their entity (no foreign key, e.g. loaded from a stream), and an
+    application may insert an entity with a counter of its own: the counter still equals the
+    entity's event rows once the row exists."""
+    with crm.owner_connect() as owner:
+        owner.execute('ALTER TABLE "CRM"."Subscribers" ADD COLUMN "CallCount" integer NOT NULL DEFAULT 0')
+        owner.execute('CREATE TABLE support.calls (id bigint GENERATED ALWAYS AS IDENTITY, "customerID" text)')
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON support.calls TO {crm.app}")
+    attach_both(crm)
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.attach_events('crm', 'support.calls', 'customerID', 'CallCount')")
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.calls ("customerID") VALUES (%s), (%s), (NULL)', [KEYS[0], KEYS[0]])
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract")'
+                    " VALUES (%s, 5, 70, 'One year')", [KEYS[0]])
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract",'
+                    ' "TicketCount", "CallCount") VALUES (%s, 5, 70, %s, 4, 3)', [KEYS[1], "One year"])
+        app.execute('INSERT INTO support.calls ("customerID") VALUES (%s)', [KEYS[1]])
+    with crm.db.connect() as admin:
+        calls = counter_differences(admin, ENTITY, "customerID", "CallCount", "support.calls", "customerID")
+        tickets = counter_differences(admin, ENTITY, "customerID", "TicketCount", EVENTS, "customerID")
+    assert calls == {} and tickets == {}, (calls, tickets)
+    check(crm, "events before their entity")
+
+
+def test_a_partitioned_ticket_table(crm):
+    """Tickets partitioned by month: inserts through the parent and into a partition,
+    a ticket moved to another month (another partition) and to another subscriber, deletes."""
+    with crm.owner_connect() as owner:
+        owner.execute("""
+            CREATE TABLE support.monthly ("customerID" text NOT NULL REFERENCES "CRM"."Subscribers",
+                opened_at date NOT NULL) PARTITION BY RANGE (opened_at);
+            CREATE TABLE support.monthly_01 PARTITION OF support.monthly
+                FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');
+            CREATE TABLE support.monthly_02 PARTITION OF support.monthly
+                FOR VALUES FROM ('2026-02-01') TO ('2026-03-01');
+        """)
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON support.monthly, support.monthly_01,"
+                      f" support.monthly_02 TO {crm.app}")
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk',"
+                      " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')", [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm', 'support.monthly', 'customerID', 'TicketCount')")
+    crm.models = {"crm": crm_pipeline(FEATURES)}
+    crm.model_ids["crm"] = push(crm.db, crm.models["crm"], "crm")
+    crm.events = "support.monthly"
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")'
+                    ' SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[])',
+                    [list(column) for column in zip(*subscriber_rows(KEYS, seed=15))])
+        app.execute('INSERT INTO support.monthly ("customerID", opened_at) VALUES (%s, %s), (%s, %s), (%s, %s)',
+                    [KEYS[0], "2026-01-05", KEYS[1], "2026-02-05", KEYS[0], "2026-02-07"])
+        app.execute('UPDATE support.monthly SET opened_at = %s WHERE opened_at = %s', ["2026-02-09", "2026-01-05"])
+        app.execute('UPDATE support.monthly SET "customerID" = %s, opened_at = %s WHERE opened_at = %s',
+                    [KEYS[2], "2026-01-20", "2026-02-07"])
+        app.execute("DELETE FROM support.monthly WHERE opened_at = %s", ["2026-02-05"])
+        check(crm, "through the parent")
+        app.execute('INSERT INTO support.monthly_01 ("customerID", opened_at) VALUES (%s, %s)', [KEYS[3], "2026-01-02"])
+        app.execute("DELETE FROM support.monthly_02")
+        check(crm, "into and from a partition directly")
+
+
+def insert_subscribers(crm: Crm, keys=KEYS, seed: int = 16) -> None:
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")'
+                    ' SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[])',
+                    [list(column) for column in zip(*subscriber_rows(keys, seed=seed))])
+
+
+def test_detached_then_attached_again_recounts_and_rescores(crm):
+    """Tickets that arrive while no scorer is attached are counted when the events are
+    attached again, and those rows rescored (attach_events on a table with rows)."""
+    attach_both(crm)
+    insert_subscribers(crm)
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS[:3])])
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.detach('crm')")
+        owner.execute("SELECT scoring.detach('crm_narrow')")
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS[2:6]) * 2])
+        app.execute('DELETE FROM support.tickets WHERE "customerID" = %s', [KEYS[0]])
+        app.execute('UPDATE "CRM"."Subscribers" SET "Contract" = %s', ["Two year"])
+    with crm.db.connect() as admin:
+        assert counter_differences(admin, ENTITY, "customerID", "TicketCount", EVENTS, "customerID") != {}
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk',"
+                      " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')", [ENTITY])
+        summary = owner.execute("SELECT scoring.attach_events('crm', %s, 'customerID', 'TicketCount')",
+                                [EVENTS]).fetchone()[0]
+        owner.execute("SELECT scoring.attach('crm_narrow', %s, 'customerID')", [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm_narrow', %s, 'customerID')", [EVENTS])
+    assert "recounted" in summary, summary
+    with crm.db.connect("loader") as loader:  # the Contract change reached no scorer: rescore says so
+        loader.execute("CALL scoring.rescore('crm')")
+        loader.execute("CALL scoring.rescore('crm_narrow')")
+    check(crm, "attached again")
+
+
+def test_dropping_the_entity_forgets_its_scorers_and_their_scores(crm):
+    """DROP TABLE of the entity (and its tickets): the scorers leave scoring.scorers, the narrow
+    table goes; the same names attached to a new table of the same shape start with no score."""
+    attach_both(crm)
+    insert_subscribers(crm)
+    with crm.owner_connect() as owner:
+        owner.execute('DROP TABLE support.tickets, "CRM"."Subscribers"')
+    with crm.db.connect() as admin:
+        assert admin.execute("SELECT scorer FROM scoring.scorers WHERE scorer LIKE 'crm%%'").fetchall() == []
+        left_behind = admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')::text").fetchone()[0]
+        assert admin.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgscore_crm%%'").fetchone()[0] == 0
+    with crm.owner_connect() as owner:
+        owner.execute(CRM_SCHEMA.replace('CREATE SCHEMA "CRM";', "").replace("CREATE SCHEMA support;", ""))
+        owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {ENTITY}, {EVENTS} TO {crm.app}')
+    attach_both(crm)
+    insert_subscribers(crm, KEYS[:3], seed=17)
+    check(crm, "a new table under the old names")
+    assert left_behind is None, "the narrow score table outlived its entity"
+
+
+def test_rows_inserted_unscored_when_the_scorer_says_so(crm):
+    """score_on_insert => false: a new row has no score until one of its features or events
+    changes (or rescore runs)."""
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk',"
+                      " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt', score_on_insert => false)",
+                      [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm', %s, 'customerID', 'TicketCount')", [EVENTS])
+    crm.models = {"crm": crm_pipeline(FEATURES)}
+    crm.model_ids["crm"] = push(crm.db, crm.models["crm"], "crm")
+    insert_subscribers(crm)
+    with crm.db.connect() as admin:
+        assert admin.execute('SELECT count("ChurnRisk") FROM "CRM"."Subscribers"').fetchone()[0] == 0
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s)', [KEYS[0]])
+        app.execute('UPDATE "CRM"."Subscribers" SET "Tenure" = "Tenure" + 1 WHERE "customerID" = %s', [KEYS[1]])
+    with crm.db.connect() as admin:
+        scored = [row[0] for row in admin.execute(
+            'SELECT "customerID" FROM "CRM"."Subscribers" WHERE "ChurnRisk" IS NOT NULL ORDER BY 1')]
+    assert scored == sorted([KEYS[0], KEYS[1]])
+    with crm.db.connect("loader") as loader:
+        loader.execute("CALL scoring.rescore('crm')")
+    check(crm, "rescored")

@@ -19,7 +19,7 @@ import time
 import psycopg
 
 from tests.crm import (CONTRACTS, FEATURES, as_role, counter_differences, crm_pipeline, crm_schema, expected_scores,
-                       grant_app, score_differences, stored_scores, subscriber_rows)
+                       grant_app, push, score_differences, stored_scores, subscriber_rows)
 
 CLIENTS = 8
 LOAD_SECONDS = 20.0  # the load stops by itself
@@ -48,8 +48,6 @@ CREATE TABLE support.interactions (
 
 def set_up(db, crm) -> dict:
     """Tables, scorers, models, hot entities; returns scorer -> fitted model."""
-    from pgscore import push_model
-
     with db.connect() as admin:
         as_role(admin, crm.owner)
         admin.execute(SCHEMA)
@@ -61,7 +59,7 @@ def set_up(db, crm) -> dict:
         admin.execute("SELECT scoring.attach_events('narrow', %s, 'AccountID', 'TicketCount')", [EVENTS])
     models = {"wide": crm_pipeline(FEATURES), "narrow": crm_pipeline(FEATURES, seed=2, c=0.2)}
     for name, model in models.items():
-        push_model(db.dsn("loader"), model, name=name, activate=True)
+        push(db, model, name)
     with crm.app_connect() as app:
         rows = subscriber_rows(HOT_SUBSCRIBERS, seed=8)
         app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract")'
