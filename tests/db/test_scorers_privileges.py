@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.crm import (ENTITY, EVENTS, FEATURES, KEYS, NARROW_FEATURES, Crm, attach_both, check, crm_schema,
-                       subscriber_rows)
+from tests.crm import (ENTITY, EVENTS, FEATURES, KEYS, NARROW_FEATURES, Crm, as_role, attach_both, check, crm_schema,
+                       may_create_schemas, owned_roles, subscriber_rows, suffix)
 
 SCHEMAS = ("scoring", "scoring_scores", "scoring_trusted")
 SCORE_COLUMNS = ("ChurnRisk", "ScoredBy", "ScoredAt")
@@ -250,3 +250,61 @@ def test_renaming_the_tables_and_their_schemas_keeps_the_scorers_working(attache
         counts = dict(admin.execute('SELECT "customerID", "TicketCount" FROM "CRM"."Members"').fetchall())
     assert listed[0] == crm.entity and crm.events in str(listed[1])
     assert counts[KEYS[6]] == 2 and counts[KEYS[7]] == 1
+
+
+@pytest.mark.parametrize("via", ["score-columns", "counter", "narrow-read"])
+def test_a_table_owner_cannot_run_code_as_scoring_owner(crm, via):
+    """Any role that owns a table may attach a scorer to it. pgscore's triggers then read and
+    write that table as scoring_owner, which owns schema scoring: the table's own triggers or
+    row-level security policies must not run as scoring_owner. Mallory attaches her table
+    (scored with crm's model) and plants a trigger and a policy that note current_user and try
+    to write crm's scores and the model registry."""
+    attach_both(crm)
+    add_subscribers(crm)
+    mallory = f"mallory_{suffix()}"
+    with owned_roles(crm.db.admin, mallory), crm.db.connect() as admin:
+        may_create_schemas(admin, mallory)
+        as_role(admin, mallory)
+        admin.execute("""
+            CREATE SCHEMA mallory;
+            CREATE TABLE mallory.loot (who text, what text);
+            GRANT USAGE ON SCHEMA mallory TO PUBLIC;
+            GRANT INSERT ON mallory.loot TO PUBLIC;
+            CREATE FUNCTION mallory.grab() RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO mallory.loot VALUES (current_user::text, 'ran');
+                IF current_user::text = 'scoring_owner' THEN
+                    UPDATE scoring.models SET note = 'rewritten by mallory';
+                    UPDATE "CRM"."Subscribers" SET "ChurnRisk" = 0;
+                END IF;
+                RETURN true;
+            END $$;
+            CREATE FUNCTION mallory.grab_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN PERFORM mallory.grab(); RETURN NEW; END $$;
+            CREATE TABLE mallory.accounts ("customerID" text PRIMARY KEY, "Tenure" integer,
+                "MonthlyCharges" numeric(10,2), "Contract" text, "TicketCount" integer NOT NULL DEFAULT 0,
+                "ChurnRisk" double precision);
+            CREATE TABLE mallory.events ("customerID" text);
+            CREATE TRIGGER a_grab BEFORE UPDATE ON mallory.accounts
+                FOR EACH ROW EXECUTE FUNCTION mallory.grab_trigger();
+            ALTER TABLE mallory.accounts ENABLE ROW LEVEL SECURITY;
+            ALTER TABLE mallory.accounts FORCE ROW LEVEL SECURITY;
+            CREATE POLICY grab ON mallory.accounts USING (mallory.grab());
+        """)
+        if via == "score-columns":
+            admin.execute("SELECT scoring.attach('mallory', 'mallory.accounts', 'customerID', model_name => 'crm',"
+                          " score_column => 'ChurnRisk')")
+        else:
+            admin.execute("SELECT scoring.attach('mallory', 'mallory.accounts', 'customerID', model_name => 'crm')")
+            admin.execute("SELECT scoring.attach_events('mallory', 'mallory.events', 'customerID', %s)",
+                          ["TicketCount" if via == "counter" else None])
+        admin.execute("INSERT INTO mallory.accounts (\"customerID\", \"Tenure\", \"MonthlyCharges\", \"Contract\")"
+                      " VALUES ('m1', 3, 50, 'One year')")
+        admin.execute("INSERT INTO mallory.events VALUES ('m1')")
+        admin.execute("UPDATE mallory.accounts SET \"Tenure\" = 9")
+        admin.execute("RESET ROLE")
+        who = {row[0] for row in admin.execute("SELECT who FROM mallory.loot")}
+        notes = {row[0] for row in admin.execute("SELECT note FROM scoring.models")}
+        zeroed = admin.execute('SELECT count(*) FROM "CRM"."Subscribers" WHERE "ChurnRisk" = 0').fetchone()[0]
+    assert ("scoring_owner" in who, "rewritten by mallory" in notes, zeroed) == (False, False, 0)
+    check(crm, "after mallory")
