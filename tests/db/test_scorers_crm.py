@@ -191,7 +191,7 @@ def test_crm_flow_keeps_counters_and_scores_exact_then_detaches(crm, path):
         assert user_objects(admin) == kept
         assert admin.execute("SELECT tgname::text FROM pg_trigger WHERE tgrelid IN (%s::regclass, %s::regclass)"
                              " AND NOT tgisinternal", [ENTITY, EVENTS]).fetchall() == []
-        left_behind = admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')::text").fetchone()[0]
+        assert admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')").fetchone()[0] is None
         assert admin.execute("SELECT count(*) FROM scoring.scorers WHERE scorer LIKE 'crm%%'").fetchone()[0] == 0
         after_detach = pgscore_objects(admin)
     assert after_detach == before_attach  # every function, table and trigger attach or activation made is gone
@@ -506,3 +506,46 @@ def test_rows_inserted_unscored_when_the_scorer_says_so(crm):
     with crm.db.connect("loader") as loader:
         loader.execute("CALL scoring.rescore('crm')")
     check(crm, "rescored")
+
+
+def test_migrations_with_scorers_attached(crm):
+    """A superuser's commands run the schema check, which accepts what attach made (narrow
+    tables, grants, triggers on the user's tables); migrate at head again keeps the scorers;
+    a downgrade to 0010 leaves the CRM's tables and data with no pgscore trigger and no
+    grant to scoring_owner, and an upgrade after it can attach them again."""
+    from pgscore import list_models
+    from pgscore.migrate import downgrade, migrate
+
+    attach_both(crm)
+    insert_subscribers(crm)
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS[:4])])
+    assert {model["name"] for model in list_models(crm.db.admin)} >= {"crm", "crm_narrow"}
+    migrate(crm.db.admin)
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") VALUES (%s)', [KEYS[5]])
+    check(crm, "migrated at head again")
+    with crm.db.connect() as admin:
+        kept = user_objects(admin)
+    downgrade(crm.db.admin, "0010")
+    with crm.db.connect() as admin:
+        assert user_objects(admin) == kept
+        assert admin.execute("SELECT tgname::text FROM pg_trigger WHERE tgrelid IN (%s::regclass, %s::regclass)"
+                             " AND NOT tgisinternal", [ENTITY, EVENTS]).fetchall() == []
+        left = admin.execute("SELECT table_schema || '.' || table_name, column_name, privilege_type"
+                             " FROM information_schema.column_privileges WHERE grantee = 'scoring_owner'"
+                             " AND table_schema IN ('CRM', 'support')").fetchall()
+    migrate(crm.db.admin)
+    with crm.db.connect() as admin:
+        assert [row[0] for row in admin.execute("SELECT scorer FROM scoring.scorers")] == ["churn"]
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk',"
+                      " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')", [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm', %s, 'customerID', 'TicketCount')", [EVENTS])
+        owner.execute("SELECT scoring.attach('crm_narrow', %s, 'customerID')", [ENTITY])
+        owner.execute("SELECT scoring.attach_events('crm_narrow', %s, 'customerID')", [EVENTS])
+    with crm.db.connect("loader") as loader:
+        loader.execute("CALL scoring.rescore('crm')")
+        loader.execute("CALL scoring.rescore('crm_narrow')")
+    check(crm, "attached again after a downgrade and an upgrade")
+    assert left == []  # the downgrade took scoring_owner's rights on the CRM's tables back
