@@ -157,7 +157,12 @@ RELEASED_CODE_SHA256 = {
     "0007": "2d17166c83f01ba26b195602cc6e574d8cd4c1d3b4114f57574f8d5a15fc1439",
     "0008": "a8ef0165abdd60e4ca4a2fa90133baec518bf71240d9e66b2796adca3a4905ef",
     "0009": "c835f5e4660a743c6b090f866ddc754c8498f6437ec95c5419850f8f058ad25c",
+    # From 0010 on, a code set (install SQL and modules, as JSON), rendered
+    # from the release's commit (0010: 2d11197).
+    "0010": "aca3ccbb860a343f862a9c9a7f087f3d03ba4ec77b10a67af8732886a8eb521a",
 }
+# Where a released code set is in the archive: its revision's file.
+RELEASED_CODE_SET_FILE = "{revision}-code-set.json"
 RELEASED_CODE_ARCHIVE = "released-code.tar.xz"
 
 
@@ -171,11 +176,15 @@ def _released_archive() -> dict[str, bytes]:
 def released_code(revision: str) -> str:
     """pgscore's in-database code exactly as ``revision`` (0001-0009) installed
     it, so that downgrading to that revision restores it."""
-    data = _released_archive().get(f"{revision}-idempotent.sql")
+    return _released_file(f"{revision}-idempotent.sql", revision).decode("utf-8")
+
+
+def _released_file(name: str, revision: str) -> bytes:
+    data = _released_archive().get(name)
     if data is None or hashlib.sha256(data).hexdigest() != RELEASED_CODE_SHA256.get(revision):
         raise RuntimeError(f"the released code of revision {revision} is missing from or altered in "
                            f"pgscore/migrations/{RELEASED_CODE_ARCHIVE}; reinstall pgscore")
-    return data.decode("utf-8")
+    return data
 
 
 @dataclass(frozen=True)
@@ -195,7 +204,18 @@ class CodeSet:
 
 
 def released_code_set(revision: str) -> CodeSet:
-    return CodeSet(released_code(revision))
+    """The code ``revision`` released: 0001-0009 as one rendering with its
+    modules inline, later revisions as a code set (install SQL and modules)."""
+    name = RELEASED_CODE_SET_FILE.format(revision=revision)
+    if name not in _released_archive():
+        return CodeSet(released_code(revision))
+    import json
+
+    found = json.loads(_released_file(name, revision))
+    code_set = CodeSet(found["install_sql"], found["runtime_sha"], found["modules"])
+    if code_sha(code_set.modules) != code_set.runtime_sha:
+        raise RuntimeError(f"the released modules of revision {revision} do not match their sha256; reinstall pgscore")
+    return code_set
 
 
 def current_code_set(sources: dict[str, str] | None = None, sql_files: dict[str, str] | None = None) -> CodeSet:

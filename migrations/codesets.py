@@ -57,6 +57,19 @@ def install_sql(code_set: render.CodeSet, revision: str) -> str:
     return record_sql(code_set) + "\n" + switch_sql(f"'{code_set.sha}'", revision)
 
 
+def restore_recorded_or_released(revision: str) -> str:
+    """For a revision's downgrade: the code set last installed at
+    ``revision`` becomes the installed code again, or, where no code was
+    ever installed at it (the database was upgraded past it in one go), the
+    code that revision released (render.released_code_set)."""
+    released = render.released_code_set(revision)
+    return record_sql(released) + "\n" + switch_sql(
+        "coalesce((SELECT h.code_set_sha FROM scoring_trusted.code_history h"
+        f" WHERE h.revision = {_revision_literal(revision)} ORDER BY h.seq DESC LIMIT 1), '{released.sha}')",
+        revision,
+    )
+
+
 def restore_recorded(revision: str) -> str:
     """For a revision's downgrade: the code set last installed at ``revision``
     (its down_revision) becomes the installed code again."""

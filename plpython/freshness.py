@@ -95,7 +95,9 @@ def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Even
 def _on_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, td: dict, event: str) -> str | None:
     if event == "UPDATE" and td["level"] == "ROW":
         return row_updated(plpy, cache, scorer, td["old"], td["new"], before=td["when"] == "BEFORE")
-    if event == "INSERT":
+    if event == "UPDATE":
+        _rows_updated(plpy, cache, scorer)
+    elif event == "INSERT":
         keys = [r["k"] for r in plpy.execute(f"SELECT e.{scorer.key} AS k FROM {NEW_ROWS} e ORDER BY 1")]
         if keys:
             apply(plpy, cache, scorer, None, keys, [0] * len(keys))
@@ -182,7 +184,9 @@ def count(plpy: Any, cache: dict, scorer: scorers.Scorer) -> int:
 def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: dict, before: bool) -> str | None:
     """One entity row an UPDATE changed: rescored when a feature of the active
     model changed. BEFORE (score columns): the scores go into the row being
-    written ("MODIFY"); AFTER (narrow table): into the score table."""
+    written ("MODIFY"). AFTER (narrow table): the key is noted, and the
+    statement's trigger rescores all noted keys at once, in key order
+    (:func:`_rows_updated`), as every other writer of score rows does."""
     model, load_failure, active_id = _active(plpy, cache, scorer)
     if model is None and load_failure is None:
         return None
@@ -191,6 +195,12 @@ def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: 
     if not moved and all(old.get(name) == new.get(name) for name in names):
         return None
     key = new[scorer.key_name]
+    if not before:
+        noted = cache.setdefault("pgscore.updated_keys", {}).setdefault(scorer.name, ([], []))
+        noted[0].append(key)
+        if moved:
+            noted[1].append(old[scorer.key_name])
+        return None
     failure = load_failure
     score = None
     if model is not None:
@@ -204,24 +214,26 @@ def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: 
             raise failure
         trigger._record(plpy, cache, model.model_id if model is not None else active_id, {key: failure},
                         scorer.name)
-    if moved:
-        plans.run(plpy, cache, f"DELETE FROM {scorer.score_table} WHERE {scorer.key} = $1", [scorer.key_type],
-                  [old[scorer.key_name]])
     if score is None:
         return None
-    if before:
-        new[scorer.score_name] = score
-        if scorer.model_id is not None:
-            new[scorer.model_id_name] = model.model_id
-        if scorer.scored_at is not None:
-            new[scorer.scored_at_name] = plans.run(plpy, cache, "SELECT now() AS t")[0]["t"]
-        return "MODIFY"
-    plans.run(plpy, cache,
-              f"INSERT INTO {scorer.score_table} AS s ({scorer.key}, score, model_id, scored_at)"
-              f" VALUES ($1, $2, $3, now()) ON CONFLICT ({scorer.key}) DO UPDATE"
-              " SET score = excluded.score, model_id = excluded.model_id, scored_at = excluded.scored_at",
-              [scorer.key_type, "float8", "bigint"], [key, score, model.model_id])
-    return None
+    new[scorer.score_name] = score
+    if scorer.model_id is not None:
+        new[scorer.model_id_name] = model.model_id
+    if scorer.scored_at is not None:
+        new[scorer.scored_at_name] = plans.run(plpy, cache, "SELECT now() AS t")[0]["t"]
+    return "MODIFY"
+
+
+def _rows_updated(plpy: Any, cache: dict, scorer: scorers.Scorer) -> None:
+    """After an UPDATE statement of a narrow scorer's entity: the scores of the
+    rows whose features changed (noted by :func:`row_updated`), and of the
+    keys that moved away, in key order."""
+    keys, gone = cache.get("pgscore.updated_keys", {}).pop(scorer.name, ([], []))
+    if gone:
+        plans.run(plpy, cache, _narrow_sql(scorer, "forget"), [f"{scorer.key_type}[]"], [sorted(set(gone))])
+    if keys:
+        keys = sorted(set(keys))
+        apply(plpy, cache, scorer, None, keys, [0] * len(keys))
 
 
 def score_keys(plpy: Any, cache: dict, scorer: scorers.Scorer, keys: Sequence[Any]) -> list[float]:
@@ -306,6 +318,9 @@ def _narrow_sql(scorer: scorers.Scorer, step: str, counter: str | None = None) -
         "claim": f"INSERT INTO {table} ({key}) SELECT DISTINCT u.k FROM unnest({keys}) AS u(k)"
                  f" JOIN {entity} p ON p.{key} = u.k ORDER BY 1 ON CONFLICT ({key}) DO NOTHING",
         "lock_scores": f"SELECT FROM {table} s WHERE s.{key} = ANY({keys}) ORDER BY s.{key} FOR UPDATE",
+        # The score rows of keys that left the entity, locked in key order first.
+        "forget": f"DELETE FROM {table} s WHERE s.{key} IN"
+                  f" (SELECT f.{key} FROM {table} f WHERE f.{key} = ANY({keys}) ORDER BY 1 FOR UPDATE)",
         "write": f"UPDATE {table} s SET score = u.score, model_id = $3, scored_at = now()"
                  f" FROM unnest({keys}, $2::float8[]) AS u(k, score) WHERE s.{key} = u.k AND u.score IS NOT NULL",
     }[step]

@@ -1,7 +1,8 @@
 """Scorers: a model bound to the user's own entity table, event tables that
 keep its counters exact (sql/incremental/0011-scorers.sql). The reference
 tables become the scorer 'churn'. Its downgrade drops every scorer's
-triggers and restores the code recorded at 0010.
+triggers and restores the code recorded at 0010 (or, when none was, the
+code 0010 released).
 
 Revision ID: 0011
 Revises: 0010
@@ -48,5 +49,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     run_sql(render.sql_file(*SCHEMA_CHECK))
     run_sql(DROP_SCORER_TRIGGERS)
-    run_sql(codesets.restore_recorded(down_revision))
+    run_sql(codesets.restore_recorded_or_released(down_revision))
     run_sql(render.sql_file("incremental", "0011-scorers.down.sql"))

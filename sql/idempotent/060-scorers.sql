@@ -179,10 +179,16 @@ BEGIN
       FROM pg_catalog.unnest(s.features || CASE WHEN s.score_column IS NULL THEN ARRAY[s.key_column] ELSE '{}' END) f
      WHERE f NOT IN (SELECT c.counter_column FROM scoring.scorer_events c
                       WHERE c.scorer = s.scorer AND c.counter_column IS NOT NULL);
-    IF v_update_of IS NOT NULL THEN
-        EXECUTE format('CREATE TRIGGER %I %s UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION %s',
-                       v_prefix || 'features', CASE WHEN s.score_column IS NULL THEN 'AFTER' ELSE 'BEFORE' END,
-                       v_update_of, s.entity, v_function);
+    IF v_update_of IS NOT NULL AND s.score_column IS NOT NULL THEN
+        -- Score columns: set in the row being written.
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION %s',
+                       v_prefix || 'features', v_update_of, s.entity, v_function);
+    ELSIF v_update_of IS NOT NULL THEN
+        -- The narrow table: each changed row's key noted, then all of them rescored in key order.
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION %s',
+                       v_prefix || 'features', v_update_of, s.entity, v_function);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                       v_prefix || 'features_done', v_update_of, s.entity, v_function);
     END IF;
     IF s.score_on_insert THEN
         EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS pgscore_new'
@@ -196,7 +202,7 @@ BEGIN
     END IF;
     FOR v IN SELECT * FROM scoring.scorer_events c WHERE c.scorer = s.scorer LOOP
         -- The reference scorer's inserted complaints: its generated trigger (complaints_rescore).
-        IF NOT (s.scorer = 'churn' AND v.events = 'public.complaints'::regclass) THEN
+        IF NOT (s.scorer = 'churn' AND v.events = pg_catalog.to_regclass('public.complaints')) THEN
             EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS pgscore_new'
                            ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'inserted', v.events, v_function);
         END IF;
