@@ -17,6 +17,7 @@ import threading
 import time
 
 import psycopg
+import pytest
 
 from tests.crm import (CONTRACTS, FEATURES, as_role, counter_differences, crm_pipeline, crm_schema, expected_scores,
                        grant_app, push, score_differences, stored_scores, subscriber_rows)
@@ -46,8 +47,8 @@ CREATE TABLE support.interactions (
 """
 
 
-def set_up(db, crm) -> dict:
-    """Tables, scorers, models, hot entities; returns scorer -> fitted model."""
+def set_up(db, crm, path: str) -> dict:
+    """Tables, scorers, models (pushed on scoring ``path``), hot entities; returns scorer -> fitted model."""
     with db.connect() as admin:
         as_role(admin, crm.owner)
         admin.execute(SCHEMA)
@@ -59,7 +60,7 @@ def set_up(db, crm) -> dict:
         admin.execute("SELECT scoring.attach_events('narrow', %s, 'AccountID', 'TicketCount')", [EVENTS])
     models = {"wide": crm_pipeline(FEATURES), "narrow": crm_pipeline(FEATURES, seed=2, c=0.2)}
     for name, model in models.items():
-        push(db, model, name)
+        push(db, model, name, path)
     with crm.app_connect() as app:
         rows = subscriber_rows(HOT_SUBSCRIBERS, seed=8)
         app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract")'
@@ -72,9 +73,10 @@ def set_up(db, crm) -> dict:
     return models
 
 
-def test_two_scorers_under_concurrent_events_edits_and_rescore(db):
+@pytest.mark.parametrize("path", ["auto", "sklearn"])
+def test_two_scorers_under_concurrent_events_edits_and_rescore(db, path):
     with crm_schema(db) as crm:
-        models = set_up(db, crm)
+        models = set_up(db, crm, path)
         done: list[collections.Counter] = [collections.Counter() for _ in range(CLIENTS + 1)]
         errors: list[BaseException] = []
         start = threading.Barrier(CLIENTS + 1)
