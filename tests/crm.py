@@ -288,7 +288,8 @@ def check(crm: Crm, step: str) -> dict[str, dict]:
     """Asserts the invariants after ``step``; returns scorer -> key -> stored score."""
     stored = {}
     with crm.db.connect() as admin:
-        assert counter_differences(admin, crm.entity, "customerID", "TicketCount", crm.events, "customerID") == {}, step
+        counters = counter_differences(admin, crm.entity, "customerID", "TicketCount", crm.events, "customerID")
+        assert counters == {}, f"{step}: key: (counter, event rows) {counters}"
         keys = [row[0] for row in admin.execute(sql.SQL("SELECT {} FROM {} ORDER BY 1").format(
             sql.Identifier("customerID"), sql.SQL(crm.entity)))]
         expected, differences = {}, {}

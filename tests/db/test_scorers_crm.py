@@ -549,3 +549,22 @@ def test_migrations_with_scorers_attached(crm):
         loader.execute("CALL scoring.rescore('crm_narrow')")
     check(crm, "attached again after a downgrade and an upgrade")
     assert left == []  # the downgrade took scoring_owner's rights on the CRM's tables back
+
+
+def test_push_checks_a_model_against_its_scorers_entity(crm):
+    """push --name X: features are checked against scorer X's entity table (not the reference
+    profiles), a feature the entity lacks is refused by name, and a name with no scorer whose
+    features are not profile columns is refused with what to do (attach)."""
+    from pgscore import PushError, push_model
+
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.attach('crm', %s, 'customerID', score_column => 'ChurnRisk')", [ENTITY])
+    insert_subscribers(crm)
+    pushed = push_model(crm.db.dsn("loader"), crm_pipeline(FEATURES), name="crm", activate=True)
+    assert pushed.activated and pushed.sample_size > 0 and pushed.max_abs_diff <= 1e-9
+    with pytest.raises(PushError) as unknown:
+        push_model(crm.db.dsn("loader"), crm_pipeline(FEATURES + ("TotalCharges",)), name="crm")
+    assert "TotalCharges" in str(unknown.value) and "Subscribers" in str(unknown.value), str(unknown.value)
+    with pytest.raises(PushError) as unattached:
+        push_model(crm.db.dsn("loader"), crm_pipeline(FEATURES), name="prospects")
+    assert "attach" in str(unattached.value), str(unattached.value)
