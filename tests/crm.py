@@ -198,12 +198,20 @@ def may_create_schemas(conn: psycopg.Connection, role: str) -> None:
 
 
 def create_crm(conn: psycopg.Connection, owner: str, app: str) -> None:
-    """The CRM schema, owned by ``owner``; ``app`` may read and write its tables and nothing else."""
+    """The CRM schema, owned by ``owner``; ``app`` may read and write its tables and nothing else;
+    the loader may read the subscribers (push test-scores a model on them)."""
     may_create_schemas(conn, owner)
     conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(owner)))
     conn.execute(CRM_SCHEMA)
     grant_app(conn, app, ["CRM", "support"], [ENTITY, EVENTS])
+    let_loader_read(conn, "CRM", ENTITY)
     conn.execute("RESET ROLE")
+
+
+def let_loader_read(conn: psycopg.Connection, schema: str, table: str) -> None:
+    """What push asks of an entity's owner: scoring_loader may read the table it test-scores on."""
+    conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO scoring_loader").format(sql.Identifier(schema)))
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO scoring_loader").format(sql.SQL(table)))
 
 
 def grant_app(conn: psycopg.Connection, app: str, schemas: Sequence[str], tables: Sequence[str]) -> None:

@@ -14,8 +14,8 @@ import pytest
 from psycopg import sql
 
 from tests.crm import (ENTITY, EVENTS, FEATURES, Crm, as_role, counter_differences, crm_pipeline, crm_schema,
-                       expected_scores, may_create_schemas, owned_roles, push, score_differences, stored_scores,
-                       subscriber_rows, suffix)
+                       expected_scores, let_loader_read, may_create_schemas, owned_roles, push, score_differences,
+                       stored_scores, subscriber_rows, suffix)
 
 # Each would drop the canary public.x if it reached SQL unquoted: as an
 # identifier ("), as a literal ('), or inside a format string (%, $).
@@ -65,6 +65,7 @@ def test_hostile_identifiers_are_quoted_everywhere(db, owner):
             "CREATE TABLE {events} (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
             " {events_key} text NOT NULL REFERENCES {entity})").format(
             events=sql.SQL(events), events_key=sql.Identifier(HOSTILE_EVENTS_KEY), entity=sql.SQL(entity)))
+        let_loader_read(admin, HOSTILE_SCHEMA, entity)
         admin.execute("SELECT scoring.attach('hostile', %s, %s, score_column => %s, model_id_column => 'ScoredBy',"
                       " scored_at_column => %s)", [entity, HOSTILE_KEY, HOSTILE_SCORE, HOSTILE_SCORED_AT])
         admin.execute("SELECT scoring.attach_events('hostile', %s, %s, 'TicketCount')", [events, HOSTILE_EVENTS_KEY])
@@ -154,6 +155,7 @@ def test_every_key_type_works_end_to_end(db, owner, key_type):
             ' "ScoredAt" timestamptz);'
             ' CREATE TABLE "Keys"."Tickets" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,'
             ' "customerID" {type} NOT NULL REFERENCES "Keys"."Subscribers")').format(type=sql.SQL(key_type)))
+        let_loader_read(admin, "Keys", '"Keys"."Subscribers"')
         admin.execute("""SELECT scoring.attach('keys_wide', '"Keys"."Subscribers"', 'customerID',"""
                       " model_name => 'keys', score_column => 'ChurnRisk', model_id_column => 'ScoredBy',"
                       " scored_at_column => 'ScoredAt')")

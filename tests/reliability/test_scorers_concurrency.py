@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from tests.crm import (CONTRACTS, FEATURES, as_role, counter_differences, crm_pipeline, crm_schema, expected_scores,
-                       grant_app, push, score_differences, stored_scores, subscriber_rows)
+                       grant_app, let_loader_read, push, score_differences, stored_scores, subscriber_rows)
 
 CLIENTS = 8
 LOAD_SECONDS = 20.0  # the load stops by itself
@@ -53,6 +53,7 @@ def set_up(db, crm, path: str) -> dict:
         as_role(admin, crm.owner)
         admin.execute(SCHEMA)
         grant_app(admin, crm.app, ["billing"], [ACCOUNTS, EVENTS])
+        let_loader_read(admin, "billing", ACCOUNTS)
         admin.execute("SELECT scoring.attach('wide', %s, 'customerID', score_column => 'ChurnRisk',"
                       " model_id_column => 'ScoredBy', scored_at_column => 'ScoredAt')", [SUBSCRIBERS])
         admin.execute("SELECT scoring.attach_events('wide', %s, 'customerID', 'TicketCount')", [EVENTS])
