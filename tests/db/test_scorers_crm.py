@@ -568,3 +568,44 @@ def test_push_checks_a_model_against_its_scorers_entity(crm):
     with pytest.raises(PushError) as unattached:
         push_model(crm.db.dsn("loader"), crm_pipeline(FEATURES), name="prospects")
     assert "attach" in str(unattached.value), str(unattached.value)
+
+
+def test_upserts_and_merge_keep_counts_and_scores(crm):
+    """What a CRM sync runs: INSERT ... ON CONFLICT DO UPDATE and MERGE on the subscribers
+    (some rows new, some changed), MERGE on the tickets (insert some, delete others)."""
+    attach_both(crm)
+    insert_subscribers(crm, KEYS[:5], seed=18)
+    new_rows = subscriber_rows(KEYS[3:], seed=19)  # 3, 4 exist; 5, 6, 7 are new
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO "CRM"."Subscribers" ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")'
+                    ' SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[])'
+                    ' ON CONFLICT ("customerID") DO UPDATE SET "Tenure" = excluded."Tenure",'
+                    ' "Contract" = excluded."Contract"', [list(column) for column in zip(*new_rows)])
+        check(crm, "upsert")
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS[:6])])
+        app.execute("""
+            MERGE INTO support.tickets t
+            USING (SELECT unnest(%s::text[]) AS k) s ON t."customerID" = s.k
+            WHEN MATCHED THEN DELETE
+            WHEN NOT MATCHED THEN INSERT ("customerID") VALUES (s.k)""", [[KEYS[0], KEYS[1], KEYS[6]]])
+        check(crm, "MERGE on the tickets")
+        app.execute("""
+            MERGE INTO "CRM"."Subscribers" p
+            USING (SELECT * FROM unnest(%s::text[], %s::int[], %s::numeric[], %s::text[], %s::text[]))
+                  AS s(k, tenure, charges, contract, email) ON p."customerID" = s.k
+            WHEN MATCHED THEN UPDATE SET "MonthlyCharges" = s.charges, "Contract" = s.contract
+            WHEN NOT MATCHED THEN INSERT ("customerID", "Tenure", "MonthlyCharges", "Contract", "Email")
+                VALUES (s.k, s.tenure, s.charges, s.contract, s.email)""",
+                    [list(column) for column in zip(*subscriber_rows([KEYS[2], "0000-MERGE"], seed=20))])
+        check(crm, "MERGE on the subscribers")
+
+
+def test_truncating_the_subscribers_and_their_tickets(crm):
+    attach_both(crm)
+    insert_subscribers(crm)
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS[:4])])
+        app.execute('TRUNCATE "CRM"."Subscribers", support.tickets')
+        check(crm, "both truncated")
+    insert_subscribers(crm, KEYS[:2], seed=21)
+    check(crm, "subscribers again")

@@ -195,6 +195,10 @@ def test_every_key_type_works_end_to_end(db, owner, key_type):
                                [[str(k) for k in keys[::-1]]]).fetchall()
         assert [k for k, _ in many] == [str(k) for k in keys[::-1]]
         assert all(abs(score - expected[key]) <= 1e-9 for key, (_, score) in zip(keys[::-1], many))
+        missing = {"bigint": "77", "integer": "77", "text": "no such key", "uuid": str(uuid.UUID(int=77))}[key_type]
+        with pytest.raises(psycopg.Error) as caught:
+            analyst.execute("SELECT scoring.score_key('keys_wide', %s)", [missing])
+        assert missing in str(caught.value.diag.message_primary), caught.value.diag.message_primary
 
 
 # ---- refusals ----------------------------------------------------------------
