@@ -23,7 +23,7 @@ from tests.crm import (CONTRACTS, FEATURES, as_role, counter_differences, crm_pi
                        grant_app, let_loader_read, push, score_differences, stored_scores, subscriber_rows)
 
 CLIENTS = 8
-LOAD_SECONDS = 20.0  # the load stops by itself
+LOAD_SECONDS = 15.0  # the load stops by itself
 STATEMENTS_PER_CLIENT = 3000
 HOT_SUBSCRIBERS = [f"{n:04d}-HOT{chr(65 + n)}" for n in range(10)]
 HOT_ACCOUNTS = list(range(1, 11))
