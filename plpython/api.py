@@ -249,6 +249,15 @@ def score_keys(plpy: Any, cache: dict, scorer: str, keys: list[str] | None) -> l
 
 
 @sql_errors
+def score_keys_with_model(plpy: Any, cache: dict, model_id: int, scorer: str, keys: list[str] | None
+                          ) -> list[tuple[str, float]]:
+    """scoring.score_keys_with_model: push's parity check on a scorer's rows, with a model not yet active."""
+    keys = list(keys or [])
+    found = scorers.get(plpy, cache, scorer)
+    return list(zip(keys, freshness.score_keys(plpy, cache, found, keys, model_id=model_id)))
+
+
+@sql_errors
 def warmup(plpy: Any, cache: dict, model_name: str) -> None:
     model = registry.active_model(plpy, cache, model_name)
     if model.scoring_path in paths.COMPILED_PATHS:

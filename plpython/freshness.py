@@ -236,13 +236,18 @@ def _rows_updated(plpy: Any, cache: dict, scorer: scorers.Scorer) -> None:
         apply(plpy, cache, scorer, None, keys, [0] * len(keys))
 
 
-def score_keys(plpy: Any, cache: dict, scorer: scorers.Scorer, keys: Sequence[Any]) -> list[float]:
-    """Fresh scores of ``keys`` (in order) with the scorer's active model; reads only.
-    Raises ScoringError naming the keys that have no row."""
+def score_keys(plpy: Any, cache: dict, scorer: scorers.Scorer, keys: Sequence[Any], model_id: int | None = None
+               ) -> list[float]:
+    """Fresh scores of ``keys`` (in order) with the scorer's active model (or
+    ``model_id``: push's parity check); reads only. Raises ScoringError
+    naming the keys that have no row."""
     if any(key is None for key in keys):
         raise ScoringError("keys contains NULL", sqlstate=INVALID_PARAMETER_VALUE,
                            hint="remove NULLs, e.g. array_remove(keys, NULL)")
-    model = registry.load(plpy, cache, *_require_active(plpy, cache, scorer), scorer=scorer)
+    if model_id is None:
+        model = registry.load(plpy, cache, *_require_active(plpy, cache, scorer), scorer=scorer)
+    else:
+        model = registry.load(plpy, cache, model_id, scorer=scorer)
     if not keys:
         return []
     rows = plans.run(plpy, cache,

@@ -190,12 +190,14 @@ def _score_each(model: registry.LoadedModel, ids: list, rows: Any) -> tuple[list
 def _record(plpy: Any, cache: dict, model_id: int | None, failures: dict[Any, ScoringError],
             scorer: str = REFERENCE_SCORER) -> None:
     """Records scoring failures by entity key (of any key type) in scoring.errors, once per client statement."""
+    originals = {str(key): key for key in failures}
     failures, recorded = _not_yet_recorded(plpy, cache, model_id, {(scorer, str(k)): e for k, e in failures.items()})
     if not failures:
         return
     keys = [key for _, key in failures]
     messages = [failure.message for failure in failures.values()]
-    integer_keys = [int(key) if key.lstrip("-").isdigit() else None for key in keys]
+    # customer_id: the key, where it is a whole number (bigint and integer keys).
+    integer_keys = [originals[key] if isinstance(originals[key], int) else None for key in keys]
     rows = plans.run(
         plpy, cache, RECORD_ERRORS_SQL, ["bigint", "bigint[]", "text[]", "text[]", "text", "text[]"],
         [model_id, integer_keys, [failure.sqlstate for failure in failures.values()], messages, scorer, keys],

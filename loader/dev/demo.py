@@ -78,6 +78,13 @@ def refuse_a_database_in_use(dsn: str, source: str) -> None:
             "server instead (`env -u DATABASE_URL pgscore demo`), or give --dsn of an empty database")
 
 
+ATTACH_CHURN = (
+    "SELECT scoring.attach('churn', 'public.customer_profiles', 'customer_id', score_column => 'churn_score',"
+    " model_id_column => 'churn_model_id', scored_at_column => 'churn_scored_at', score_on_insert => false)"
+)
+ATTACH_COMPLAINTS = "SELECT scoring.attach_events('churn', 'public.complaints', 'customer_id', 'complaint_count')"
+
+
 def _flow(dsn: str, profiles: int) -> None:
     step("migrating (pgscore migrate = alembic upgrade head)")
     api.migrate(dsn)
@@ -87,6 +94,11 @@ def _flow(dsn: str, profiles: int) -> None:
             seed_profiles(conn, profiles, seed=7)
         total = conn.execute("SELECT count(*) FROM public.customer_profiles").fetchone()[0]
         print(f"{total} profiles")
+        # The reference tables are a scorer like any table of yours (docs/scorers.md); the
+        # migration attached them already, and attaching again with the same binding changes nothing.
+        step("attaching the scorer 'churn' to the profiles, with complaints as its events (scoring.attach)")
+        print(conn.execute(ATTACH_CHURN).fetchone()[0])
+        print(conn.execute(ATTACH_COMPLAINTS).fetchone()[0])
 
     workdir = Path(tempfile.mkdtemp(prefix="pgscore-demo-"))
     step("training a churn pipeline (pgscore train-demo)")

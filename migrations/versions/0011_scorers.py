@@ -24,8 +24,8 @@ SCHEMA_CHECK = ("idempotent", "005-schema-check.sql")
 # Before the code of 0010 comes back: it does not know the scorers' triggers,
 # and their functions could not be dropped under them.
 DROP_SCORER_TRIGGERS = """
-DROP EVENT TRIGGER IF EXISTS scoring_scorer_tables_altered;
-DROP EVENT TRIGGER IF EXISTS scoring_scorer_tables_dropped;
+DROP EVENT TRIGGER IF EXISTS scoring_columns_in_use;
+DROP EVENT TRIGGER IF EXISTS scoring_tables_dropped;
 DO $$
 DECLARE
     t record;

@@ -52,7 +52,7 @@ DECLARE
         'score_many', 'score_with_model', 'set_scoring_path', 'sql_expression', 'warmup', 'rescore',
         '_scorer_trigger', '_require_owner', '_grant_schema_usage', '_column_type', '_score_table', '_create_scorer_triggers', 'attach',
         'attach_events', '_recount', 'detach', '_score_key_py', 'score_key', '_score_keys_py', 'score_keys',
-        '_rescore_batch', '_scorer_rows', '_scorer_tables_altered', '_scorer_tables_dropped'];
+        '_rescore_batch', '_scorer_rows', 'score_keys_with_model', '_scorer_tables_altered', '_scorer_tables_dropped'];
     recorded boolean := false;
     problems text[] := '{}';
     found record;
@@ -193,8 +193,8 @@ BEGIN
            AND NOT (d.classid = 'pg_catalog.pg_event_trigger'::regclass AND p.prosecdef
                     AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
                                  WHERE e.oid = d.objid AND e.evtfoid = p.oid
-                                   AND e.evtname IN ('scoring_profiles_altered', 'scoring_scorer_tables_altered',
-                                                     'scoring_scorer_tables_dropped')))
+                                   AND e.evtname IN ('scoring_profiles_altered', 'scoring_columns_in_use',
+                                                     'scoring_tables_dropped')))
          ORDER BY 1
     LOOP
         problems := problems || found.name;

@@ -534,6 +534,19 @@ AS $$
 $$;
 COMMENT ON FUNCTION scoring.score_keys(text, text[]) IS 'fresh scores of many keys of a scorer, in input order';
 
+-- push's parity check on a scorer's rows, with the model it pushed (not yet active).
+CREATE OR REPLACE FUNCTION scoring.score_keys_with_model(model_id bigint, scorer text, keys text[])
+RETURNS TABLE (key text, score double precision)
+LANGUAGE plpython3u
+STABLE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $python$
+#pgscore:runtime
+return api.score_keys_with_model(plpy, GD, model_id, scorer, keys)
+$python$;
+COMMENT ON FUNCTION scoring.score_keys_with_model(bigint, text, text[]) IS 'scores a scorer''s rows with a given model version (push''s parity check)';
+
 -- scoring.rescore of an attached scorer commits between these batches (api.rescore).
 CREATE OR REPLACE FUNCTION scoring._rescore_batch(scorer text, after text, batch_size integer)
 RETURNS text
@@ -571,13 +584,21 @@ AS $$
 DECLARE
     found record;
 BEGIN
+    -- Only while pgscore's tables are what they should be (not during a
+    -- migration that moves them, nor once scoring_owner replaced one).
+    IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = pg_catalog.to_regnamespace('scoring') AND c.relkind = 'r'
+           AND c.relname IN ('scorer_entities', 'scorer_events', 'models', 'deployments')) < 4 THEN
+        RETURN;
+    END IF;
     FOR found IN
         WITH altered AS (SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
                           WHERE c.classid = 'pg_catalog.pg_class'::regclass),
         needed AS (
             SELECT e.scorer, e.entity AS relation, n.col
               FROM scoring.scorer_entities e
-              LEFT JOIN scoring.active_models a ON a.name = e.model_name
+              LEFT JOIN LATERAL (SELECT d.model_id FROM scoring.deployments d WHERE d.name = e.model_name
+                                  ORDER BY d.deployment_id DESC LIMIT 1) a ON true
               LEFT JOIN scoring.models m ON m.model_id = a.model_id
              CROSS JOIN LATERAL pg_catalog.unnest(ARRAY[e.key_column, e.score_column, e.model_id_column, e.scored_at_column]
                                                   || coalesce(m.feature_names, '{}')) AS n(col)
@@ -611,6 +632,11 @@ SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c
+         WHERE c.relnamespace = pg_catalog.to_regnamespace('scoring') AND c.relkind = 'r'
+           AND c.relname IN ('scorer_entities', 'scorer_events')) < 2 THEN
+        RETURN;
+    END IF;
     DELETE FROM scoring.scorer_events v
      WHERE v.events::oid IN (SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
                               WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0);
@@ -621,12 +647,14 @@ END
 $$;
 COMMENT ON FUNCTION scoring._scorer_tables_dropped() IS 'internal: forgets the scorers of a dropped table';
 
-DROP EVENT TRIGGER IF EXISTS scoring_scorer_tables_altered;
-CREATE EVENT TRIGGER scoring_scorer_tables_altered ON ddl_command_end
+-- Named to fire before scoring_profiles_altered (event triggers fire in name
+-- order): a refusal names the scorer before the reference code is rewritten.
+DROP EVENT TRIGGER IF EXISTS scoring_columns_in_use;
+CREATE EVENT TRIGGER scoring_columns_in_use ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
     EXECUTE FUNCTION scoring._scorer_tables_altered();
-DROP EVENT TRIGGER IF EXISTS scoring_scorer_tables_dropped;
-CREATE EVENT TRIGGER scoring_scorer_tables_dropped ON sql_drop
+DROP EVENT TRIGGER IF EXISTS scoring_tables_dropped;
+CREATE EVENT TRIGGER scoring_tables_dropped ON sql_drop
     WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
     EXECUTE FUNCTION scoring._scorer_tables_dropped();
 

@@ -59,4 +59,5 @@ GRANT EXECUTE ON FUNCTION scoring.attach(text, regclass, text, text, text, text,
 GRANT USAGE ON SCHEMA scoring_scores TO scoring_analyst, scoring_loader, PUBLIC;
 GRANT EXECUTE ON FUNCTION scoring.score_key(text, text), scoring.score_keys(text, text[])
     TO scoring_analyst, scoring_loader;
-GRANT EXECUTE ON FUNCTION scoring._rescore_batch(text, text, integer), scoring._scorer_rows(text) TO scoring_loader;
+GRANT EXECUTE ON FUNCTION scoring._rescore_batch(text, text, integer), scoring._scorer_rows(text),
+                          scoring.score_keys_with_model(bigint, text, text[]) TO scoring_loader;

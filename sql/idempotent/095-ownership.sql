@@ -35,6 +35,8 @@ $$;
 -- What the owner's functions need outside its own schema (scoring_trusted: 011-runtime-grants.sql).
 GRANT SELECT, UPDATE (complaint_count, churn_score, churn_model_id, churn_scored_at)
     ON public.customer_profiles TO scoring_owner;
+-- The reference scorer's events: a TRUNCATE or scoring._recount counts them by customer.
+GRANT SELECT (customer_id) ON public.complaints TO scoring_owner;
 DO $$
 BEGIN
     -- scoring.runtime_info() reports the schema revision alembic recorded.

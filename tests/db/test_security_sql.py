@@ -220,8 +220,35 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
         features = admin.execute("SELECT to_jsonb(p) - 'customer_id' FROM customer_profiles p WHERE customer_id = 5"
                                  ).fetchone()[0]
         admin.execute("UPDATE customer_profiles SET total_charges = NULL WHERE customer_id = 42")
+        admin.execute("TRUNCATE scoring.errors RESTART IDENTITY")  # the update's own failure (recorded): none yet
+        complaints_oid = admin.execute("SELECT 'public.complaints'::regclass::oid").fetchone()[0]
     ids = [3, 1, 4, 15]
     one_bits = 4607182418800017408  # 1.0
+    # What any role may execute (docs/scorers.md): attaching works on tables the caller owns only.
+    scorers = {
+        "scoring.attach(text,regclass,text,text,text,text,text,text[],boolean)": [
+            (psycopg.errors.InsufficientPrivilege, "SELECT scoring.attach('probe', 'customer_profiles', 'customer_id')",
+             [])],
+        "scoring.attach_events(text,regclass,text,text)": [
+            (psycopg.errors.InsufficientPrivilege,
+             "SELECT scoring.attach_events('churn', 'complaints', 'customer_id', 'complaint_count')", [])],
+        "scoring.detach(text)": [(psycopg.errors.InsufficientPrivilege, "SELECT scoring.detach('churn')", [])],
+        "scoring._require_owner(regclass,text)": [
+            (psycopg.errors.InsufficientPrivilege, "SELECT scoring._require_owner('customer_profiles', 'probe')", [])],
+        "scoring._column_type(regclass,text,text)": [
+            "SELECT scoring._column_type('customer_profiles', 'customer_id', 'key')"],
+        "scoring._grant_schema_usage(regclass)": ["SELECT scoring._grant_schema_usage('customer_profiles')"],
+        "scoring._create_scorer_triggers(text)": [
+            (psycopg.errors.InsufficientPrivilege, "SELECT scoring._create_scorer_triggers('churn')", [])],
+        "scoring._score_table(text)": ["SELECT scoring._score_table('churn')"],  # no narrow table: nothing to do
+        "scoring._recount(text,oid)": [("SELECT scoring._recount('churn', %s)", [complaints_oid])],  # exact already
+        "scoring._scorer_trigger()": [
+            (psycopg.errors.FeatureNotSupported, "SELECT scoring._scorer_trigger()", [])],
+    }
+    scored_keys = {
+        "scoring.score_key(text,text)": ["SELECT scoring.score_key('churn', '7')"],
+        "scoring.score_keys(text,text[])": ["SELECT * FROM scoring.score_keys('churn', ARRAY['3', '1', '4'])"],
+    }
     # Each function a role may execute, called as that role (None: it must fail).
     calls = {
         "loader": {
@@ -258,6 +285,13 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
                 (psycopg.errors.InvalidParameterValue, "CALL scoring.rescore('churn', 0)", []),
                 # profile 42 is rejected: earlier batches are written, then it raises
                 (psycopg.errors.ExternalRoutineInvocationException, "CALL scoring.rescore('churn', 37)", [])],
+            # a scorer's batch (scoring.rescore of an attached scorer): keys after '' up to 5
+            "scoring._rescore_batch(text,text,integer)": [
+                (psycopg.errors.InvalidParameterValue, "SELECT scoring._rescore_batch('churn', NULL, 0)", [])],
+            "scoring._scorer_rows(text)": ["SELECT scoring._scorer_rows('churn')"],
+            "scoring.score_keys_with_model(bigint,text,text[])": [
+                ("SELECT * FROM scoring.score_keys_with_model(%s, 'churn', ARRAY['3', '1'])", [model_id])],
+            **scorers, **scored_keys,
         },
         "analyst": {
             "scoring.score(bigint)": ["SELECT scoring.score(7::bigint)"],
@@ -266,8 +300,9 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
                                                   ("SELECT * FROM scoring.score_many(%s::bigint[], 'churn')", [ids])],
             "scoring.runtime_info()": ["SELECT scoring.runtime_info()"],
             "scoring.warmup(text)": ["SELECT scoring.warmup('churn')"],
+            **scorers, **scored_keys,
         },
-        "app": {},
+        "app": scorers,
     }
     all_warnings = []
     for who, table in calls.items():
@@ -334,6 +369,7 @@ def test_loader_rescores_a_sql_path_model_with_rejection_guards(seeded):
 
     with seeded.connect() as admin:
         admin.execute("UPDATE customer_profiles SET total_charges = NULL WHERE customer_id = 42")
+        admin.execute("TRUNCATE scoring.errors RESTART IDENTITY")  # the update's own failure (recorded)
     with seeded.connect("loader") as loader:
         with pytest.raises(psycopg.errors.ExternalRoutineInvocationException, match="failed to score") as raised:
             loader.execute("CALL scoring.rescore('churn')")
@@ -351,6 +387,7 @@ def test_a_forged_setting_does_not_silence_failure_recording(seeded, path):
     model_id = push_fragile(seeded, path)
     with seeded.connect() as admin:
         admin.execute("UPDATE customer_profiles SET total_charges = NULL WHERE customer_id = 42")
+        admin.execute("TRUNCATE scoring.errors RESTART IDENTITY")  # the update's own failure (recorded)
     warnings: list[str] = []
     with seeded.connect("app") as app:
         app.add_notice_handler(lambda diag: warnings.append(diag.message_primary or ""))

@@ -307,16 +307,27 @@ def test_a_backend_that_scored_with_scikit_learn_switches_to_the_compiled_form(s
 
 def test_altering_the_profiles_rewrites_the_generated_functions_or_is_refused(seeded, model_files):
     """Generated code names the model's columns: dropping one the active sql
-    model reads is refused (naming it), retyping one rewrites the code."""
+    model reads is refused (naming it and the scorer), and so is retyping a feature."""
     gbm = push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="sql")
     assert gbm.scoring_path == "sql"
-    with seeded.connect() as admin, pytest.raises(psycopg.errors.UndefinedObject, match="'contract'"):
+    # The scorer's trigger depends on the column, and with CASCADE the scorer refuses (docs/scorers.md).
+    with seeded.connect() as admin, pytest.raises(psycopg.errors.DependentObjectsStillExist) as refused:
         admin.execute("ALTER TABLE customer_profiles DROP COLUMN contract")
+    assert "contract" in refused.value.diag.message_primary
+    assert "pgscore_churn_features" in refused.value.diag.message_detail
+    with seeded.connect() as admin, pytest.raises(psycopg.errors.DependentObjectsStillExist,
+                                                  match='scorer churn uses column contract'):
+        admin.execute("ALTER TABLE customer_profiles DROP COLUMN contract CASCADE")
     with seeded.connect() as admin:
         admin.execute("ALTER TABLE customer_profiles ADD COLUMN region text")  # not a feature: harmless
         before = trigger_source(seeded)
+        admin.execute("ALTER TABLE customer_profiles ALTER COLUMN region TYPE varchar(20)")
+    assert trigger_source(seeded) == before
+    # A feature's type is fixed while a scorer's trigger lists it (docs/scorers.md: detach, alter, attach).
+    with seeded.connect() as admin, pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
         admin.execute("ALTER TABLE customer_profiles ALTER COLUMN total_charges TYPE double precision")
-    assert trigger_source(seeded) != before  # splits on total_charges are now float8 cuts, not decimals
+    assert "pgscore_churn_features" in refused.value.diag.message_detail
+    assert "total_charges" in refused.value.diag.message_detail
     with seeded.connect("app") as app:
         app.execute("INSERT INTO complaints (customer_id) VALUES (41)")
         app.execute("INSERT INTO complaints (customer_id) VALUES (42), (43)")

@@ -94,7 +94,7 @@ def test_trigger_keep_records_errors_and_warns():
         ("FROM scoring.deployments", [{"model_id": 7, "sha256": "s", "scoring_path": "sklearn"}]),
         ("pg_current_xact_id", [{"statement": "734 10:00:01"}]),
         ("AS kept FROM scoring.errors", [{"kept": []}]),
-        ("INSERT INTO scoring.errors", [{"customer_id": 2, "error_id": 90}]),
+        ("INSERT INTO scoring.errors", [{"entity_key": "2", "error_id": 90}]),
     ])
     trigger.on_complaints_inserted(plpy, cache, "churn", [1, 2, 2])
     update = next(args for sql, args in plpy.executed if sql.startswith("UPDATE public.customer_profiles"))
@@ -116,7 +116,7 @@ def test_a_failure_is_recorded_once_per_statement_unless_rolled_back():
     plpy = FakePlpy([
         ("pg_current_xact_id", lambda args: statement),
         ("AS kept FROM scoring.errors", lambda args: [{"kept": [e for e in args[0] if e in kept]}]),
-        ("INSERT INTO scoring.errors", [{"customer_id": 2, "error_id": 90}]),
+        ("INSERT INTO scoring.errors", [{"entity_key": "2", "error_id": 90}]),
     ])
     cache: dict = {}
     failure = {2: ScoringError("model failed to score")}
