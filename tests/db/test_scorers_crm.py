@@ -19,8 +19,8 @@ import pytest
 from psycopg import sql
 
 from tests.crm import (CRM_SCHEMA, ENTITY, EVENTS, FEATURES, KEYS, Crm, as_role, attach_both, check,
-                       counter_differences, crm_pipeline, crm_schema, expected_scores, push, score_differences,
-                       stored_scores, subscriber_rows)
+                       counter_differences, crm_pipeline, crm_schema, expected_scores, let_loader_read, push,
+                       score_differences, stored_scores, subscriber_rows)
 
 @pytest.fixture
 def crm(db) -> Iterator[Crm]:
@@ -477,6 +477,7 @@ def test_dropping_the_entity_forgets_its_scorers_and_their_scores(crm):
     with crm.owner_connect() as owner:
         owner.execute(CRM_SCHEMA.replace('CREATE SCHEMA "CRM";', "").replace("CREATE SCHEMA support;", ""))
         owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {ENTITY}, {EVENTS} TO {crm.app}')
+        let_loader_read(owner, "CRM", ENTITY)
     attach_both(crm)
     insert_subscribers(crm, KEYS[:3], seed=17)
     check(crm, "a new table under the old names")
