@@ -610,3 +610,20 @@ def test_truncating_the_subscribers_and_their_tickets(crm):
         check(crm, "both truncated")
     insert_subscribers(crm, KEYS[:2], seed=21)
     check(crm, "subscribers again")
+
+
+def test_subscribers_deleted_with_their_tickets_by_cascade(crm):
+    """ON DELETE CASCADE: deleting subscribers deletes their tickets in the same statement;
+    the other subscribers' counts and scores are untouched, the deleted ones' scores go."""
+    with crm.owner_connect() as owner:
+        owner.execute('ALTER TABLE support.tickets DROP CONSTRAINT "tickets_customerID_fkey",'
+                      ' ADD FOREIGN KEY ("customerID") REFERENCES "CRM"."Subscribers" ON DELETE CASCADE'
+                      ' ON UPDATE CASCADE')
+    attach_both(crm)
+    insert_subscribers(crm)
+    with crm.app_connect() as app:
+        app.execute('INSERT INTO support.tickets ("customerID") SELECT unnest(%s::text[])', [list(KEYS) * 2])
+        app.execute('DELETE FROM "CRM"."Subscribers" WHERE "customerID" IN (%s, %s)', [KEYS[0], KEYS[5]])
+        check(crm, "deleted by cascade")
+        app.execute('UPDATE "CRM"."Subscribers" SET "customerID" = %s WHERE "customerID" = %s', ["0000-MOVED", KEYS[1]])
+        check(crm, "a key changed by cascade")

@@ -376,3 +376,48 @@ def test_unknown_scorers_and_a_name_taken_by_another_table_are_refused(crm):
         assert owner.execute("SELECT score_column FROM scoring.scorers WHERE scorer = 'crm'").fetchall() == [
             ("ChurnRisk",)]
     nothing_attached(crm, allowed=("crm",))
+
+
+@pytest.mark.parametrize("key", ["model_id", "score", "scored_at", "k", "pgscore_key"])
+def test_a_key_named_like_a_column_of_pgscores_own(db, owner, key):
+    """The narrow score table has columns score, model_id and scored_at beside the key, and
+    pgscore's statements name their own columns k, n, pgscore_key: a key column of any of
+    these names works (or is refused by attach, naming it), for both score targets."""
+    model = crm_pipeline(FEATURES)
+    entity, events = '"Names"."Things"', '"Names"."Events"'
+    with db.connect() as admin:
+        as_role(admin, owner)
+        admin.execute(sql.SQL(
+            'CREATE SCHEMA "Names"; CREATE TABLE "Names"."Things" ({key} bigint PRIMARY KEY, "Tenure" integer,'
+            ' "MonthlyCharges" numeric(10,2), "Contract" text, "TicketCount" integer NOT NULL DEFAULT 0,'
+            ' "ChurnRisk" double precision);'
+            ' CREATE TABLE "Names"."Events" (id bigint GENERATED ALWAYS AS IDENTITY, {key} bigint NOT NULL'
+            ' REFERENCES "Names"."Things")').format(key=sql.Identifier(key)))
+        let_loader_read(admin, "Names", entity)
+        try:
+            with admin.transaction():
+                admin.execute("SELECT scoring.attach('things_narrow', %s, %s, model_name => 'things')", [entity, key])
+        except psycopg.Error as exc:
+            assert key in text_of(exc) and exc.sqlstate.startswith(("42", "22")), (exc.sqlstate, text_of(exc))
+            narrow = False
+        else:
+            narrow = True
+            admin.execute("SELECT scoring.attach_events('things_narrow', %s, %s)", [events, key])
+        admin.execute("SELECT scoring.attach('things_wide', %s, %s, model_name => 'things',"
+                      " score_column => 'ChurnRisk')", [entity, key])
+        admin.execute("SELECT scoring.attach_events('things_wide', %s, %s, 'TicketCount')", [events, key])
+    push(db, model, "things")
+    with db.connect() as admin:
+        as_role(admin, owner)
+        admin.execute("SET scoring.on_error = 'raise'")
+        admin.execute(sql.SQL('INSERT INTO "Names"."Things" ({}, "Tenure", "MonthlyCharges", "Contract")'
+                              " VALUES (1, 5, 70, 'One year'), (2, 40, 30, 'Two year'), (3, 1, 99, %s)").format(
+            sql.Identifier(key)), ["Month-to-month"])
+        admin.execute(sql.SQL('INSERT INTO "Names"."Events" ({}) VALUES (3), (1), (3)').format(sql.Identifier(key)))
+        admin.execute('DELETE FROM "Names"."Events" WHERE id = (SELECT min(id) FROM "Names"."Events")')
+        admin.execute(sql.SQL('UPDATE "Names"."Things" SET "Tenure" = 50 WHERE {} = 2').format(sql.Identifier(key)))
+        admin.execute("RESET ROLE")
+        assert counter_differences(admin, entity, key, "TicketCount", events, key) == {}
+        expected = expected_scores(admin, model, entity, key)
+        for scorer in ("things_wide", "things_narrow") if narrow else ("things_wide",):
+            assert score_differences(expected, stored_scores(admin, scorer)) == {}, scorer
