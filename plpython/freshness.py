@@ -125,18 +125,17 @@ def apply(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, k
     """
     model, load_failure, active_id = _active(plpy, cache, scorer)
     key_array = f"{scorer.key_type}[]"
+    keys, deltas = list(keys), list(deltas)
+    # The entity rows first, always, in key order (by its owner's function: scoring_owner may not lock them).
+    plans.run(plpy, cache, f"SELECT {scorer.lock_hook}($1::{key_array})", [key_array], [keys])
     if scorer.narrow:
         if counter is not None:
-            plans.run(plpy, cache, _narrow_sql(scorer, "lock", counter), [key_array], [list(keys)])
-            plans.run(plpy, cache, _narrow_sql(scorer, "count", counter), [key_array, "int[]"],
-                      [list(keys), list(deltas)])
-        plans.run(plpy, cache, _narrow_sql(scorer, "claim"), [key_array], [list(keys)])
-        plans.run(plpy, cache, _narrow_sql(scorer, "lock_scores"), [key_array], [list(keys)])
-        rows = plans.run(plpy, cache, _read_sql(plpy, scorer, model, None, lock=False), [key_array, "int[]"],
-                         [list(keys), list(deltas)])
+            _write_entity(plpy, cache, scorer, counter, keys, deltas, [None] * len(keys), None)
+        plans.run(plpy, cache, _narrow_sql(scorer, "claim"), [key_array], [keys])
+        plans.run(plpy, cache, _narrow_sql(scorer, "lock_scores"), [key_array], [keys])
+        rows = plans.run(plpy, cache, _read_sql(plpy, scorer, model, None), [key_array, "int[]"], [keys, deltas])
     else:
-        rows = plans.run(plpy, cache, _read_sql(plpy, scorer, model, counter, lock=True), [key_array, "int[]"],
-                         [list(keys), list(deltas)])
+        rows = plans.run(plpy, cache, _read_sql(plpy, scorer, model, counter), [key_array, "int[]"], [keys, deltas])
     if not rows.nrows():
         return 0
     ids = [row["pgscore_key"] for row in rows]
@@ -153,7 +152,7 @@ def apply(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, k
         plans.run(plpy, cache, _narrow_sql(scorer, "write"), [key_array, "float8[]", "bigint"], [ids, scores, model_id])
     else:
         counts = [row["pgscore_delta"] for row in rows]
-        _write_columns(plpy, cache, scorer, counter, ids, counts, scores, model_id)
+        _write_entity(plpy, cache, scorer, counter, ids, counts, scores, model_id)
     if failures:
         trigger._record(plpy, cache, model_id if model is not None else active_id, failures, scorer.name)
     return len(ids)
@@ -291,10 +290,10 @@ def _active(plpy: Any, cache: dict, scorer: scorers.Scorer) -> tuple[Any, Scorin
         return None, failure, active[0]
 
 
-def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: str | None, lock: bool) -> str:
+def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: str | None) -> str:
     """Reads each key's delta and the model's features (the counter as it
-    will be after the statement), locking the entity rows in key order when ``lock``."""
-    cache_key = ("read", counter, model.model_id if model else None, lock)
+    will be after the statement) of rows the lock hook locked."""
+    cache_key = ("read", counter, model.model_id if model else None)
     cached = scorer.plan_cache.get(cache_key)
     if cached is not None:
         return cached
@@ -307,18 +306,15 @@ def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: str | None
         select_list = ", " + catalog.select_list(plpy, model.feature_names, scorer.columns, overrides=overrides)
     sql = (f"SELECT p.{scorer.key} AS pgscore_key, u.n AS pgscore_delta{select_list}"
            f" FROM {scorer.entity} p JOIN unnest($1::{scorer.key_type}[], $2::int[]) AS u(k, n) ON p.{scorer.key} = u.k"
-           f" ORDER BY p.{scorer.key}" + (" FOR NO KEY UPDATE OF p" if lock else ""))
+           f" ORDER BY p.{scorer.key}")
     scorer.plan_cache[cache_key] = sql
     return sql
 
 
-def _narrow_sql(scorer: scorers.Scorer, step: str, counter: str | None = None) -> str:
+def _narrow_sql(scorer: scorers.Scorer, step: str) -> str:
     """The statements of the narrow table's protocol (:func:`apply`), keys as $1."""
     key, entity, table, keys = scorer.key, scorer.entity, scorer.score_table, f"$1::{scorer.key_type}[]"
     return {
-        "lock": f"SELECT FROM {entity} p WHERE p.{key} = ANY({keys}) ORDER BY p.{key} FOR NO KEY UPDATE OF p",
-        "count": f"UPDATE {entity} p SET {counter} = p.{counter} + u.n"
-                 f" FROM unnest({keys}, $2::int[]) AS u(k, n) WHERE p.{key} = u.k",
         # Score rows for keys that have none yet, then every score row locked, in key order.
         "claim": f"INSERT INTO {table} ({key}) SELECT DISTINCT u.k FROM unnest({keys}) AS u(k)"
                  f" JOIN {entity} p ON p.{key} = u.k ORDER BY 1 ON CONFLICT ({key}) DO NOTHING",
@@ -331,18 +327,12 @@ def _narrow_sql(scorer: scorers.Scorer, step: str, counter: str | None = None) -
     }[step]
 
 
-def _write_columns(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, keys: list, deltas: list,
-                   scores: list, model_id: int | None) -> None:
-    """Counters and score columns of entity rows :func:`apply` locked; a None score keeps the old one."""
+def _write_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, keys: list, deltas: list,
+                  scores: list, model_id: int | None) -> None:
+    """Counters and score columns of entity rows :func:`apply` locked, by the
+    owner's write hook (a None score keeps the old one); the hook names the
+    counter by its column name."""
+    counter_name = None if counter is None else next(e.counter_name for e in scorer.events if e.counter == counter)
     key_array = f"{scorer.key_type}[]"
-    sets = [f"{scorer.score} = coalesce(u.score, p.{scorer.score})"]
-    if scorer.model_id is not None:
-        sets.append(f"{scorer.model_id} = CASE WHEN u.score IS NULL THEN p.{scorer.model_id} ELSE $4 END")
-    if scorer.scored_at is not None:
-        sets.append(f"{scorer.scored_at} = CASE WHEN u.score IS NULL THEN p.{scorer.scored_at} ELSE now() END")
-    if counter is not None:
-        sets.insert(0, f"{counter} = p.{counter} + u.n")
-    plans.run(plpy, cache,
-              f"UPDATE {scorer.entity} p SET {', '.join(sets)}"
-              f" FROM unnest($1::{key_array}, $2::int[], $3::float8[]) AS u(k, n, score) WHERE p.{scorer.key} = u.k",
-              [key_array, "int[]", "float8[]", "bigint"], [keys, deltas, scores, model_id])
+    plans.run(plpy, cache, f"SELECT {scorer.write_hook}($1::{key_array}, $2::int[], $3::float8[], $4::bigint, $5::text)",
+              [key_array, "int[]", "float8[]", "bigint", "text"], [keys, deltas, scores, model_id, counter_name])

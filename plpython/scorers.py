@@ -19,7 +19,7 @@ then the scorer is read again.
 from __future__ import annotations
 
 from . import plans
-from .errors import UNDEFINED_OBJECT, ScoringError
+from .errors import INSUFFICIENT_PRIVILEGE, UNDEFINED_OBJECT, ScoringError
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 # The reference scorer: public.customer_profiles and public.complaints.
 REFERENCE = "churn"
 SCORE_SCHEMA = "scoring_scores"
+HOOK_SCHEMA = "scoring_hooks"
 # What a scorer's name may be: the CHECK on scoring.scorer_entities.scorer.
 # 40 characters, so that its trigger names (pgscore_<scorer>_features) fit in 63.
 SCORER_NAME = "[a-z][a-z0-9_]{0,39}"
@@ -48,11 +49,17 @@ SELECT e.scorer, e.model_name, e.entity::oid AS entity_oid,
   JOIN pg_catalog.pg_class c ON c.oid = e.entity
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE e.scorer = $1
+   -- What attach checked, checked again at every use (the registry is the
+   -- owners' to write): a table without row-level security (its policies
+   -- would run as scoring_owner), whose key is of the type recorded.
+   AND c.relkind IN ('r', 'p') AND NOT c.relrowsecurity
+   AND e.key_type = (SELECT pg_catalog.format_type(a.atttypid, NULL) FROM pg_catalog.pg_attribute a
+                      WHERE a.attrelid = c.oid AND a.attname = e.key_column AND NOT a.attisdropped)
 """
 EVENTS_SQL = """
 SELECT v.events::oid AS events_oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS events,
-       v.key_column, v.counter_column
+       v.key_column, v.counter_column, c.relkind IN ('r', 'p') AND NOT c.relrowsecurity AS usable
   FROM scoring.scorer_events v
   JOIN pg_catalog.pg_class c ON c.oid = v.events
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -93,7 +100,8 @@ class Scorer:
     """
 
     __slots__ = ("name", "model_name", "entity_oid", "entity", "key", "key_name", "key_type", "score",
-                 "model_id", "scored_at", "score_name", "model_id_name", "scored_at_name", "score_table", "features", "score_on_insert", "mode", "events",
+                 "model_id", "scored_at", "score_name", "model_id_name", "scored_at_name", "score_table",
+                 "lock_hook", "write_hook", "features", "score_on_insert", "mode", "events",
                  "columns", "declared", "stamp", "plan_cache")
 
     def __init__(self, row: Any, events: list[Events], columns: dict[str, str], declared: dict[str, str],
@@ -115,6 +123,9 @@ class Scorer:
         self.model_id = quoted(row["model_id_column"])
         self.scored_at = quoted(row["scored_at_column"])
         self.score_table = None if self.score is not None else f"{SCORE_SCHEMA}.{quote_ident(self.name)}"
+        # The entity's writes run as its owner, in functions attach created (scoring._create_scorer_hooks).
+        self.lock_hook = f"{HOOK_SCHEMA}.{quote_ident(self.name + '_lock')}"
+        self.write_hook = f"{HOOK_SCHEMA}.{quote_ident(self.name + '_write')}"
         self.features = list(row["features"])
         self.score_on_insert = bool(row["score_on_insert"])
         self.mode = row["mode"]
@@ -152,10 +163,17 @@ def get(plpy: Any, cache: dict, name: str) -> Scorer:
     known = cache.setdefault("pgscore.scorers", {})
     scorer = known.get(name)
     if scorer is None or scorer.stamp != row["stamp"]:
+        event_rows = plans.run(plpy, cache, EVENTS_SQL, ["text"], [name])
+        unusable = [r["events"] for r in event_rows if not r["usable"]]
+        if unusable:
+            raise ScoringError(
+                f"scorer {name!r} cannot read its events from {unusable[0]}: it is not a table, or it has row-level"
+                " security (its policies would run as scoring_owner)", sqlstate=INSUFFICIENT_PRIVILEGE,
+                hint=f"disable row-level security on it, or detach the scorer: SELECT scoring.detach('{name}')")
         events = [Events(r["events_oid"], r["events"], plpy.quote_ident(r["key_column"]),
                          None if r["counter_column"] is None else plpy.quote_ident(r["counter_column"]),
                          r["counter_column"])
-                  for r in plans.run(plpy, cache, EVENTS_SQL, ["text"], [name])]
+                  for r in event_rows]
         column_rows = plans.run(plpy, cache, COLUMNS_SQL, ["oid"], [row["entity_oid"]])
         columns = {r["name"]: r["type"] for r in column_rows}
         declared = {r["name"]: r["declared"] for r in column_rows}
@@ -173,6 +191,12 @@ def of_model(plpy: Any, cache: dict, model_name: str) -> Scorer:
 
 def unknown_scorer(plpy: Any, cache: dict, name: str) -> ScoringError:
     names = [r["scorer"] for r in plans.run(plpy, cache, "SELECT scorer FROM scoring.scorer_entities ORDER BY 1")]
+    if name in names:
+        return ScoringError(
+            f"scorer {name!r} cannot be used: its entity or an event table is gone, is not a table, has row-level"
+            " security (its policies would run as scoring_owner), or its key is no longer of the type attached",
+            sqlstate=UNDEFINED_OBJECT,
+            hint=f"see SELECT * FROM scoring.scorers WHERE scorer = '{name}'; detach it or attach it again")
     known = f"scorers: {', '.join(names[:10])}" if names else "no scorer is attached yet"
     return ScoringError(
         f"no scorer named {name!r}", sqlstate=UNDEFINED_OBJECT,

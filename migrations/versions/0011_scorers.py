@@ -25,7 +25,6 @@ SCHEMA_CHECK = ("idempotent", "005-schema-check.sql")
 # and their functions could not be dropped under them.
 DROP_SCORER_TRIGGERS = """
 DROP EVENT TRIGGER IF EXISTS scoring_columns_in_use;
-DROP EVENT TRIGGER IF EXISTS scoring_tables_dropped;
 DO $$
 DECLARE
     t record;

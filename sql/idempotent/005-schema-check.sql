@@ -193,8 +193,7 @@ BEGIN
            AND NOT (d.classid = 'pg_catalog.pg_event_trigger'::regclass AND p.prosecdef
                     AND EXISTS (SELECT FROM pg_catalog.pg_event_trigger e
                                  WHERE e.oid = d.objid AND e.evtfoid = p.oid
-                                   AND e.evtname IN ('scoring_profiles_altered', 'scoring_columns_in_use',
-                                                     'scoring_tables_dropped')))
+                                   AND e.evtname = 'scoring_profiles_altered'))
          ORDER BY 1
     LOOP
         problems := problems || found.name;

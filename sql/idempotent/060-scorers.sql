@@ -162,17 +162,81 @@ DECLARE
     v_prefix text := 'pgscore_' || scorer || '_';
     v_update_of text;
     v_function text := 'scoring._scorer_trigger(' || pg_catalog.quote_literal(scorer) || ')';
+    v_hooks text[] := ARRAY['scoring_hooks.' || pg_catalog.quote_ident(scorer || '_lock'),
+                            'scoring_hooks.' || pg_catalog.quote_ident(scorer || '_write')];
+    v_owner regrole;
+    v_run text;
+    v_counters text;
+    v_sets text;
 BEGIN
     SELECT * INTO s FROM scoring.scorer_entities e WHERE e.scorer = _create_scorer_triggers.scorer;
+    -- This scorer's triggers: those whose one argument is its name.
     FOR t IN SELECT tg.tgname, tg.tgrelid::regclass AS relation FROM pg_catalog.pg_trigger tg
-              WHERE NOT tg.tgisinternal AND pg_catalog.left(tg.tgname, pg_catalog.length(v_prefix)) = v_prefix
-                AND tg.tgfoid = 'scoring._scorer_trigger()'::regprocedure
+              WHERE NOT tg.tgisinternal AND tg.tgfoid = 'scoring._scorer_trigger()'::regprocedure
+                AND tg.tgnargs = 1 AND tg.tgargs = pg_catalog.convert_to(scorer, 'UTF8') || '\x00'::bytea
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.relation);
     END LOOP;
-    IF s.scorer IS NULL THEN
+    IF s.scorer IS NULL OR NOT EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = s.entity) THEN
+        -- Gone (detach), or its table is: its hooks go too (those of roles the caller acts for).
+        FOR t IN SELECT p.oid::regprocedure AS hook FROM pg_catalog.pg_proc p
+                  WHERE p.pronamespace = 'scoring_hooks'::regnamespace
+                    AND p.proname IN (scorer || '_lock', scorer || '_write')
+                    AND pg_catalog.pg_has_role(current_user, p.proowner, 'USAGE')
+        LOOP
+            EXECUTE format('DROP FUNCTION %s', t.hook);
+        END LOOP;
         RETURN;
     END IF;
+
+    -- The hooks: what scoring_owner's code may do to the entity, run as the
+    -- entity's owner, so that nothing of the table (its own triggers, checks,
+    -- generated columns) ever runs as scoring_owner. Lock rows in key order;
+    -- write counters and scores (a NULL score keeps the old one). The table
+    -- is named by its oid when they run (a renamed table keeps its hooks);
+    -- parameters go by number (a column may have any name), and unnest of
+    -- several arrays is FROM-clause syntax, which takes no schema.
+    v_owner := (SELECT c.relowner::regrole FROM pg_catalog.pg_class c WHERE c.oid = s.entity);
+    v_run := 'EXECUTE pg_catalog.format(%L, ' || s.entity::oid || '::pg_catalog.oid::pg_catalog.regclass) USING $1, $2, $3, $4;';
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION %s(keys %s[]) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+                      SET search_path = pg_catalog, pg_temp AS %L$f$, v_hooks[1], s.key_type,
+                   'BEGIN ' || format(pg_catalog.replace(v_run, ' USING $1, $2, $3, $4', ' USING $1'),
+                                      format('SELECT FROM %%s p WHERE p.%I = ANY ($1) ORDER BY p.%I FOR NO KEY UPDATE OF p',
+                                             s.key_column, s.key_column)) || ' END');
+    IF s.score_column IS NOT NULL THEN
+        v_sets := format('%1$I = coalesce(u.score, p.%1$I)', s.score_column);
+        IF s.model_id_column IS NOT NULL THEN
+            v_sets := v_sets || format(', %1$I = CASE WHEN u.score IS NULL THEN p.%1$I ELSE $4 END', s.model_id_column);
+        END IF;
+        IF s.scored_at_column IS NOT NULL THEN
+            v_sets := v_sets || format(', %1$I = CASE WHEN u.score IS NULL THEN p.%1$I ELSE pg_catalog.now() END',
+                                       s.scored_at_column);
+        END IF;
+    END IF;
+    SELECT pg_catalog.string_agg(format(' ELSIF $5 = %L THEN ', c.counter_column)
+                                 || format(v_run, format('UPDATE %%s p SET %I = p.%I + u.n%s FROM unnest($1, $2, $3)'
+                                                         ' AS u(k, n, score) WHERE p.%I = u.k',
+                                                         c.counter_column, c.counter_column,
+                                                         coalesce(', ' || v_sets, ''), s.key_column)),
+                                 '' ORDER BY c.counter_column)
+      INTO v_counters
+      FROM scoring.scorer_events c WHERE c.scorer = s.scorer AND c.counter_column IS NOT NULL;
+    EXECUTE format($f$CREATE OR REPLACE FUNCTION %s(keys %s[], deltas integer[], scores double precision[],
+                      model_id bigint, counter text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+                      SET search_path = pg_catalog, pg_temp AS %L$f$, v_hooks[2], s.key_type,
+                   format('BEGIN IF $5 IS NULL THEN %s%s ELSE RAISE EXCEPTION ''no counter %%'', $5; END IF; END',
+                          CASE WHEN v_sets IS NULL THEN 'NULL;'
+                               ELSE format(v_run, format('UPDATE %%s p SET %s FROM unnest($1, $2, $3)'
+                                                         ' AS u(k, n, score) WHERE p.%I = u.k', v_sets, s.key_column)) END,
+                          coalesce(v_counters, '')));
+    FOR t IN SELECT pg_catalog.unnest(ARRAY[format('%s(%s[])', v_hooks[1], s.key_type),
+                                            format('%s(%s[], integer[], double precision[], bigint, text)',
+                                                   v_hooks[2], s.key_type)]) AS hook
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %s', t.hook, v_owner);
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', t.hook);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO scoring_owner', t.hook);
+    END LOOP;
     -- The entity: an UPDATE of a column a model may read (not a counter
     -- this scorer keeps: its events rescore that; the key too, for the narrow table).
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(f), ', ') INTO v_update_of
@@ -329,16 +393,12 @@ BEGIN
            scored_at_column = excluded.scored_at_column, features = excluded.features,
            score_on_insert = excluded.score_on_insert, attached_at = now(), attached_by = current_user;
 
-    -- scoring_owner: read the key and the features, write the score columns.
+    -- scoring_owner: read the key, the features and the scores (it writes
+    -- them only through the hooks, as the owner).
     v_readable := ARRAY[key] || features || pg_catalog.array_remove(v_scores, NULL);
     EXECUTE format('GRANT SELECT (%s) ON %s TO scoring_owner',
                    (SELECT pg_catalog.string_agg(DISTINCT pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(v_readable) c),
                    entity);
-    IF score_column IS NOT NULL THEN
-        EXECUTE format('GRANT UPDATE (%s) ON %s TO scoring_owner',
-                       (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ')
-                          FROM pg_catalog.unnest(pg_catalog.array_remove(v_scores, NULL)) c), entity);
-    END IF;
     PERFORM scoring._score_table(scorer);
     PERFORM scoring._create_scorer_triggers(scorer);
     RETURN format('scorer %s attached to %s (key %I, %s); it scores with the active model %L',
@@ -413,7 +473,7 @@ BEGIN
        SET key_column = excluded.key_column, counter_column = excluded.counter_column;
     EXECUTE format('GRANT SELECT (%I) ON %s TO scoring_owner', entity_key, events);
     IF counter IS NOT NULL THEN
-        EXECUTE format('GRANT SELECT (%I), UPDATE (%I) ON %s TO scoring_owner', counter, counter, s.entity);
+        EXECUTE format('GRANT SELECT (%I) ON %s TO scoring_owner', counter, s.entity);
     END IF;
     PERFORM scoring._create_scorer_triggers(scorer);
     -- Counters of the rows that are there already, and their scores.
@@ -477,7 +537,7 @@ BEGIN
                        AND EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = s.entity AND a.attname = c
                                      AND NOT a.attisdropped));
     IF pg_catalog.cardinality(v_gone) > 0 THEN
-        EXECUTE format('REVOKE SELECT (%1$s), UPDATE (%1$s) ON %2$s FROM scoring_owner',
+        EXECUTE format('REVOKE SELECT (%1$s) ON %2$s FROM scoring_owner',
                        (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') FROM pg_catalog.unnest(v_gone) c),
                        s.entity);
     END IF;
@@ -574,8 +634,13 @@ COMMENT ON FUNCTION scoring._scorer_rows(text) IS 'internal: how many rows a sco
 -- Schema changes. A column that a scorer uses (its key, score columns,
 -- counters, events' keys, the active model's features) may not be dropped
 -- or renamed: the statement is refused, naming the scorer and the column.
--- A dropped entity or event table takes its scorer's registry rows along.
-CREATE OR REPLACE FUNCTION scoring._scorer_tables_altered()
+-- The event trigger fires on everyone's DDL, a superuser's too: its
+-- function belongs to the migrating superuser (schema scoring_trusted) and
+-- only reads plain tables of schema scoring, which runs no role's code (a
+-- superuser bypasses row-level security; a SELECT fires no trigger), so
+-- nothing of scoring_owner's ever runs inside it. A dropped table's scorers
+-- stay in the registry, unused (scoring.detach removes them).
+CREATE OR REPLACE FUNCTION scoring_trusted.columns_in_use()
 RETURNS event_trigger
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -623,40 +688,14 @@ BEGIN
     END LOOP;
 END
 $$;
-COMMENT ON FUNCTION scoring._scorer_tables_altered() IS 'internal: refuses dropping or renaming a column a scorer uses';
-
-CREATE OR REPLACE FUNCTION scoring._scorer_tables_dropped()
-RETURNS event_trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class c
-         WHERE c.relnamespace = pg_catalog.to_regnamespace('scoring') AND c.relkind = 'r'
-           AND c.relname IN ('scorer_entities', 'scorer_events')) < 2 THEN
-        RETURN;
-    END IF;
-    DELETE FROM scoring.scorer_events v
-     WHERE v.events::oid IN (SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
-                              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0);
-    DELETE FROM scoring.scorer_entities e
-     WHERE e.entity::oid IN (SELECT d.objid FROM pg_catalog.pg_event_trigger_dropped_objects() d
-                              WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objsubid = 0);
-END
-$$;
-COMMENT ON FUNCTION scoring._scorer_tables_dropped() IS 'internal: forgets the scorers of a dropped table';
+COMMENT ON FUNCTION scoring_trusted.columns_in_use() IS 'internal: refuses dropping or renaming a column a scorer uses';
 
 -- Named to fire before scoring_profiles_altered (event triggers fire in name
 -- order): a refusal names the scorer before the reference code is rewritten.
 DROP EVENT TRIGGER IF EXISTS scoring_columns_in_use;
 CREATE EVENT TRIGGER scoring_columns_in_use ON ddl_command_end
     WHEN TAG IN ('ALTER TABLE')
-    EXECUTE FUNCTION scoring._scorer_tables_altered();
-DROP EVENT TRIGGER IF EXISTS scoring_tables_dropped;
-CREATE EVENT TRIGGER scoring_tables_dropped ON sql_drop
-    WHEN TAG IN ('DROP TABLE', 'DROP SCHEMA', 'DROP OWNED')
-    EXECUTE FUNCTION scoring._scorer_tables_dropped();
+    EXECUTE FUNCTION scoring_trusted.columns_in_use();
 
 -- Every scorer's triggers, as this code writes them.
 SELECT scoring._create_scorer_triggers(e.scorer) FROM scoring.scorer_entities e;

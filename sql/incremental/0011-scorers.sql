@@ -39,20 +39,32 @@ ALTER TABLE scoring.scorer_entities ENABLE ROW LEVEL SECURITY;
 ALTER TABLE scoring.scorer_events ENABLE ROW LEVEL SECURITY;
 -- Anyone may read the registry; only a table's owner writes a scorer of it
 -- (an event row: the owner of the events table and of the scorer's entity).
+-- A row whose table was dropped is anyone's to remove or reuse.
 CREATE POLICY registry_read ON scoring.scorer_entities FOR SELECT USING (true);
 CREATE POLICY entity_owner ON scoring.scorer_entities
-    USING (pg_catalog.pg_has_role(current_user, (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = entity), 'USAGE'))
-    WITH CHECK (pg_catalog.pg_has_role(current_user, (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = entity), 'USAGE'));
+    USING (coalesce((SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_catalog.pg_class c
+                      WHERE c.oid = entity), true))
+    WITH CHECK ((SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_catalog.pg_class c
+                  WHERE c.oid = entity));
 CREATE POLICY registry_read ON scoring.scorer_events FOR SELECT USING (true);
 CREATE POLICY events_owner ON scoring.scorer_events
-    USING (pg_catalog.pg_has_role(current_user, (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = events), 'USAGE'))
-    WITH CHECK (pg_catalog.pg_has_role(current_user, (SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = events), 'USAGE')
-                AND EXISTS (SELECT FROM scoring.scorer_entities e WHERE e.scorer = scorer_events.scorer
-                              AND pg_catalog.pg_has_role(current_user, (SELECT c.relowner FROM pg_catalog.pg_class c
-                                                                          WHERE c.oid = e.entity), 'USAGE')));
+    USING (coalesce((SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_catalog.pg_class c
+                      WHERE c.oid = events), true))
+    WITH CHECK ((SELECT pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_catalog.pg_class c
+                  WHERE c.oid = events)
+                AND EXISTS (SELECT FROM scoring.scorer_entities e JOIN pg_catalog.pg_class c ON c.oid = e.entity
+                             WHERE e.scorer = scorer_events.scorer
+                               AND pg_catalog.pg_has_role(current_user, c.relowner, 'USAGE')));
 
 -- Narrow score tables, one per scorer that names no score column: owned by scoring_owner.
 CREATE SCHEMA scoring_scores;
+-- The functions through which scoring_owner's code writes a scorer's
+-- tables, owned by the tables' owners (scoring._create_scorer_triggers):
+-- any role may create its own here. Everything that calls them names them
+-- in full, with their argument types.
+CREATE SCHEMA scoring_hooks;
+COMMENT ON SCHEMA scoring_hooks IS 'pgscore: per scorer, the lock and write functions its entity''s owner runs for it';
+GRANT USAGE, CREATE ON SCHEMA scoring_hooks TO PUBLIC;
 COMMENT ON SCHEMA scoring_scores IS 'pgscore: one score table per scorer that writes no column of its entity';
 
 -- Failures of any scorer: which one, and the key as text.
