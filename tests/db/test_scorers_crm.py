@@ -460,17 +460,30 @@ def test_detached_then_attached_again_recounts_and_rescores(crm):
     check(crm, "attached again")
 
 
-def test_dropping_the_entity_forgets_its_scorers_and_their_scores(crm):
-    """DROP TABLE of the entity (and its tickets): the scorers leave scoring.scorers, the narrow
-    table goes; the same names attached to a new table of the same shape start with no score."""
+def test_a_dropped_entity_leaves_its_scorers_unusable_until_detached(crm):
+    """DROP TABLE of the entity (and its tickets): the scorers stay in scoring.scorers, unusable
+    (score_key says so), until detach, which removes them, their hooks and the narrow table;
+    the same names attached to a new table of the same shape start with no score."""
     attach_both(crm)
     insert_subscribers(crm)
     with crm.owner_connect() as owner:
         owner.execute('DROP TABLE support.tickets, "CRM"."Subscribers"')
     with crm.db.connect() as admin:
-        assert admin.execute("SELECT scorer FROM scoring.scorers WHERE scorer LIKE 'crm%%'").fetchall() == []
-        left_behind = admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')::text").fetchone()[0]
-        assert admin.execute("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'pgscore_crm%%'").fetchone()[0] == 0
+        assert [row[0] for row in admin.execute("SELECT scorer FROM scoring.scorers WHERE scorer LIKE 'crm%%'"
+                                                " ORDER BY 1")] == ["crm", "crm_narrow"]
+    with crm.db.connect("analyst") as analyst:
+        with pytest.raises(psycopg.Error) as caught:
+            analyst.execute("SELECT scoring.score_key('crm_narrow', %s)", [KEYS[0]])
+    assert "crm_narrow" in caught.value.diag.message_primary and caught.value.diag.message_hint, \
+        caught.value.diag.message_primary
+    with crm.owner_connect() as owner:
+        owner.execute("SELECT scoring.detach('crm')")
+        owner.execute("SELECT scoring.detach('crm_narrow')")
+    with crm.db.connect() as admin:
+        assert admin.execute("SELECT count(*) FROM scoring.scorers WHERE scorer LIKE 'crm%%'").fetchone()[0] == 0
+        assert admin.execute("SELECT to_regclass('scoring_scores.crm_narrow')").fetchone()[0] is None
+        assert admin.execute("SELECT count(*) FROM pg_proc WHERE pronamespace = 'scoring_hooks'::regnamespace"
+                             " AND proname LIKE 'crm%%'").fetchone()[0] == 0
     with crm.owner_connect() as owner:
         owner.execute(CRM_SCHEMA.replace('CREATE SCHEMA "CRM";', "").replace("CREATE SCHEMA support;", ""))
         owner.execute(f'GRANT SELECT, INSERT, UPDATE, DELETE ON {ENTITY}, {EVENTS} TO {crm.app}')
@@ -478,7 +491,6 @@ def test_dropping_the_entity_forgets_its_scorers_and_their_scores(crm):
     attach_both(crm)
     insert_subscribers(crm, KEYS[:3], seed=17)
     check(crm, "a new table under the old names")
-    assert left_behind is None, "the narrow score table outlived its entity"
 
 
 def test_rows_inserted_unscored_when_the_scorer_says_so(crm):

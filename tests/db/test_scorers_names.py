@@ -421,3 +421,33 @@ def test_a_key_named_like_a_column_of_pgscores_own(db, owner, key):
         expected = expected_scores(admin, model, entity, key)
         for scorer in ("things_wide", "things_narrow") if narrow else ("things_wide",):
             assert score_differences(expected, stored_scores(admin, scorer)) == {}, scorer
+
+
+def test_a_percent_sign_in_column_names(db, owner):
+    """Names such as "Churn %" (a score column) and "Discount%" (a feature) are ordinary names:
+    no format string of pgscore's may read them as one."""
+    model = crm_pipeline(FEATURES, renamed=(("MonthlyCharges", "Discount%"),))
+    entity, events = '"Pct"."Subscribers"', '"Pct"."Tickets"'
+    with db.connect() as admin:
+        as_role(admin, owner)
+        admin.execute('CREATE SCHEMA "Pct"; CREATE TABLE "Pct"."Subscribers" ("customerID" text PRIMARY KEY,'
+                      ' "Tenure" integer, "Discount%" numeric(10,2), "Contract" text,'
+                      ' "TicketCount" integer NOT NULL DEFAULT 0, "Churn %" double precision);'
+                      ' CREATE TABLE "Pct"."Tickets" ("customerID" text NOT NULL REFERENCES "Pct"."Subscribers")')
+        let_loader_read(admin, "Pct", entity)
+        admin.execute("SELECT scoring.attach('pct', %s, 'customerID', score_column => 'Churn %%')", [entity])
+        admin.execute("SELECT scoring.attach_events('pct', %s, 'customerID', 'TicketCount')", [events])
+        admin.execute("SELECT scoring.attach('pct_narrow', %s, 'customerID', model_name => 'pct')", [entity])
+    push(db, model, "pct")
+    with db.connect() as admin:
+        as_role(admin, owner)
+        admin.execute("SET scoring.on_error = 'raise'")
+        admin.execute('INSERT INTO "Pct"."Subscribers" ("customerID", "Tenure", "Discount%", "Contract")'
+                      " VALUES ('a', 5, 70, 'One year'), ('b', 40, 30, 'Two year')")  # no parameters: % as it is
+        admin.execute("""INSERT INTO "Pct"."Tickets" VALUES ('a'), ('b'), ('a')""")
+        admin.execute('UPDATE "Pct"."Subscribers" SET "Discount%%" = 12 WHERE "customerID" = %s', ["b"])
+        admin.execute("RESET ROLE")
+        assert counter_differences(admin, entity, "customerID", "TicketCount", events, "customerID") == {}
+        expected = expected_scores(admin, model, entity, "customerID")
+        for scorer in ("pct", "pct_narrow"):
+            assert score_differences(expected, stored_scores(admin, scorer)) == {}, scorer
