@@ -41,6 +41,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package 
 if TYPE_CHECKING:
     from typing import Any, Sequence
 
+ROOT_SQL = "SELECT pg_catalog.pg_partition_root($1::pg_catalog.regclass)::pg_catalog.oid AS root"
 # The transition tables of every pgscore trigger.
 NEW_ROWS = "pgscore_new"
 OLD_ROWS = "pgscore_old"
@@ -50,6 +51,9 @@ def on_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
     """scoring._scorer_trigger(): dispatches on the table and the event."""
     scorer = scorers.get(plpy, cache, td["args"][0])
     relid = int(td["relid"])
+    if relid != scorer.entity_oid and relid not in {events.oid for events in scorer.events}:
+        # A statement run on a partition directly: the partitioned table's scorer.
+        relid = int(plans.run(plpy, cache, ROOT_SQL, ["oid"], [relid])[0]["root"] or relid)
     event = td["event"]
     if relid == scorer.entity_oid:
         return _on_entity(plpy, cache, scorer, td, event)

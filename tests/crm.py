@@ -331,33 +331,9 @@ def check(crm: Crm, step: str) -> dict[str, dict]:
 
 def push(db: Any, model: Pipeline, name: str, path: str = "auto") -> int:
     """Pushes and activates ``model`` as ``name`` (as the loader) on scoring ``path``
-    (push's: 'auto', 'sklearn', 'compiled', 'sql'); returns its model_id.
+    (push's: 'auto', 'sklearn', 'compiled', 'sql'); returns its model_id. Push
+    checks the features against the entity of the scorer of that name and
+    test-scores its rows."""
+    from pgscore import push_model
 
-    TEMPORARY (until push validates against a scorer's entity): when push_model
-    refuses the features as not columns of public.customer_profiles, the model
-    is written as push would write it on the compiled path and activated."""
-    from pgscore import PushError, push_model
-
-    try:
-        return push_model(db.dsn("loader"), model, name=name, activate=True, scoring_path=path).model_id
-    except PushError as exc:
-        if "customer_profiles" not in str(exc):
-            raise
-    import hashlib
-
-    from psycopg.types.json import Jsonb
-
-    from pgscore.compile import compile_model
-    from pgscore_server import formats
-    from pgscore_server import runtime as server_runtime
-
-    blob = formats.dumps(model, "skops")
-    with psycopg.connect(db.dsn("loader")) as conn:
-        model_id, version = conn.execute(
-            "INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, runtime, compiled,"
-            " scoring_path) VALUES (%s, 1, 'skops', %b, %s, %s, %s, %b, %s) RETURNING model_id, version",
-            [name, blob, hashlib.sha256(blob).hexdigest(), [str(f) for f in model.feature_names_in_],
-             Jsonb(dict(server_runtime.versions())), compile_model(model).to_bytes(),
-             "compiled" if path == "auto" else path]).fetchone()
-        conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
-    return model_id
+    return push_model(db.dsn("loader"), model, name=name, activate=True, scoring_path=path).model_id

@@ -25,6 +25,38 @@ SCHEMA_CHECK = ("idempotent", "005-schema-check.sql")
 # and their functions could not be dropped under them.
 DROP_SCORER_TRIGGERS = """
 DROP EVENT TRIGGER IF EXISTS scoring_columns_in_use;
+-- What attach and attach_events granted scoring_owner on the users' tables
+-- (the reference scorer's grants belong to the code of 0010 and stay).
+DO $$
+DECLARE
+    s record;
+BEGIN
+    FOR s IN SELECT e.entity, e.key_column, e.score_column, e.model_id_column, e.scored_at_column, e.features
+               FROM scoring.scorer_entities e
+              WHERE e.scorer <> 'churn' AND pg_catalog.to_regclass(e.entity::text) IS NOT NULL
+                AND e.entity <> 'public.customer_profiles'::regclass
+    LOOP
+        EXECUTE format('REVOKE SELECT (%s) ON %s FROM scoring_owner',
+                       (SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ')
+                          FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = s.entity AND a.attnum > 0 AND NOT a.attisdropped
+                           AND a.attname = ANY (ARRAY[s.key_column, s.score_column, s.model_id_column,
+                                                      s.scored_at_column] || s.features
+                                                || ARRAY(SELECT v.counter_column FROM scoring.scorer_events v
+                                                          WHERE v.counter_column IS NOT NULL
+                                                            AND v.scorer IN (SELECT x.scorer FROM scoring.scorer_entities x
+                                                                              WHERE x.entity = s.entity)))),
+                       s.entity);
+    END LOOP;
+    FOR s IN SELECT v.events, v.key_column FROM scoring.scorer_events v
+              WHERE v.scorer <> 'churn' AND v.events <> 'public.complaints'::regclass
+                AND EXISTS (SELECT FROM pg_catalog.pg_attribute a WHERE a.attrelid = v.events
+                              AND a.attname = v.key_column AND NOT a.attisdropped)
+    LOOP
+        EXECUTE format('REVOKE SELECT (%I) ON %s FROM scoring_owner', s.key_column, s.events);
+    END LOOP;
+END
+$$;
 DO $$
 DECLARE
     t record;

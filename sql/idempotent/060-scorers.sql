@@ -165,6 +165,7 @@ DECLARE
     v_hooks text[] := ARRAY['scoring_hooks.' || pg_catalog.quote_ident(scorer || '_lock'),
                             'scoring_hooks.' || pg_catalog.quote_ident(scorer || '_write')];
     v_owner regrole;
+    r record;
     v_run text;
     v_counters text;
     v_sets text;
@@ -251,34 +252,43 @@ BEGIN
         -- Each changed row's key noted (after every BEFORE trigger of the
         -- table and its generated columns), then all of them rescored in key
         -- order at the end of the statement. The scores' own UPDATE names
-        -- none of these columns: it fires neither.
+        -- none of these columns: it fires neither. (Row triggers of a
+        -- partitioned table are its partitions' too; statement triggers are
+        -- created on each partition as well, for statements run on one directly.)
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW EXECUTE FUNCTION %s',
                        v_prefix || 'features', v_update_of, s.entity, v_function);
-        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
-                       v_prefix || 'features_done', v_update_of, s.entity, v_function);
     END IF;
-    IF s.score_on_insert THEN
-        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS pgscore_new'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'inserted', s.entity, v_function);
-    END IF;
-    IF s.score_column IS NULL THEN
-        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS pgscore_old'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'deleted', s.entity, v_function);
-        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
-                       v_prefix || 'truncated', s.entity, v_function);
-    END IF;
-    FOR v IN SELECT * FROM scoring.scorer_events c WHERE c.scorer = s.scorer LOOP
-        -- The reference scorer's inserted complaints: its generated trigger (complaints_rescore).
-        IF NOT (s.scorer = 'churn' AND v.events = pg_catalog.to_regclass('public.complaints')) THEN
-            EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS pgscore_new'
-                           ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'inserted', v.events, v_function);
+    FOR r IN SELECT s.entity AS relid UNION SELECT pt.relid FROM pg_catalog.pg_partition_tree(s.entity) pt WHERE pt.isleaf LOOP
+        IF v_update_of IS NOT NULL THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                           v_prefix || 'features_done', v_update_of, r.relid, v_function);
         END IF;
-        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS pgscore_old'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'deleted', v.events, v_function);
-        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS pgscore_old NEW TABLE AS pgscore_new'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'updated', v.events, v_function);
-        EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
-                       v_prefix || 'truncated', v.events, v_function);
+        IF s.score_on_insert THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS pgscore_new'
+                           ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'inserted', r.relid, v_function);
+        END IF;
+        IF s.score_column IS NULL THEN
+            EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS pgscore_old'
+                           ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'deleted', r.relid, v_function);
+            EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                           v_prefix || 'truncated', r.relid, v_function);
+        END IF;
+    END LOOP;
+    FOR v IN SELECT * FROM scoring.scorer_events c WHERE c.scorer = s.scorer LOOP
+        FOR r IN SELECT v.events AS relid UNION SELECT pt.relid FROM pg_catalog.pg_partition_tree(v.events) pt WHERE pt.isleaf LOOP
+            -- The reference scorer's inserted complaints: its generated trigger (complaints_rescore).
+            IF NOT (s.scorer = 'churn' AND v.events = pg_catalog.to_regclass('public.complaints')) THEN
+                EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS pgscore_new'
+                               ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'inserted', r.relid, v_function);
+            END IF;
+            EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS pgscore_old'
+                           ' FOR EACH STATEMENT EXECUTE FUNCTION %s', v_prefix || 'deleted', r.relid, v_function);
+            EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS pgscore_old'
+                           ' NEW TABLE AS pgscore_new FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                           v_prefix || 'updated', r.relid, v_function);
+            EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION %s',
+                           v_prefix || 'truncated', r.relid, v_function);
+        END LOOP;
     END LOOP;
 END
 $$;
