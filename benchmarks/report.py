@@ -26,7 +26,7 @@ class Sizes:
             return cls(profiles=50_000, inserts=1_000, bulk=20_000, per_row=1_000, parity=20_000, concurrent=150,
                        naive_starts=1, updates=1_000, bulk_updates=20_000, rescore_rounds=3)
         return cls(profiles=1_000_000, inserts=4_000, bulk=100_000, per_row=5_000, parity=100_000, concurrent=500,
-                   naive_starts=3, updates=4_000, bulk_updates=100_000, rescore_rounds=2)
+                   naive_starts=3, updates=4_000, bulk_updates=50_000, rescore_rounds=2)
 
 
 HEADER = f"{'fig':<4} {'family':<7} {'measured':<34} {'baseline':<34} {'ratio':>9} {'target':<10} met"
