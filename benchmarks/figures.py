@@ -340,7 +340,7 @@ class Figures:
     # -- the scorers (issue 20)
 
     def scorers(self) -> None:
-        """P5n and P5g for every family: the three rescores of the same
+        """P5n and P5g for each of ``sizes.scorer_families``: the three rescores of the same
         profiles, alternating (reference, generic on columns, generic into
         the narrow table; ``sizes.rescore_rounds`` rounds, the best of each),
         every run on freshly vacuumed tables. The two extra scorers read the
@@ -361,7 +361,7 @@ class Figures:
         try:
             for scorer in (WIDE, NARROW):
                 self.rescore(scorer)
-            for family in FAMILIES:
+            for family in self.sizes.scorer_families:
                 self.activate(family)
                 self.p5_scorers(family)
         finally:
