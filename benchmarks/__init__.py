@@ -19,6 +19,11 @@ Figures (see docs/performance.md):
   P6 first score in a new connection, and that backend's RSS growth
   P7 max abs difference from the loader's predict_proba
   P8 8 clients inserting for 10 hot customers
+the scorers' (issue 20):
+  P5n  rescore into the narrow score table vs score columns on the profile row (both generic)
+  P5g  rescore of a generic scorer's score columns vs the reference scorer's rescore
+  P9   single-row profile UPDATEs of a feature, with the rescoring trigger vs without
+  P9b  one UPDATE of many profiles' feature, the same both ways
 and with --floors, P1, P2 and P8 of the trigger designs without a model's cost:
   floor    pgscore's statement trigger writing constant scores
   floorpy  the same calling PL/Python as the compiled path does, for a constant

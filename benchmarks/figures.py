@@ -1,5 +1,6 @@
-"""The figures P1-P8 (and the floors' P1, P2 and P8), each against its
-baseline, measured in the same run on the same database."""
+"""The figures P1-P8 (and the floors' P1, P2 and P8), and the scorers'
+P5n, P5g, P9 and P9b, each against its baseline, measured in the same run
+on the same database."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ CREATE OR REPLACE TRIGGER bench_count_complaint AFTER INSERT ON public.complaint
 """
 TRIGGERS = ("complaints_rescore", "bench_count_complaint", *FLOORS.values())
 
+# P5n and P5g: two more scorers of the churn model on the bench's profiles,
+# beside the reference scorer 'churn' (score columns on the profile row,
+# rescored by its optimised path): one that writes score columns of its own
+# on the same row and one that writes pgscore's narrow table, both through
+# the generic engine (pgscore_server.freshness). Attached for these figures
+# only, then detached and their columns dropped.
+REFERENCE, WIDE, NARROW = "churn", "bench_wide", "bench_narrow"
+WIDE_COLUMNS = {"alt_score": "double precision", "alt_model_id": "bigint", "alt_scored_at": "timestamptz"}
+# P9: the reference scorer's trigger on a profile UPDATE of a column its model reads.
+FEATURES_TRIGGER = "pgscore_churn_features"
+UPDATE_ONE = "UPDATE public.customer_profiles SET tenure_months = tenure_months + 1 WHERE customer_id = {}"
+
 
 class Figures:
     """Measures each figure and adds it to ``report``; ``models`` maps a family to
@@ -64,6 +77,10 @@ class Figures:
             self.p5(family)
             self.p6(family)
             self.p7(family)
+        self.scorers()
+        for family in FAMILIES:
+            self.activate(family)
+            self.p9(family)
 
     # -- helpers
 
@@ -88,10 +105,12 @@ class Figures:
                         sql.Identifier(name)))
             conn.execute(sql.SQL("ALTER TABLE public.complaints ENABLE TRIGGER {}").format(sql.Identifier(enabled)))
 
-    def run_pgbench(self, transactions: int, clients: int, customers: int, options: str = "") -> dict:
-        script = self.workdir / f"insert-{customers}.sql"
-        script.write_text(f"\\set cid random(1, {customers})\n"
-                          "INSERT INTO public.complaints (customer_id, channel) VALUES (:cid, 'bench');\n")
+    def run_pgbench(self, transactions: int, clients: int, customers: int, options: str = "",
+                    statement: str = "INSERT INTO public.complaints (customer_id, channel) VALUES ({}, 'bench')",
+                    name: str = "insert") -> dict:
+        """A pgbench run of ``statement`` (``{}``: a random customer_id up to ``customers``)."""
+        script = self.workdir / f"{name}-{customers}.sql"
+        script.write_text(f"\\set cid random(1, {customers})\n" + statement.format(":cid") + ";\n")
         logdir = Path(tempfile.mkdtemp(dir=self.workdir))
         env = dict(os.environ, PGOPTIONS=options)
         # A short warm-up, so every backend has imported and loaded what it needs.
@@ -317,6 +336,121 @@ class Figures:
         worst = max(abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local))
         self.report.add("P7", family, f"max |diff| {worst:.2e} over {len(rows)} rows", "predict_proba",
                         worst, "<= 1e-9")
+
+    # -- the scorers (issue 20)
+
+    def scorers(self) -> None:
+        """P5n and P5g for each of ``sizes.scorer_families``: the three rescores of the same
+        profiles, alternating (reference, generic on columns, generic into
+        the narrow table; ``sizes.rescore_rounds`` rounds, the best of each),
+        every run on freshly vacuumed tables. The two extra scorers read the
+        reference scorer's features (not each other's score columns: an
+        UPDATE of a column a scorer reads would rescore it), score nothing on
+        insert, and are rescored once untimed first, so that every timed run
+        overwrites scores (the narrow table's first run inserts its rows)."""
+        columns = sql.SQL(", ").join(sql.SQL("ADD COLUMN {} {}").format(sql.Identifier(name), sql.SQL(kind))
+                                     for name, kind in WIDE_COLUMNS.items())
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER TABLE public.customer_profiles {}").format(columns))
+            features = conn.execute("SELECT features FROM scoring.scorers WHERE scorer = %s", [REFERENCE]).fetchone()[0]
+            conn.execute("SELECT scoring.attach(%s, 'public.customer_profiles', 'customer_id', %s, %s, %s,"
+                         " model_name => 'churn', features => %s, score_on_insert => false)",
+                         [WIDE, *WIDE_COLUMNS, features])
+            conn.execute("SELECT scoring.attach(%s, 'public.customer_profiles', 'customer_id',"
+                         " model_name => 'churn', features => %s, score_on_insert => false)", [NARROW, features])
+        try:
+            for scorer in (WIDE, NARROW):
+                self.rescore(scorer)
+            for family in self.sizes.scorer_families:
+                self.activate(family)
+                self.p5_scorers(family)
+        finally:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                for scorer in (WIDE, NARROW):
+                    conn.execute("SELECT scoring.detach(%s)", [scorer])
+                conn.execute(sql.SQL("ALTER TABLE public.customer_profiles {}").format(sql.SQL(", ").join(
+                    sql.SQL("DROP COLUMN {}").format(sql.Identifier(name)) for name in WIDE_COLUMNS)))
+            self.vacuum()
+
+    def rescore(self, scorer: str) -> float:
+        """``CALL scoring.rescore(scorer, 50000)`` in a new connection, timed,
+        after a VACUUM ANALYZE of the profiles (and of the narrow table)."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            narrow = conn.execute("SELECT to_regclass(%s)::text", [f"scoring_scores.{NARROW}"]).fetchone()[0]
+            conn.execute("VACUUM ANALYZE public.customer_profiles" + (f", {narrow}" if narrow else ""))
+        started = time.perf_counter()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CALL scoring.rescore({}, 50000)").format(sql.Literal(scorer)))
+        return time.perf_counter() - started
+
+    def p5_scorers(self, family: str) -> None:
+        runs: dict[str, list[float]] = {REFERENCE: [], WIDE: [], NARROW: []}
+        for _ in range(self.sizes.rescore_rounds):
+            for scorer in runs:
+                runs[scorer].append(self.rescore(scorer))
+        best = {scorer: min(done) for scorer, done in runs.items()}
+        median = {scorer: statistics.median(done) for scorer, done in runs.items()}
+        reference, wide, narrow = best[REFERENCE], best[WIDE], best[NARROW]
+        saved = dict(reference_runs=runs[REFERENCE], wide_runs=runs[WIDE], narrow_runs=runs[NARROW],
+                     median_seconds=median, narrow_vs_reference=reference / narrow)
+        self.report.add("P5n", family, f"narrow table {narrow:.2f} s", f"score columns {wide:.2f} s",
+                        wide / narrow, "-", **saved)
+        self.report.add("P5g", family, f"generic, columns {wide:.2f} s", f"reference rescore {reference:.2f} s",
+                        reference / wide, "-", **saved)
+
+    def set_features_trigger(self, enabled: bool) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER TABLE public.customer_profiles {} TRIGGER {}").format(
+                sql.SQL("ENABLE" if enabled else "DISABLE"), sql.Identifier(FEATURES_TRIGGER)))
+
+    def p9(self, family: str) -> None:
+        """P9: single-row UPDATEs of a feature (tenure_months) from one client,
+        synchronous_commit = off, with the reference scorer's trigger that
+        rescores the row against the same UPDATEs with it disabled; P9b: one
+        UPDATE of ``sizes.bulk_updates`` profiles both ways. Two alternating
+        rounds each (without, with), the better run of each side; checks that
+        the bulk UPDATE rescored every row it changed."""
+        single: dict[bool, list[dict]] = {False: [], True: []}
+        bulk: dict[bool, list[float]] = {False: [], True: []}
+        rescored = []
+        try:
+            for _ in range(2):
+                for enabled in (False, True):
+                    self.set_features_trigger(enabled)
+                    single[enabled].append(self.run_pgbench(
+                        self.sizes.updates, 1, self.sizes.profiles, "-c synchronous_commit=off",
+                        statement=UPDATE_ONE, name="update"))
+                for enabled in (False, True):
+                    self.set_features_trigger(enabled)
+                    self.vacuum()
+                    with psycopg.connect(self.dsn, autocommit=True) as conn:
+                        since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+                        started = time.perf_counter()
+                        conn.execute("UPDATE public.customer_profiles SET tenure_months = tenure_months + 1"
+                                     " WHERE customer_id <= %s", [self.sizes.bulk_updates])
+                        bulk[enabled].append(time.perf_counter() - started)
+                        if enabled:
+                            rescored.append(conn.execute(
+                                "SELECT count(*) FROM public.customer_profiles WHERE customer_id <= %s"
+                                " AND churn_scored_at >= %s", [self.sizes.bulk_updates, since]).fetchone()[0])
+        finally:
+            self.set_features_trigger(True)
+        base, ours = (max(single[side], key=lambda r: r["tps"]) for side in (False, True))
+        base_us, ours_us = 1e6 / base["tps"], 1e6 / ours["tps"]
+        self.report.add("P9", family, f"UPDATE 1 row {ours['tps']:.0f} tps, {ours_us:.0f} us",
+                        f"no trigger {base['tps']:.0f} tps, {base_us:.0f} us", ours["tps"] / base["tps"], "-",
+                        pgscore=ours, baseline_run=base, us_per_update=ours_us, baseline_us_per_update=base_us,
+                        added_us=ours_us - base_us, runs={"without": single[False], "with": single[True]})
+        rows = min(self.sizes.bulk_updates, self.sizes.profiles)
+        base_s, ours_s = min(bulk[False]), min(bulk[True])
+        exact = all(n == rows for n in rescored)
+        self.report.add("P9b", family,
+                        f"UPDATE {rows} rows {ours_s:.2f} s, {ours_s / rows * 1e6:.1f} us/row"
+                        + ("" if exact else ", NOT all rescored"),
+                        f"no trigger {base_s:.2f} s, {base_s / rows * 1e6:.1f} us/row",
+                        base_s / ours_s if exact else 0.0, "-", us_per_row=ours_s / rows * 1e6,
+                        baseline_us_per_row=base_s / rows * 1e6, added_us_per_row=(ours_s - base_s) / rows * 1e6,
+                        all_rescored=exact, rescored_rows=rescored, runs={"without": bulk[False], "with": bulk[True]})
 
 
 def _pgbench_line(run: dict) -> str:

@@ -21,8 +21,10 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import _server_dsn
 
 FIGURES = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"}
+SCORER_FIGURES = {"P5n", "P5g", "P9", "P9b"}
 FLOOR_FIGURES = {"P1", "P2", "P8"}
-TINY = Sizes(profiles=2_000, inserts=60, bulk=400, per_row=100, parity=1_000, concurrent=10, naive_starts=1)
+TINY = Sizes(profiles=2_000, inserts=60, bulk=400, per_row=100, parity=1_000, concurrent=10, naive_starts=1,
+             updates=60, bulk_updates=400, rescore_rounds=2)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +51,11 @@ def test_every_figure_of_every_family_is_measured_and_saved(bench_run):
     assert saved == json.loads(json.dumps(results, default=str))
     assert saved["sizes"]["profiles"] == TINY.profiles
     measured = {(row["figure"], row["family"]) for row in saved["figures"]}
-    assert measured == ({(figure, family) for figure in FIGURES for family in FAMILIES}
+    assert measured == ({(figure, family) for figure in FIGURES | SCORER_FIGURES for family in FAMILIES}
                         | {(figure, floor) for figure in FLOOR_FIGURES for floor in FLOORS})
     # P4 has two rows per family: against out-of-DB scoring and against per-row score().
-    assert len(saved["figures"]) == len(FIGURES) * len(FAMILIES) + len(FAMILIES) + len(FLOOR_FIGURES) * len(FLOORS)
+    assert len(saved["figures"]) == (len(FIGURES | SCORER_FIGURES) * len(FAMILIES) + len(FAMILIES)
+                                     + len(FLOOR_FIGURES) * len(FLOORS))
     timed_twice = [row for row in saved["figures"] if "in_db_runs" in row]
     assert {(row["figure"], row["family"]) for row in timed_twice} == {
         (figure, family) for figure in ("P4", "P5") for family in FAMILIES}
@@ -73,6 +76,34 @@ def test_scores_match_predict_proba_and_counters_stay_exact(bench_run):
         assert by_figure["P7", family]["ratio"] <= 1e-9, by_figure["P7", family]
         assert by_figure["P7", family]["met"] is True
         assert by_figure["P8", family]["counters_exact"] is True, by_figure["P8", family]
+
+
+def test_the_scorer_figures_compare_what_they_say_and_leave_nothing_behind(bench_run):
+    """P5n/P5g: three rescores of every profile, alternating, best of each
+    (reference, generic on columns, generic into the narrow table); P9b: the
+    bulk UPDATE rescored every row it changed. Afterwards the two extra
+    scorers, their narrow table and their columns are gone and the
+    reference scorer's features trigger is enabled again."""
+    _, saved, _, database = bench_run
+    by_figure = {(row["figure"], row["family"]): row for row in saved["figures"]}
+    for family in FAMILIES:
+        narrow, generic = by_figure["P5n", family], by_figure["P5g", family]
+        for runs in ("reference_runs", "wide_runs", "narrow_runs"):
+            assert len(narrow[runs]) == TINY.rescore_rounds, narrow
+        assert narrow["ratio"] == round(min(narrow["wide_runs"]) / min(narrow["narrow_runs"]), 4)
+        assert generic["ratio"] == round(min(generic["reference_runs"]) / min(generic["wide_runs"]), 4)
+        assert by_figure["P9b", family]["all_rescored"] is True, by_figure["P9b", family]
+        assert by_figure["P9b", family]["rescored_rows"] == [TINY.bulk_updates] * 2
+        assert by_figure["P9", family]["added_us"] == pytest.approx(
+            by_figure["P9", family]["us_per_update"] - by_figure["P9", family]["baseline_us_per_update"])
+    with psycopg.connect(database) as conn:
+        assert [r[0] for r in conn.execute("SELECT scorer FROM scoring.scorers")] == ["churn"]
+        assert conn.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                            " WHERE n.nspname = 'scoring_scores'").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'customer_profiles'::regclass"
+                            " AND attname LIKE 'alt\\_%' AND NOT attisdropped").fetchone()[0] == 0
+        assert conn.execute("SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'customer_profiles'::regclass"
+                            " AND tgname = 'pgscore_churn_features'").fetchone()[0] == "O"
 
 
 def test_first_score_memory_is_split_into_its_parts_where_the_server_runs_here(bench_run):
