@@ -50,11 +50,11 @@ OLD_ROWS = "pgscore_old"
 def on_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
     """scoring._scorer_trigger(): dispatches on the table and the event."""
     if td["level"] == "ROW":
-        # Only notes keys (no I/O): the scorer this backend read, checked
+        # Only notes keys (no write): the scorer this backend read, checked
         # again by the statement's trigger before anything is written.
         known = cache.get("pgscore.scorers", {}).get(td["args"][0])
         if known is not None and int(td["relid"]) == known.entity_oid:
-            return row_updated(known, td["old"], td["new"], cache)
+            return row_updated(plpy, cache, known, td["old"], td["new"])
     scorer = scorers.get(plpy, cache, td["args"][0])
     relid = int(td["relid"])
     if relid != scorer.entity_oid and relid not in {events.oid for events in scorer.events}:
@@ -121,7 +121,7 @@ def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Even
 
 def _on_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, td: dict, event: str) -> str | None:
     if event == "UPDATE" and td["level"] == "ROW":
-        return row_updated(scorer, td["old"], td["new"], cache)
+        return row_updated(plpy, cache, scorer, td["old"], td["new"])
     if event == "UPDATE":
         _rows_updated(plpy, cache, scorer)
     elif event == "INSERT":
@@ -211,16 +211,21 @@ def count(plpy: Any, cache: dict, scorer: scorers.Scorer) -> int:
     return plans.run(plpy, cache, f"SELECT count(*) AS n FROM {scorer.entity}")[0]["n"]
 
 
-def row_updated(scorer: scorers.Scorer, old: dict, new: dict, cache: dict) -> None:
+def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: dict) -> None:
     """One entity row an UPDATE changed (AFTER ROW: as stored, after the
     table's own BEFORE triggers and generated columns): its key is noted when
-    a column the scorer may read changed (or, for the narrow table, the key
+    a feature of the active model changed (or, for the narrow table, the key
     itself), and the statement's trigger rescores all noted keys at once, in
-    key order (:func:`_rows_updated`), as every other writer does. Runs no
-    query: a key noted for a column the active model does not read is only
-    scored once more."""
+    key order (:func:`_rows_updated`), as every other writer does. One query,
+    the active model (its features from this backend's copy; every column
+    the scorer may read when it has none)."""
+    active = registry.active_model_id(plpy, cache, scorer.model_name)
+    if active is None:
+        return None
+    model = registry.cached(cache, active[0], active[1], active[2])
+    names = model.feature_names if model is not None else scorer.features
     moved = scorer.narrow and old[scorer.key_name] != new[scorer.key_name]
-    if not moved and all(old.get(name) == new.get(name) for name in scorer.features):
+    if not moved and all(old.get(name) == new.get(name) for name in names):
         return None
     noted = cache.setdefault("pgscore.updated_keys", {}).setdefault(scorer.name, ([], []))
     noted[0].append(new[scorer.key_name])
