@@ -5,9 +5,9 @@ static PL/Python function for all of them).
 Events (a statement on an event table, seen through its transition tables):
 
 - INSERT, COPY: +1 per new row for its entity key; DELETE: -1 per old row;
-  an UPDATE that moves an event to another key: -1 for the old key, +1 for
-  the new one (an UPDATE that moves nothing changes nothing); TRUNCATE:
-  every counter of the entity goes back to 0.
+  an UPDATE that moves an event to another key: the counters of the keys
+  involved are counted again (an UPDATE that moves nothing changes
+  nothing); TRUNCATE: every counter of the entity goes back to 0.
 - Per statement, :func:`apply` locks the affected entity rows in key order
   (so that concurrent statements cannot deadlock: every path of pgscore
   takes an entity's row locks in that order), reads the features with the
@@ -17,11 +17,12 @@ Events (a statement on an event table, seen through its transition tables):
 Entity rows:
 
 - an UPDATE that changes a column the active model reads: that row is
-  scored again in the same statement (:func:`row_updated`; with score
-  columns, by a BEFORE ROW trigger that sets them in the row being written,
-  so there is no second UPDATE and nothing recurses); an UPDATE of other
-  columns, or of the score columns alone, is not rescored;
-- INSERT (when the scorer scores new rows): scored like an event with no counter;
+  scored again in the same statement, as stored (:func:`row_updated` notes
+  its key, :func:`_rows_updated` rescores the statement's keys; the
+  scores' own write names no feature, so nothing recurses); an UPDATE of
+  other columns, or of the score columns alone, is not rescored;
+- INSERT (when the scorer scores new rows): their counters recounted, then
+  scored like an event with no counter;
 - DELETE and TRUNCATE (narrow score table): their scores go too.
 
 A scoring failure follows scoring.on_error, as on the reference path: with
@@ -35,7 +36,7 @@ path (pgscore_server.sqlpath); everything else of every scorer comes here.
 from __future__ import annotations
 
 from . import catalog, plans, registry, scorers, settings, trigger
-from .errors import INVALID_PARAMETER_VALUE, ScoringError, as_scoring_error
+from .errors import INVALID_PARAMETER_VALUE, NO_DATA_FOUND, ScoringError, as_scoring_error
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -64,8 +65,9 @@ def on_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
     if relid == scorer.entity_oid:
         return _on_entity(plpy, cache, scorer, td, event)
     events = scorer.events_of(relid)
-    if event == "TRUNCATE":
-        return _events_truncated(plpy, cache, scorer, events)
+    if event == "TRUNCATE":  # a recount of an empty table: every counter back to 0
+        recount(plpy, cache, scorer, events)
+        return None
     key = events.key
     parts = []
     if event in ("INSERT", "UPDATE"):
@@ -84,14 +86,7 @@ def on_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
         # followed (ON UPDATE CASCADE: the counter moved with the row).
         recount(plpy, cache, scorer, events, keys)
     else:
-        apply(plpy, cache, scorer, events.counter, keys, [r["n"] for r in rows])
-    return None
-
-
-def _events_truncated(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Events) -> None:
-    """Every counter this event table keeps goes back to 0 (a recount of an
-    empty table), and those entities are rescored."""
-    recount(plpy, cache, scorer, events)
+        apply(plpy, cache, scorer, events, keys, [r["n"] for r in rows])
     return None
 
 
@@ -115,7 +110,7 @@ def recount(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Even
         f" ON c.k = p.{scorer.key} WHERE coalesce(c.n, 0) IS DISTINCT FROM p.{events.counter}{only} ORDER BY 1",
         [key_array] if keys is not None else [], [list(keys)] if keys is not None else [])
     if rows.nrows():
-        apply(plpy, cache, scorer, events.counter, [r["k"] for r in rows], [r["d"] for r in rows])
+        apply(plpy, cache, scorer, events, [r["k"] for r in rows], [r["d"] for r in rows])
     return rows.nrows()
 
 
@@ -139,22 +134,25 @@ def _on_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, td: dict, event: 
     return None
 
 
-def apply(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, keys: Sequence[Any],
+def apply(plpy: Any, cache: dict, scorer: scorers.Scorer, events: scorers.Events | None, keys: Sequence[Any],
           deltas: Sequence[int]) -> int:
-    """Grows ``counter`` (a quoted column, or None) of each key's entity row by
+    """Grows the counter ``events`` keeps (if any: ``events`` None or
+    without a counter, the deltas are ignored) of each key's entity row by
     its delta and rescores those rows, with one model call. Keys whose row
     does not exist (an event for a deleted entity) are skipped. Returns the
     number of rows rescored.
 
-    Locks, always in key order: with score columns, the entity rows (then
-    read with the counter as it will be, and written once); with the narrow
-    table, the entity rows whose counter moves, then the score rows, and
-    the features are read after that (a statement of its own, which sees
-    every change committed before the score rows were locked). A writer of
-    the same score holds its score row until it commits, so no score is
-    computed from a row version older than the one it overwrites.
+    Locks, always in key order and the entity rows first (by the owner's
+    lock hook): with score columns, the rows are then read with the counter
+    as it will be and written once; with the narrow table, the counters are
+    written, then the score rows locked, and the features read after that
+    (a statement of its own, which sees every change committed before the
+    score rows were locked). A writer of the same score holds its score row
+    until it commits, so no score is computed from a row version older than
+    the one it overwrites.
     """
     model, load_failure, active_id = _active(plpy, cache, scorer)
+    counter = events if events is not None and events.counter is not None else None
     key_array = f"{scorer.key_type}[]"
     keys, deltas = list(keys), list(deltas)
     # The entity rows first, always, in key order (by its owner's function: scoring_owner may not lock them).
@@ -235,9 +233,9 @@ def row_updated(plpy: Any, cache: dict, scorer: scorers.Scorer, old: dict, new: 
 
 
 def _rows_updated(plpy: Any, cache: dict, scorer: scorers.Scorer) -> None:
-    """After an UPDATE statement of a narrow scorer's entity: the scores of the
-    rows whose features changed (noted by :func:`row_updated`), and of the
-    keys that moved away, in key order."""
+    """After an UPDATE statement of a scorer's entity: the rows whose features
+    changed (noted by :func:`row_updated`) rescored, and the score rows of
+    keys that moved away (narrow table) deleted, in key order."""
     keys, gone = cache.get("pgscore.updated_keys", {}).pop(scorer.name, ([], []))
     if gone:
         plans.run(plpy, cache, _narrow_sql(scorer, "forget"), [f"{scorer.key_type}[]"], [sorted(set(gone))])
@@ -267,8 +265,6 @@ def score_keys(plpy: Any, cache: dict, scorer: scorers.Scorer, keys: Sequence[An
     found = {row["pgscore_key"]: row for row in rows}
     missing = sorted(set(keys) - found.keys())
     if missing:
-        from .errors import NO_DATA_FOUND
-
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ScoringError(f"no row of {scorer.entity} with {scorer.key} {shown}", sqlstate=NO_DATA_FOUND,
                            hint=f"check the key against {scorer.entity}")
@@ -301,10 +297,10 @@ def _active(plpy: Any, cache: dict, scorer: scorers.Scorer) -> tuple[Any, Scorin
         return None, failure, active[0]
 
 
-def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: str | None) -> str:
-    """Reads each key's delta and the model's features (the counter as it
-    will be after the statement) of rows the lock hook locked."""
-    cache_key = ("read", counter, model.model_id if model else None)
+def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: scorers.Events | None) -> str:
+    """Reads each key's delta and the model's features (``counter``'s column
+    as it will be after the statement) of rows the lock hook locked."""
+    cache_key = ("read", counter.counter if counter else None, model.model_id if model else None)
     cached = scorer.plan_cache.get(cache_key)
     if cached is not None:
         return cached
@@ -312,8 +308,7 @@ def _read_sql(plpy: Any, scorer: scorers.Scorer, model: Any, counter: str | None
     if model is not None:
         overrides = {}
         if counter is not None:
-            name = next(e.counter_name for e in scorer.events if e.counter == counter)
-            overrides[name] = f"p.{counter} + u.n"
+            overrides[counter.counter_name] = f"p.{counter.counter} + u.n"
         select_list = ", " + catalog.select_list(plpy, model.feature_names, scorer.columns, overrides=overrides)
     sql = (f"SELECT p.{scorer.key} AS pgscore_key, u.n AS pgscore_delta{select_list}"
            f" FROM {scorer.entity} p JOIN unnest($1::{scorer.key_type}[], $2::int[]) AS u(k, n) ON p.{scorer.key} = u.k"
@@ -338,12 +333,12 @@ def _narrow_sql(scorer: scorers.Scorer, step: str) -> str:
     }[step]
 
 
-def _write_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: str | None, keys: list, deltas: list,
-                  scores: list, model_id: int | None) -> None:
+def _write_entity(plpy: Any, cache: dict, scorer: scorers.Scorer, counter: scorers.Events | None, keys: list,
+                  deltas: list, scores: list, model_id: int | None) -> None:
     """Counters and score columns of entity rows :func:`apply` locked, by the
     owner's write hook (a None score keeps the old one); the hook names the
     counter by its column name."""
-    counter_name = None if counter is None else next(e.counter_name for e in scorer.events if e.counter == counter)
+    counter_name = None if counter is None else counter.counter_name
     key_array = f"{scorer.key_type}[]"
     plans.run(plpy, cache, f"SELECT {scorer.write_hook}($1::{key_array}, $2::int[], $3::float8[], $4::bigint, $5::text)",
               [key_array, "int[]", "float8[]", "bigint", "text"], [keys, deltas, scores, model_id, counter_name])

@@ -29,18 +29,13 @@ if TYPE_CHECKING:
 REFERENCE = "churn"
 SCORE_SCHEMA = "scoring_scores"
 HOOK_SCHEMA = "scoring_hooks"
-# What a scorer's name may be: the CHECK on scoring.scorer_entities.scorer.
-# 40 characters, so that its trigger names (pgscore_<scorer>_features) fit in 63.
-SCORER_NAME = "[a-z][a-z0-9_]{0,39}"
-KEY_TYPES = ("bigint", "integer", "text", "uuid")
 
 # One row per scorer: its binding with every name quoted, the entity's
 # columns, and the stamp that tells a cached copy from a stale one.
 SCORER_SQL = """
 SELECT e.scorer, e.model_name, e.entity::oid AS entity_oid,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS entity,
-       e.key_column, e.key_type, e.score_column, e.model_id_column, e.scored_at_column,
-       e.features, e.score_on_insert, e.mode,
+       e.key_column, e.key_type, e.score_column, e.features,
        -- The hooks run as the entity's owner: never as anyone else (the owner
        -- may alter them; made to run as their caller, they would run as scoring_owner).
        (SELECT pg_catalog.bool_and(coalesce(p.prosecdef AND p.proowner = c.relowner, false))
@@ -75,13 +70,11 @@ SELECT v.events::oid AS events_oid,
  ORDER BY v.events::oid
 """
 COLUMNS_SQL = (
-    "SELECT attname::text AS name, pg_catalog.format_type(atttypid, NULL) AS type,"
-    " pg_catalog.format_type(atttypid, atttypmod) AS declared"
+    "SELECT attname::text AS name, pg_catalog.format_type(atttypid, NULL) AS type"
     " FROM pg_catalog.pg_attribute"
     " WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped"
     " ORDER BY attnum"
 )
-SCORERS_OF_MODEL_SQL = "SELECT scorer FROM scoring.scorer_entities WHERE model_name = $1 ORDER BY scorer"
 
 
 class Events:
@@ -101,22 +94,17 @@ class Scorer:
     """A scorer's binding, every identifier already quoted.
 
     ``entity`` is the qualified entity table, ``key`` its key column
-    (``key_name`` unquoted), ``columns``/``declared`` the entity's column
-    types. Scores go to ``score``/``model_id``/``scored_at`` of the entity
-    (None where not named), or, when ``score`` is None, to ``score_table``.
-    ``plan_cache`` holds SQL built for this version of the scorer.
+    (``key_name`` unquoted), ``columns`` the entity's column types. Its
+    writes go through the entity owner's ``lock_hook`` and ``write_hook``
+    (the score columns are written in there); a ``narrow`` scorer's scores
+    go to ``score_table``. ``plan_cache`` holds SQL built for this version
+    of the scorer.
     """
 
-    __slots__ = ("name", "model_name", "entity_oid", "entity", "key", "key_name", "key_type", "score",
-                 "model_id", "scored_at", "score_name", "model_id_name", "scored_at_name", "score_table",
-                 "lock_hook", "write_hook", "features", "score_on_insert", "mode", "events",
-                 "columns", "declared", "stamp", "plan_cache")
+    __slots__ = ("name", "model_name", "entity_oid", "entity", "key", "key_name", "key_type", "narrow",
+                 "score_table", "lock_hook", "write_hook", "features", "events", "columns", "stamp", "plan_cache")
 
-    def __init__(self, row: Any, events: list[Events], columns: dict[str, str], declared: dict[str, str],
-                 quote_ident: Any) -> None:
-        def quoted(name: str | None) -> str | None:
-            return None if name is None else quote_ident(name)
-
+    def __init__(self, row: Any, events: list[Events], columns: dict[str, str], quote_ident: Any) -> None:
         self.name = row["scorer"]
         self.model_name = row["model_name"]
         self.entity_oid = int(row["entity_oid"])
@@ -124,29 +112,17 @@ class Scorer:
         self.key_name = row["key_column"]
         self.key = quote_ident(self.key_name)
         self.key_type = row["key_type"]
-        self.score_name = row["score_column"]
-        self.model_id_name = row["model_id_column"]
-        self.scored_at_name = row["scored_at_column"]
-        self.score = quoted(row["score_column"])
-        self.model_id = quoted(row["model_id_column"])
-        self.scored_at = quoted(row["scored_at_column"])
-        self.score_table = None if self.score is not None else f"{SCORE_SCHEMA}.{quote_ident(self.name)}"
-        # The entity's writes run as its owner, in functions attach created (scoring._create_scorer_hooks).
+        # No score column: scores go to pgscore's own table, never to the entity.
+        self.narrow = row["score_column"] is None
+        self.score_table = f"{SCORE_SCHEMA}.{quote_ident(self.name)}" if self.narrow else None
+        # The entity's writes run as its owner, in functions attach created (scoring._create_scorer_triggers).
         self.lock_hook = f"{HOOK_SCHEMA}.{quote_ident(self.name + '_lock')}"
         self.write_hook = f"{HOOK_SCHEMA}.{quote_ident(self.name + '_write')}"
         self.features = list(row["features"])
-        self.score_on_insert = bool(row["score_on_insert"])
-        self.mode = row["mode"]
         self.events = events
         self.columns = columns
-        self.declared = declared
         self.stamp = row["stamp"]
         self.plan_cache: dict = {}
-
-    @property
-    def narrow(self) -> bool:
-        """Scores go to pgscore's own table, never to the entity."""
-        return self.score is None
 
     def events_of(self, oid: int) -> Events:
         for events in self.events:
@@ -154,9 +130,6 @@ class Scorer:
                 return events
         raise ScoringError(f"table with oid {oid} does not drive scorer {self.name!r}", sqlstate=UNDEFINED_OBJECT,
                            hint=f"see SELECT * FROM scoring.scorers WHERE scorer = '{self.name}'")
-
-    def key_label(self) -> str:
-        return f"{self.entity}.{self.key}"
 
 
 def get(plpy: Any, cache: dict, name: str) -> Scorer:
@@ -190,17 +163,8 @@ def get(plpy: Any, cache: dict, name: str) -> Scorer:
                   for r in event_rows]
         column_rows = plans.run(plpy, cache, COLUMNS_SQL, ["oid"], [row["entity_oid"]])
         columns = {r["name"]: r["type"] for r in column_rows}
-        declared = {r["name"]: r["declared"] for r in column_rows}
-        scorer = known[name] = Scorer(row, events, columns, declared, plpy.quote_ident)
+        scorer = known[name] = Scorer(row, events, columns, plpy.quote_ident)
     return scorer
-
-
-def of_model(plpy: Any, cache: dict, model_name: str) -> Scorer:
-    """The scorer a model name scores for: the one whose model_name it is, or
-    the reference scorer (which scores any model on its table, as
-    scoring.score_many(ids, model_name) always has)."""
-    rows = plans.run(plpy, cache, SCORERS_OF_MODEL_SQL, ["text"], [model_name])
-    return get(plpy, cache, rows[0]["scorer"] if rows.nrows() else REFERENCE)
 
 
 def unknown_scorer(plpy: Any, cache: dict, name: str) -> ScoringError:
