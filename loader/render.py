@@ -160,6 +160,8 @@ RELEASED_CODE_SHA256 = {
     # From 0010 on, a code set (install SQL and modules, as JSON), rendered
     # from the release's commit (0010: 2d11197).
     "0010": "aca3ccbb860a343f862a9c9a7f087f3d03ba4ec77b10a67af8732886a8eb521a",
+    # 0011: 6b69094.
+    "0011": "87eb06da8055611a4f9ce2d2c7d74e364c539c00db971cd4bd0c112636bc5e29",
 }
 # Where a released code set is in the archive: its revision's file.
 RELEASED_CODE_SET_FILE = "{revision}-code-set.json"

@@ -329,3 +329,30 @@ def test_scoring_objects_belong_to_a_role_that_is_not_superuser(db):
     assert superuser is False
     assert trusted_owners == [(True,)]  # schema, tables and loader: the migrating superuser's
     assert code_writers == []  # the in-database Python and the approvals are writable by superusers only
+
+
+def test_0012_downgrade_stops_at_a_model_0011_cannot_score_then_restores_0011s_code(empty_db):
+    """Format 'compiled' and path 'onnx' are 0012's: the downgrade names the model using
+    them and changes nothing; once it is gone, 0011's released code set is what is installed
+    (the database went past 0011 in one upgrade, so none was recorded there)."""
+    migrate(empty_db)
+    archive = b"PK\x03\x04 not read by this test"
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, compiled,"
+                     " scoring_path) VALUES ('xgb_churn', 1, 'compiled', %s, encode(sha256(%s), 'hex'),"
+                     " ARRAY['tenure_months'], %s, 'compiled')", [archive, archive, archive])
+        with pytest.raises(psycopg.errors.CheckViolation):  # the blob path never reads a 'compiled' blob
+            conn.execute("UPDATE scoring.models SET scoring_path = 'sklearn' WHERE name = 'xgb_churn'")
+    with pytest.raises(Exception, match=r"cannot downgrade below 0012: revision 0011 cannot score xgb_churn v1"):
+        downgrade(empty_db, "0011")
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("SELECT scoring.runtime_info() ->> 'schema_revision'").fetchone()[0] == head_revision()
+        conn.execute("DELETE FROM scoring.models WHERE name = 'xgb_churn'")
+    downgrade(empty_db, "0011")
+    with psycopg.connect(empty_db) as conn:
+        checks = dict(conn.execute("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint"
+                                   " WHERE conrelid = 'scoring.models'::regclass").fetchall())
+        assert "'compiled'" not in checks["models_format_check"]
+        assert "models_path_reads_format" not in checks
+    assert installed_code(empty_db)["last_code_set"] == [("0011", render.released_code_set("0011").sha)]
+    migrate(empty_db)
