@@ -39,7 +39,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import psycopg
 from psycopg import sql
@@ -55,17 +55,24 @@ from .floors import FLOORS
 from .memory import backend_here
 from .report import HEADER, Report, Sizes
 
-__all__ = ["BENCH_DATABASE", "FAMILIES", "FLOORS", "Sizes", "backend_here", "run_bench"]
+__all__ = ["BENCH_DATABASE", "FAMILIES", "FLOORS", "Sizes", "backend_here", "check_families", "run_bench"]
 
 BENCH_DATABASE = "pgscore_bench"
 
 
 def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/bench.json", *,
-              floors: bool = False, sizes: Sizes | None = None, database: str = BENCH_DATABASE) -> dict:
+              floors: bool = False, sizes: Sizes | None = None, database: str = BENCH_DATABASE,
+              families: Sequence[str] | None = None) -> dict:
     """Runs every figure in a fresh ``database`` (dropped first if it exists)
     and writes the results to ``out``; with ``floors``, the trigger designs'
-    floors too (FLOORS). ``sizes`` overrides the default or quick sizes (the
-    tests run the whole bench small)."""
+    floors too (FLOORS). ``families`` (default: all of FAMILIES) picks the
+    models measured, side by side in one run. ``sizes`` overrides the
+    default or quick sizes (the tests run the whole bench small).
+
+    Raises ValueError, before anything runs, for a family not in FAMILIES,
+    or with ``floors`` when ``families`` lacks 'logreg' or 'rf' (the
+    floors are built from their models)."""
+    chosen = check_families(FAMILIES if families is None else families, floors)
     sizes = sizes or Sizes.for_run(quick)
     admin, stop_local = _server(dsn)
     started = time.perf_counter()
@@ -84,7 +91,7 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
             conn.execute(BASELINE_TRIGGER_SQL)
             conn.execute("ALTER TABLE public.complaints DISABLE TRIGGER bench_count_complaint")
         models = {}
-        for family in FAMILIES:
+        for family in chosen:
             pipeline, metrics = train_demo_model(rows=5000, seed=0, kind=family)
             result = api.push_model(target, pipeline, name="churn", metrics=metrics, note=f"bench {family}")
             models[family] = (pipeline, result)
@@ -93,7 +100,7 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
         print(HEADER)
         Figures(target, sizes, report, models, workdir).run_all(floors)
         results = {
-            "quick": quick, "floors": floors, "sizes": sizes.__dict__,
+            "quick": quick, "floors": floors, "families": chosen, "sizes": sizes.__dict__,
             "machine": {"cores": os.cpu_count(), "node": platform.node()},
             "seconds": round(time.perf_counter() - started, 1), "figures": report.rows,
         }
@@ -105,6 +112,22 @@ def run_bench(dsn: str | None, quick: bool = False, out: str = "bench-results/be
         shutil.rmtree(workdir, ignore_errors=True)  # pgbench scripts and transaction logs
         if stop_local is not None:
             stop_local()
+
+
+def check_families(families: Sequence[str], floors: bool = False) -> list[str]:
+    """``families`` in FAMILIES' order, each once; raises ValueError naming
+    what is wrong and what is allowed."""
+    unknown = [family for family in families if family not in FAMILIES]
+    if unknown or not families:
+        raise ValueError(f"unknown bench famil{'y' if len(unknown) == 1 else 'ies'} {', '.join(map(repr, unknown))}"
+                         f"; choose from {', '.join(FAMILIES)}" if unknown
+                         else f"no bench family given; choose from {', '.join(FAMILIES)}")
+    chosen = [family for family in FAMILIES if family in families]
+    missing = [family for family in ("logreg", "rf") if family not in chosen]
+    if floors and missing:
+        raise ValueError(f"--floors needs the families logreg and rf (its floors are built from their models);"
+                         f" add {', '.join(missing)} or drop --floors")
+    return chosen
 
 
 def _server(dsn: str | None) -> tuple[str, Callable[[], Any] | None]:

@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--floors", action="store_true",
                        help="also measure P1, P2 and P8 of the trigger designs without a model's cost"
                             " (about 1.5 minutes more)")
+    bench.add_argument("--families", type=_bench_families, default=None,
+                       help="the demo models to measure side by side, comma-separated, e.g. xgb,lgbm,gbm"
+                            " (default: all; an unknown name lists them; xgb and lgbm need the boosting extra)")
     return parser
 
 
@@ -356,10 +359,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(args.dsn, profiles=args.profiles, keep=args.keep)
 
 
-def cmd_bench(args: argparse.Namespace) -> None:
-    from .bench import run_bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import FAMILIES, check_families, run_bench
 
-    run_bench(args.dsn, quick=args.quick, out=args.out, floors=args.floors)
+    try:
+        families = check_families(args.families or FAMILIES, args.floors)
+    except ValueError as error:  # --floors without the families its floors are built from
+        print(f"pgscore: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    run_bench(args.dsn, quick=args.quick, out=args.out, floors=args.floors, families=families)
+    return 0
 
 
 # -- arguments
@@ -370,6 +379,16 @@ def _column_list(text: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"empty column name in {text!r}: give names separated by commas")
     return names
+
+
+def _bench_families(text: str) -> list[str]:
+    """--families a,b: bench families (pgscore.bench.FAMILIES)."""
+    from .bench import check_families
+
+    try:
+        return check_families(_column_list(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _event_source(text: str) -> tuple[str, str, str | None]:

@@ -88,7 +88,9 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
 #: Key of the label in generated rows; not a ``customer_profiles`` column.
 LABEL_COLUMN = "churned"
 
-MODEL_KINDS: tuple[str, ...] = ("logreg", "gbm", "rf")
+#: The demo's classifiers (:func:`build_pipeline`). 'xgb' and 'lgbm' need the
+#: ``boosting`` extra (xgboost, lightgbm), imported only when one is built.
+MODEL_KINDS: tuple[str, ...] = ("logreg", "gbm", "rf", "xgb", "lgbm")
 
 ADDON_COLUMNS: tuple[str, ...] = (
     "online_security",
@@ -280,9 +282,12 @@ def build_pipeline(kind: str = "logreg") -> Any:
     Text columns are one-hot encoded (unknown categories ignored); numeric
     and boolean columns are median-imputed (``total_charges`` is missing for
     new customers) and standardised. ``kind`` picks the classifier: one of
-    :data:`MODEL_KINDS`.
+    :data:`MODEL_KINDS`; 'xgb' (XGBoost, 100 trees of depth 6) and 'lgbm'
+    (LightGBM, 100 trees of 31 leaves) import their library here, so the
+    other kinds work without it.
 
-    Raises ``ValueError`` for an unknown ``kind``.
+    Raises ``ValueError`` for an unknown ``kind``, ``ImportError`` (naming the
+    ``boosting`` extra) for 'xgb' or 'lgbm' without their library.
     """
     from sklearn.compose import ColumnTransformer
     from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
@@ -295,6 +300,8 @@ def build_pipeline(kind: str = "logreg") -> Any:
         "logreg": lambda: LogisticRegression(max_iter=1000),
         "gbm": lambda: GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0),
         "rf": lambda: RandomForestClassifier(n_estimators=100, max_depth=8, random_state=0, n_jobs=1),
+        "xgb": _xgb_classifier,
+        "lgbm": _lgbm_classifier,
     }
     if kind not in classifiers:
         raise ValueError(f"unknown model kind {kind!r}; allowed kinds: {', '.join(MODEL_KINDS)}")
@@ -309,6 +316,27 @@ def build_pipeline(kind: str = "logreg") -> Any:
         ]
     )
     return Pipeline([("preprocess", preprocess), ("classifier", classifiers[kind]())])
+
+
+def _xgb_classifier() -> Any:
+    XGBClassifier = _boosting_class("xgboost", "XGBClassifier")
+    return XGBClassifier(n_estimators=100, max_depth=6, random_state=0, n_jobs=1)
+
+
+def _lgbm_classifier() -> Any:
+    LGBMClassifier = _boosting_class("lightgbm", "LGBMClassifier")
+    # verbose=-1: LightGBM prints its training info lines otherwise.
+    return LGBMClassifier(n_estimators=100, num_leaves=31, random_state=0, n_jobs=1, verbose=-1)
+
+
+def _boosting_class(module: str, name: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as error:
+        raise ImportError(f"the demo's {name} needs {module}: install pgscore's boosting extra"
+                          " (pip install 'pgscore[boosting]')") from error
 
 
 def train_demo_model(rows: int = 5000, seed: int = 0, kind: str = "logreg") -> tuple[Any, dict[str, Any]]:

@@ -21,8 +21,10 @@ from psycopg.conninfo import make_conninfo
 from tests.conftest import _server_dsn
 
 FIGURES = {"P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"}
-SCORER_FIGURES = {"P5n", "P5g", "P9", "P9b"}
+RESCORE_FIGURES = {"P5n", "P5g"}  # the scorers' figures for Sizes.scorer_families only
+PER_FAMILY_SCORER_FIGURES = {"P9", "P9b"}
 FLOOR_FIGURES = {"P1", "P2", "P8"}
+COMPILED_ONLY = {"xgb", "lgbm"}  # pushed as format 'compiled'
 TINY = Sizes(profiles=2_000, inserts=60, bulk=400, per_row=100, parity=1_000, concurrent=10, naive_starts=1,
              updates=60, bulk_updates=400, rescore_rounds=2)
 
@@ -50,11 +52,14 @@ def test_every_figure_of_every_family_is_measured_and_saved(bench_run):
     results, saved, _, _ = bench_run
     assert saved == json.loads(json.dumps(results, default=str))
     assert saved["sizes"]["profiles"] == TINY.profiles
+    assert saved["families"] == list(FAMILIES)
     measured = {(row["figure"], row["family"]) for row in saved["figures"]}
-    assert measured == ({(figure, family) for figure in FIGURES | SCORER_FIGURES for family in FAMILIES}
+    assert measured == ({(figure, family) for figure in FIGURES | PER_FAMILY_SCORER_FIGURES for family in FAMILIES}
+                        | {(figure, family) for figure in RESCORE_FIGURES for family in TINY.scorer_families}
                         | {(figure, floor) for figure in FLOOR_FIGURES for floor in FLOORS})
     # P4 has two rows per family: against out-of-DB scoring and against per-row score().
-    assert len(saved["figures"]) == (len(FIGURES | SCORER_FIGURES) * len(FAMILIES) + len(FAMILIES)
+    assert len(saved["figures"]) == (len(FIGURES | PER_FAMILY_SCORER_FIGURES) * len(FAMILIES) + len(FAMILIES)
+                                     + len(RESCORE_FIGURES) * len(TINY.scorer_families)
                                      + len(FLOOR_FIGURES) * len(FLOORS))
     timed_twice = [row for row in saved["figures"] if "in_db_runs" in row]
     assert {(row["figure"], row["family"]) for row in timed_twice} == {
@@ -73,8 +78,9 @@ def test_scores_match_predict_proba_and_counters_stay_exact(bench_run):
     _, saved, _, _ = bench_run
     by_figure = {(row["figure"], row["family"]): row for row in saved["figures"]}
     for family in FAMILIES:
-        assert by_figure["P7", family]["ratio"] <= 1e-9, by_figure["P7", family]
-        assert by_figure["P7", family]["met"] is True
+        # P7 is the largest difference against the model's own bound: 1e-9, or XGBoost's 1 float32 ulp.
+        assert by_figure["P7", family]["met"] is True, by_figure["P7", family]
+        assert by_figure["P7", family]["max_abs_diff"] <= (1e-6 if family == "xgb" else 1e-9), by_figure["P7", family]
         assert by_figure["P8", family]["counters_exact"] is True, by_figure["P8", family]
 
 
@@ -86,12 +92,13 @@ def test_the_scorer_figures_compare_what_they_say_and_leave_nothing_behind(bench
     reference scorer's features trigger is enabled again."""
     _, saved, _, database = bench_run
     by_figure = {(row["figure"], row["family"]): row for row in saved["figures"]}
-    for family in FAMILIES:
+    for family in TINY.scorer_families:
         narrow, generic = by_figure["P5n", family], by_figure["P5g", family]
         for runs in ("reference_runs", "wide_runs", "narrow_runs"):
             assert len(narrow[runs]) == TINY.rescore_rounds, narrow
         assert narrow["ratio"] == round(min(narrow["wide_runs"]) / min(narrow["narrow_runs"]), 4)
         assert generic["ratio"] == round(min(generic["reference_runs"]) / min(generic["wide_runs"]), 4)
+    for family in FAMILIES:
         assert by_figure["P9b", family]["all_rescored"] is True, by_figure["P9b", family]
         assert by_figure["P9b", family]["rescored_rows"] == [TINY.bulk_updates] * 2
         assert by_figure["P9", family]["added_us"] == pytest.approx(
@@ -116,6 +123,9 @@ def test_first_score_memory_is_split_into_its_parts_where_the_server_runs_here(b
             assert parts == {}, row  # another machine's backends: no memory figures, not wrong ones
             continue
         assert set(parts) == {"rss", "private", "libraries", "shared_buffers"}, row
+        if row["family"] in COMPILED_ONLY:  # stored as the compiled archive: the server has no naive path
+            assert row["naive_seconds"] is None and row["naive_rss_parts_mib"] is None, row
+            continue
         # The naive path imports scikit-learn: far more private memory than the compiled or sql path.
         assert row["naive_rss_parts_mib"]["private"] > parts["private"] + 20, row
 
