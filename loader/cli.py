@@ -316,8 +316,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         print("no models pushed yet: pgscore push FILE --name churn --activate")
         return
     print_table(
-        ["name", "version", "model_id", "active", "path", "created", "by", "metrics", "note", "path note"],
-        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["scoring_path"],
+        ["name", "version", "model_id", "active", "format", "path", "created", "by", "metrics", "note", "path note"],
+        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["format"], r["scoring_path"],
           f"{r['created_at']:%Y-%m-%d %H:%M}", r["created_by"], _metrics(r["metrics"]), r["note"] or "",
           r["path_note"] or ""] for r in rows],
     )
