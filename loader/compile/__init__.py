@@ -12,8 +12,9 @@ either one ``ColumnTransformer`` or per-column transformers, built from
 OneHotEncoder, StandardScaler, SimpleImputer, nested Pipelines of those,
 'passthrough' and 'drop'; and a binary classifier: LogisticRegression(CV),
 SGDClassifier (log_loss / modified_huber), DecisionTree/ExtraTree,
-RandomForest/ExtraTrees, GradientBoosting (log_loss) or
-HistGradientBoosting (numeric features). Anything else raises
+RandomForest/ExtraTrees, GradientBoosting (log_loss),
+HistGradientBoosting (numeric features) or LightGBM's LGBMClassifier
+(binary; :mod:`.lgbm`). Anything else raises
 :class:`UnsupportedModel`.
 
 One converter per family, each producing the typed model of
@@ -32,7 +33,7 @@ import numpy as np
 
 from pgscore_server.compiled import ir
 
-from . import families, preprocessing
+from . import families, lgbm, preprocessing
 from .archive import CompiledModel
 from .common import UnsupportedModel
 
@@ -75,6 +76,8 @@ def compile_model(model: Any) -> CompiledModel:
 
     transform, sparse = preprocessing.convert(pre, feature_names)
     classifier = families.convert(clf, clf_name or type(clf).__name__, sparse)
+    if lgbm.accepts(clf):  # its pandas category columns are a step of the transform
+        transform = lgbm.input_transform(clf, clf_name or type(clf).__name__, transform, bool(pre), feature_names)
     n_in = getattr(clf, "n_features_in_", None)
     if n_in is not None and n_in != transform.n_outputs:
         raise UnsupportedModel(
@@ -92,9 +95,16 @@ def check_parity(model: Any, compiled: CompiledModel, rows: Sequence[Any]) -> fl
     """
     from pgscore_server.features import to_frame
 
-    expected = model.predict_proba(to_frame(rows, compiled.feature_names))[:, 1]
+    expected = model.predict_proba(library_frame(model, to_frame(rows, compiled.feature_names)))[:, 1]
     got = compiled.evaluator().predict(rows)
     return float(np.max(np.abs(expected - got))) if len(rows) else 0.0
+
+
+def library_frame(model: Any, frame: Any) -> Any:
+    """``frame`` as the model's own library takes it: a bare LGBMClassifier's
+    by :func:`.lgbm.library_frame`; a pipeline's as it is (its scikit-learn
+    steps read it, and hand LightGBM a float array)."""
+    return lgbm.library_frame(model, frame) if lgbm.accepts(model) else frame
 
 
 def _describe(model: Any) -> str:

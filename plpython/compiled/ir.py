@@ -212,6 +212,31 @@ class OneHotColumn:
                 "unknown": self.unknown, "object_categories": self.object_categories}
 
 
+class OrdinalColumn:
+    """One input column as the position of its value in ``categories`` (a
+    float; NaN for a missing value or one not in the list): LightGBM's
+    pandas ``category`` columns, whose values it maps to the codes of the
+    categories it was trained with (``pandas_categorical``) before its trees
+    test them with categorical splits."""
+
+    __slots__ = ("step", "input", "categories", "output")
+
+    def __init__(self, step: str, input: int, categories: list[Any], output: int):
+        self.step = step
+        self.input = input
+        self.categories = categories
+        self.output = output
+
+    @classmethod
+    def read(cls, spec: Mapping[str, Any]) -> OrdinalColumn:
+        return cls(spec["step"], int(spec["input"]), [decode_value(v) for v in spec["categories"]],
+                   int(spec["output"]))
+
+    def write(self) -> dict[str, Any]:
+        return {"step": self.step, "input": self.input, "categories": [_encoded(v) for v in self.categories],
+                "output": self.output}
+
+
 class DtypeCheck:
     """The batch dtypes a most_frequent / constant SimpleImputer refuses
     (``fill_kind``: the numpy kind of its constant fill, or None)."""
@@ -234,20 +259,22 @@ class DtypeCheck:
 class Transform:
     """The preprocessing: inputs (feature positions) to ``n_outputs`` model columns."""
 
-    __slots__ = ("n_outputs", "numeric", "onehot", "dtype_checks")
+    __slots__ = ("n_outputs", "numeric", "onehot", "dtype_checks", "ordinal")
 
     def __init__(self, n_outputs: int, numeric: list[NumericBlock], onehot: list[OneHotColumn],
-                 dtype_checks: list[DtypeCheck]):
+                 dtype_checks: list[DtypeCheck], ordinal: list[OrdinalColumn] | None = None):
         self.n_outputs = n_outputs
         self.numeric = numeric
         self.onehot = onehot
         self.dtype_checks = dtype_checks
+        self.ordinal = ordinal or []  # absent from archives written before there were any
 
     @classmethod
     def read(cls, spec: Mapping[str, Any], arrays: Mapping[str, Any], names: Sequence[str]) -> Transform:
         transform = cls(int(spec["n_outputs"]), [NumericBlock.read(b, arrays) for b in spec["numeric"]],
                         [OneHotColumn.read(c, names) for c in spec["onehot"]],
-                        [DtypeCheck.read(c) for c in spec["dtype_checks"]])
+                        [DtypeCheck.read(c) for c in spec["dtype_checks"]],
+                        [OrdinalColumn.read(c) for c in spec.get("ordinal", [])])
         transform.output_names(names)  # checks the mapping
         return transform
 
@@ -265,17 +292,23 @@ class Transform:
                 if out >= 0:
                     output_names[out] = names[column.input]
                     covered[out] += 1
+        for ordinal in self.ordinal:
+            output_names[ordinal.output] = names[ordinal.input]
+            covered[ordinal.output] += 1
         used = [i for b in self.numeric for i in b.inputs] + [c.input for c in self.onehot]
-        used += [i for c in self.dtype_checks for i in c.inputs]
+        used += [i for c in self.dtype_checks for i in c.inputs] + [c.input for c in self.ordinal]
         if any(c != 1 for c in covered) or any(not 0 <= i < len(names) for i in used):
             raise ValueError("compiled model: transform does not map inputs onto model columns one to one")
         return output_names
 
     def write(self, arrays: dict[str, Any], make_array: Callable[..., Any]) -> dict[str, Any]:
-        return {"n_outputs": self.n_outputs,
+        spec = {"n_outputs": self.n_outputs,
                 "numeric": [b.write(k, arrays, make_array) for k, b in enumerate(self.numeric)],
                 "onehot": [c.write() for c in self.onehot],
                 "dtype_checks": [c.write() for c in self.dtype_checks]}
+        if self.ordinal:  # only then: a model without one keeps the bytes it always had
+            spec["ordinal"] = [c.write() for c in self.ordinal]
+        return spec
 
 
 class Linear:
@@ -317,20 +350,31 @@ class TreeEnsemble:
     says how leaves become P(class 1). ``cast_float32``: features are
     rounded to float32 before the comparison (scikit-learn's trees);
     ``allow_inf``: the estimator accepts infinite features.
+
+    Categorical splits (LightGBM's), only in ensembles that have them:
+    ``category_set[k]`` is -1 for a numeric node, else set s: the node sends
+    x left exactly when x is not NaN, c = int(x) (truncated toward zero) is
+    in ``0 <= c < n_s`` and ``category_left[category_bounds[s] + c]`` is 1,
+    n_s being ``category_bounds[s + 1] - category_bounds[s]``; everything
+    else (NaN, negative, beyond the set) goes right, and ``threshold`` and
+    ``missing_left`` of such a node are unused (0.0, 0). Archives without
+    these arrays are all-numeric (``category_set`` None).
     """
 
     __slots__ = ("estimator", "combine", "cast_float32", "missing", "allow_inf", "max_depth", "init",
                  "learning_rate", "feature", "threshold", "left", "right", "missing_left", "value", "roots",
-                 "walk_steps")
+                 "walk_steps", "category_set", "category_bounds", "category_left")
     kind = "trees"
     NODE_ARRAYS = ("feature", "threshold", "left", "right", "missing_left", "value")
+    CATEGORY_ARRAYS = ("category_set", "category_bounds", "category_left")
     _TYPECODES = {"feature": "i", "threshold": "d", "left": "i", "right": "i", "missing_left": "B", "value": "d",
-                  "roots": "i"}
+                  "roots": "i", "category_set": "i", "category_bounds": "i", "category_left": "B"}
     _DTYPES = {"i": "<i4", "d": "<f8", "B": "|u1"}
 
     def __init__(self, estimator: str, combine: str, cast_float32: bool, missing: str, allow_inf: bool,
                  max_depth: int, init: float, learning_rate: float, feature: Any, threshold: Any, left: Any,
-                 right: Any, missing_left: Any, value: Any, roots: Any):
+                 right: Any, missing_left: Any, value: Any, roots: Any, category_set: Any = None,
+                 category_bounds: Any = None, category_left: Any = None):
         self.estimator = estimator
         self.combine = combine
         self.cast_float32 = cast_float32
@@ -346,6 +390,9 @@ class TreeEnsemble:
         self.missing_left = missing_left
         self.value = value
         self.roots = roots
+        self.category_set = category_set
+        self.category_bounds = category_bounds
+        self.category_left = category_left
         self.walk_steps = 0.0  # read() sets it: sum over trees of the mean leaf depth
 
     @property
@@ -355,6 +402,21 @@ class TreeEnsemble:
     @property
     def route_missing(self) -> bool:
         return self.missing == "route"
+
+    @property
+    def categorical(self) -> bool:
+        """True when some node is a categorical split (``category_set``)."""
+        return self.category_set is not None and any(s >= 0 for s in self.category_set)
+
+    def goes_left_category(self, node: int, x: float) -> bool:
+        """A categorical node's decision for x (see the class docstring): the
+        one statement of the rule, which every kernel and the SQL follow."""
+        if x != x or not -1.0 < x < 2.0 ** 31:
+            return False
+        s = self.category_set[node]
+        c = int(x)
+        start = self.category_bounds[s]
+        return c < self.category_bounds[s + 1] - start and self.category_left[start + c] == 1
 
     # -- the combination rule (COMBINE_RULES), for every consumer -------------------
 
@@ -379,7 +441,10 @@ class TreeEnsemble:
     def read(cls, spec: Mapping[str, Any], arrays: Mapping[str, Any], n_outputs: int) -> TreeEnsemble:
         if spec["combine"] not in COMBINE_RULES:
             raise ValueError(f"unknown tree combination {spec['combine']!r} in compiled model")
-        nodes = {name: _as_array(arrays[f"tree_{name}"], cls._TYPECODES[name]) for name in (*cls.NODE_ARRAYS, "roots")}
+        names = (*cls.NODE_ARRAYS, "roots")
+        if "tree_category_set" in arrays:
+            names += cls.CATEGORY_ARRAYS
+        nodes = {name: _as_array(arrays[f"tree_{name}"], cls._TYPECODES[name]) for name in names}
         trees = cls(spec["estimator"], spec["combine"], bool(spec["cast_float32"]), spec["missing"],
                     bool(spec["allow_inf"]), int(spec["max_depth"]), _scalar(arrays["init"]),
                     _scalar(arrays["learning_rate"]), **nodes)
@@ -388,10 +453,28 @@ class TreeEnsemble:
             if len(nodes[name]) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         trees.walk_steps = trees._check_nodes(n_outputs)
+        if trees.category_set is not None:
+            trees._check_categories()
         return trees
 
+    def _check_categories(self) -> None:
+        """Raise ValueError unless every categorical node names a set that
+        exists and the sets' bounds cover ``category_left`` in order."""
+        bounds, n_sets = self.category_bounds, len(self.category_bounds) - 1
+        if len(self.category_set) != len(self.feature) or n_sets < 0 or bounds[0] != 0 \
+                or bounds[n_sets] != len(self.category_left) \
+                or any(bounds[s] > bounds[s + 1] for s in range(n_sets)):
+            raise ValueError("category arrays of the compiled model are inconsistent")
+        for node, s in enumerate(self.category_set):
+            if s >= n_sets or s < -1 or (s >= 0 and self.feature[node] < 0):
+                raise ValueError(f"category arrays of the compiled model are inconsistent: node {node} "
+                                 f"names category set {s} (of {n_sets})")
+
     def write(self, arrays: dict[str, Any], make_array: Callable[..., Any]) -> dict[str, Any]:
-        for name in (*self.NODE_ARRAYS, "roots"):
+        names = (*self.NODE_ARRAYS, "roots")
+        if self.category_set is not None:  # only then: an all-numeric model keeps its bytes
+            names += self.CATEGORY_ARRAYS
+        for name in names:
             arrays[f"tree_{name}"] = make_array(getattr(self, name), self._DTYPES[self._TYPECODES[name]])
         arrays["init"] = make_array(self.init, "<f8")
         arrays["learning_rate"] = make_array(self.learning_rate, "<f8")

@@ -44,9 +44,11 @@ class RowCode:
 
     @classmethod
     def fits(cls, ensemble: ir.TreeEnsemble) -> bool:
-        """Small enough to write as Python, and no NaN threshold to write."""
+        """Small enough to write as Python, no NaN threshold to write, and
+        numeric splits only (categorical ones take the general walk)."""
         small = len(ensemble.feature) <= cls.MAX_NODES and ensemble.max_depth <= cls.MAX_DEPTH
-        return small and all(t == t for f, t in zip(ensemble.feature, ensemble.threshold) if f >= 0)
+        return small and not ensemble.categorical \
+            and all(t == t for f, t in zip(ensemble.feature, ensemble.threshold) if f >= 0)
 
     def raw(self, x: list[float]) -> float | None:
         """The leaves' sum (from ``start``, ir.COMBINE_RULES), or None for a non-finite row."""
