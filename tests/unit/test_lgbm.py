@@ -172,7 +172,10 @@ def test_integer_categorical_feature(categorical: tuple[pd.DataFrame, np.ndarray
     X = X.assign(plan=X["plan"].cat.codes.astype(float).replace(-1, np.nan),
                  region=X["region"].cat.codes.astype("int64"))
     model = _fit(X, y, categorical_feature=["plan", "region"])
-    assert compile_model(model).ir.classifier.categorical
+    compiled = compile_model(model)
+    assert compiled.ir.classifier.categorical
+    # One row: the generated Python (category sets written in) and the whole pipeline's.
+    assert compiled.evaluator().pipeline_code is not None
     rows = _rows(X.head(300))
     base = rows[0]
     for value in [0, 1, 2, 3, 4, 5, 40, 2.5, 0.9, -0.5, -1, -1.0, 1e12, math.inf, -math.inf, None]:
