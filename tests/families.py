@@ -24,6 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 
+def _lgbm() -> Any:
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=60, num_leaves=15, min_child_samples=5, verbose=-1, random_state=0)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # what the tests call it
@@ -47,6 +53,7 @@ FAMILIES = (
            ("compiled", "sql")),
     Family("tree", "trees", lambda: DecisionTreeClassifier(min_samples_leaf=2, random_state=0), ("compiled", "sql")),
     Family("hgb", "hgb", lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0), ("compiled", "sql")),
+    Family("lgbm", "lgbm", _lgbm, ("compiled", "sql")),
 )
 
 BY_NAME = {family.name: family for family in FAMILIES}

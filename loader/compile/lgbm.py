@@ -83,9 +83,9 @@ def _parse(model_string: str) -> tuple[dict[str, str], list[dict[str, str]]]:
             current = {}
             trees.append(current)
             continue
-        key, sep, value = line.partition("=")
-        if sep:
-            current[key] = value
+        key, _, value = line.partition("=")
+        if key:
+            current[key] = value  # a bare flag (average_output) too
     return header, trees
 
 

@@ -40,15 +40,21 @@ class RowCode:
         # What raw() starts from and what each leaf adds (ir.COMBINE_RULES).
         self._start = ensemble.start
         self._scale = ensemble.leaf_scale
+        # Categorical splits (ir.TreeEnsemble.goes_left_category): node -> the codes that go left.
+        self._category_codes: dict[int, list[int]] = {}
+        if ensemble.categorical:
+            bounds, members = ensemble.category_bounds, ensemble.category_left
+            for node, s in enumerate(ensemble.category_set):
+                if s >= 0:
+                    self._category_codes[node] = [c for c in range(bounds[s + 1] - bounds[s])
+                                                  if members[bounds[s] + c]]
         self._function: Any = None
 
     @classmethod
     def fits(cls, ensemble: ir.TreeEnsemble) -> bool:
-        """Small enough to write as Python, no NaN threshold to write, and
-        numeric splits only (categorical ones take the general walk)."""
+        """Small enough to write as Python, and no NaN threshold to write."""
         small = len(ensemble.feature) <= cls.MAX_NODES and ensemble.max_depth <= cls.MAX_DEPTH
-        return small and not ensemble.categorical \
-            and all(t == t for f, t in zip(ensemble.feature, ensemble.threshold) if f >= 0)
+        return small and all(t == t for f, t in zip(ensemble.feature, ensemble.threshold) if f >= 0)
 
     def raw(self, x: list[float]) -> float | None:
         """The leaves' sum (from ``start``, ir.COMBINE_RULES), or None for a non-finite row."""
@@ -64,14 +70,20 @@ class RowCode:
             self._function = define_raw(self.source(), {}, "<pgscore compiled trees>")
         return self._function
 
-    def source(self, prologue: Sequence[str] = (), condition: Any = None) -> str:
-        """``def raw(x)``; :class:`PipelineCode` passes its own prologue and
-        ``condition(column, threshold)``: the Python test for "goes left"."""
+    def source(self, prologue: Sequence[str] = (), condition: Any = None, category_condition: Any = None) -> str:
+        """``def raw(x)``; :class:`PipelineCode` passes its own prologue,
+        ``condition(column, threshold)`` and ``category_condition(column, codes)``:
+        the Python tests for "goes left" (raw() sends only finite rows here)."""
         feature, threshold, left, right, value, roots = (a.tolist() for a in self._arrays)
         if condition is None:
 
             def condition(column: int, t: float) -> str:
                 return f"x[{column}] <= {float_literal(t)}"
+
+        if category_condition is None:
+
+            def category_condition(column: int, codes: list[int]) -> str:
+                return category_test(f"x[{column}]", codes)
 
         lines = ["def raw(x):", *prologue, f"    s = {float_literal(self._start)}"]
 
@@ -80,7 +92,10 @@ class RowCode:
                 leaf = value[node] if self._scale is None else self._scale * value[node]
                 lines.append(f"{indent}s += {float_literal(leaf)}")
                 return
-            test = condition(int(feature[node]), threshold[node])
+            if node in self._category_codes:
+                test = category_condition(int(feature[node]), self._category_codes[node])
+            else:
+                test = condition(int(feature[node]), threshold[node])
             if test in ("True", "False"):  # a one-hot column's test that every value answers alike
                 emit(left[node] if test == "True" else right[node], indent)
                 return
@@ -184,7 +199,16 @@ class PipelineCode:
                 return str(when_one)
             return f"{code} == {out}" if when_one else f"{code} != {out}"
 
-        return self._row_code.source(prologue, condition)
+        def category_condition(column: int, codes: list[int]) -> str:
+            if column not in indicator:
+                return category_test(f"x{column}", codes)
+            code, out = indicator[column]
+            when_one, when_zero = 1 in codes, 0 in codes
+            if when_one == when_zero:
+                return str(when_one)
+            return f"{code} == {out}" if when_one else f"{code} != {out}"
+
+        return self._row_code.source(prologue, condition, category_condition)
 
 
 def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
@@ -192,6 +216,15 @@ def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
     numbers, never from text anyone supplied) defines in ``namespace``."""
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102
     return namespace["raw"]
+
+
+def category_test(value: str, codes: list[int]) -> str:
+    """Python for "the finite float ``value`` goes left" at a categorical split
+    whose left codes are ``codes`` (ir.TreeEnsemble.goes_left_category: int()
+    truncates toward zero, as C's cast; -1 < value keeps -0.5 as code 0)."""
+    if not codes:
+        return "False"
+    return f"({value} > -1.0 and int({value}) in {{{', '.join(str(c) for c in codes)}}})"
 
 
 def float_literal(value: float) -> str:

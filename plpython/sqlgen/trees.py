@@ -9,7 +9,7 @@ import numpy as np
 
 from pgscore_server.compiled import ir
 
-from .columns import NumFeature
+from .columns import NumFeature, OrdinalFeature
 from .text import SqlUnsupported, case, f8, logistic
 from .thresholds import Cut, cut, largest_true
 
@@ -37,9 +37,17 @@ def expression(g: Generator) -> str:
     # Per inner node: SQL condition pieces and where missing values go.
     cuts: dict[int, Cut] = {}
     missing_dir: dict[int, str] = {}
-    for j in sorted(set(feature[feature >= 0].tolist())):
-        nodes = np.flatnonzero(feature == j)
+    is_category = np.zeros(n_nodes, dtype=bool)
+    if ensemble.categorical:
+        is_category = np.asarray(ensemble.category_set, dtype=np.int64) >= 0
+        for node in np.flatnonzero(is_category).tolist():
+            cuts[node] = _category_cut(g, ensemble, node)
+            missing_dir[node] = _RIGHT  # NULL, NaN and every value outside the set go right
+    for j in sorted(set(feature[(feature >= 0) & ~is_category].tolist())):
+        nodes = np.flatnonzero((feature == j) & ~is_category)
         out = g.outputs[j]
+        if isinstance(out, OrdinalFeature):
+            raise SqlUnsupported(f"feature {out.column.name!r}: a numeric split of a category column")
         t = threshold[nodes]
         if isinstance(out, NumFeature):
             status, w = g.missing(out)
@@ -104,3 +112,28 @@ def expression(g: Generator) -> str:
     if ensemble.averages:
         return f"(\n  {joined}\n  ) / {f8(float(len(trees)))}"
     return logistic(f"(\n  {f8(ensemble.start)}\n  + {joined}\n  )")
+
+
+def _category_cut(g: Generator, ensemble: ir.TreeEnsemble, node: int) -> Cut:
+    """A categorical split (ir.TreeEnsemble.goes_left_category) as SQL: ``le``
+    is TRUE exactly for the values that go left, FALSE or NULL for the others."""
+    s = ensemble.category_set[node]
+    start, end = ensemble.category_bounds[s], ensemble.category_bounds[s + 1]
+    codes = [c for c in range(end - start) if ensemble.category_left[start + c]]
+    if not codes:
+        return Cut(False)
+    out = g.outputs[int(ensemble.feature[node])]
+    listed = ", ".join(str(c) for c in codes)
+    if isinstance(out, OrdinalFeature):
+        condition = out.in_sql(codes)
+    elif isinstance(out, NumFeature) and not out.ops:
+        column = out.column
+        if column.kind == "int":
+            condition = f"{column.ref} IN ({listed})"
+        elif column.kind == "bool":
+            condition = f"{column.ref}::int IN ({listed})"
+        else:  # truncated toward zero as C's cast; NaN and infinities are in no set
+            condition = f"trunc({column.ref}::float8) IN ({listed})"
+    else:
+        raise SqlUnsupported("a categorical split of a transformed or one-hot column")
+    return Cut(None, le=condition, gt=f"NOT ({condition})") if condition != "false" else Cut(False)

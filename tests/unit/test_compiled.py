@@ -172,7 +172,7 @@ def test_one_row_equals_the_batch(family: str, pipelines: dict[str, Pipeline], s
     leaves are the same; their sum and exp round as the CPU does), edge rows included."""
     model = pipelines[family]
     evaluator = roundtrip(model)
-    small = family in ("gbm", "hgb", "tree")
+    small = family in ("gbm", "hgb", "tree", "lgbm")
     assert (evaluator.model.row_code is not None) == small
     assert (evaluator.pipeline_code is not None) == small
     evaluator.warm()  # scoring.warmup compiles the single-row code ahead of the first insert
