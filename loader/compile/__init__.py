@@ -13,23 +13,21 @@ OneHotEncoder, StandardScaler, SimpleImputer, nested Pipelines of those,
 'passthrough' and 'drop'; and a binary classifier: LogisticRegression(CV),
 SGDClassifier (log_loss / modified_huber), DecisionTree/ExtraTree,
 RandomForest/ExtraTrees, GradientBoosting (log_loss),
-HistGradientBoosting (numeric features) or LightGBM's LGBMClassifier
-(binary; :mod:`.lgbm`). Anything else raises
-:class:`UnsupportedModel`.
+HistGradientBoosting (numeric features), LightGBM's LGBMClassifier
+(binary; :mod:`.lgbm`) or XGBoost's XGBClassifier (binary:logistic, gbtree).
+Anything else raises :class:`UnsupportedModel`.
 
 One converter per family, each producing the typed model of
 ``pgscore_server.compiled.ir``: :mod:`.preprocessing` (the steps before the
 classifier) and, registered in :data:`.families.FAMILIES`, :mod:`.linear`,
-:mod:`.trees` (single trees and forests), :mod:`.gbm`, :mod:`.hgb`.
+:mod:`.trees` (single trees and forests), :mod:`.gbm`, :mod:`.hgb`, :mod:`.xgb`.
 :class:`CompiledModel` (:mod:`.archive`) is that model in the archive's
 layout (value tags, array names: ``pgscore_server.compiled.ir``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Any
 
 from pgscore_server.compiled import ir
 
@@ -40,7 +38,7 @@ from .common import UnsupportedModel
 FORMAT = ir.FORMAT
 FORMAT_VERSION = ir.FORMAT_VERSION
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CompiledModel", "UnsupportedModel", "check_parity", "compile_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CompiledModel", "UnsupportedModel", "compile_model"]
 
 
 def compile_model(model: Any) -> CompiledModel:
