@@ -19,7 +19,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from .. import api
+from .. import api, verify
 from ..dev import localdb
 from ..dev.demo_data import PROFILE_COLUMNS
 from ..models import fetch_feature_rows
@@ -342,25 +342,26 @@ class Figures:
                         vs_naive_rss=rss / naive_rss if naive_rss else None)
 
     def p7(self, family: str) -> None:
-        pipeline = self.models[family][0]
+        """The largest difference of in-database scores from the library's own
+        predict_proba, against the model's parity bound (pgscore.verify.parity_bound:
+        1e-9, or float32 ulps for XGBoost, which computes in float32)."""
+        pipeline, pushed = self.models[family]
+        names = list(pipeline.feature_names_in_)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             ids = [r[0] for r in conn.execute("SELECT customer_id FROM public.customer_profiles"
                                               " ORDER BY random() LIMIT %s", [self.sizes.parity])]
-            rows = fetch_feature_rows(conn, list(pipeline.feature_names_in_), ids)
+            rows = fetch_feature_rows(conn, names, ids)
+            compiled = conn.execute("SELECT compiled FROM scoring.models WHERE model_id = %s",
+                                    [pushed.model_id]).fetchone()[0]
         in_db = api.score(self.dsn, ids)
-        from pgscore_server.features import to_frame
-
-        local = pipeline.predict_proba(to_frame(rows, list(pipeline.feature_names_in_)))[:, 1]
-        diffs = [abs(in_db[row["customer_id"]] - float(p)) for row, p in zip(rows, local)]
-        worst = max(diffs)
-        if local.dtype == np.float32:
-            # XGBoost computes in float32: the bound is 1 ulp of its float32 probability.
-            ulps = max(diff / float(np.spacing(p)) for diff, p in zip(diffs, local))
-            self.report.add("P7", family, f"max |diff| {worst:.2e} = {ulps:.2f} float32 ulp over {len(rows)} rows",
-                            "predict_proba (float32)", ulps, "<= 1 ulp", max_abs_diff=worst)
-        else:
-            self.report.add("P7", family, f"max |diff| {worst:.2e} over {len(rows)} rows", "predict_proba",
-                            worst, "<= 1e-9", max_abs_diff=worst)
+        scored = [in_db[row["customer_id"]] for row in rows]
+        local = verify.library_proba(pipeline, rows, names)
+        bound = verify.parity_bound(compiled)
+        worst = max(abs(s - float(p)) for s, p in zip(scored, local))
+        measured = float(np.max(bound.measure(local, scored)))
+        in_unit = "" if bound.unit == "absolute" else f" = {bound.describe(measured)}"
+        self.report.add("P7", family, f"max |diff| {worst:.2e}{in_unit} over {len(rows)} rows", "predict_proba",
+                        measured, f"<= {bound}", max_abs_diff=worst, bound_unit=bound.unit)
 
     # -- the scorers (issue 20)
 
