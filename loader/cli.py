@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train-demo", cmd_train_demo, "train a demo churn pipeline on synthetic profiles", dsn=False)
     train.add_argument("--out", default="churn.joblib", help="where to save it (default: churn.joblib)")
     train.add_argument("--rows", type=int, default=5000)
-    train.add_argument("--kind", choices=("logreg", "gbm", "rf"), default="logreg")
+    train.add_argument("--kind", choices=("logreg", "gbm", "rf", "xgb", "lgbm"), default="logreg",  # demo_data.MODEL_KINDS
+                       help="the classifier (default: logreg); xgb and lgbm need the boosting extra")
     train.add_argument("--seed", type=int, default=0)
 
     demo = command("demo", cmd_demo, "the whole flow, on a throwaway local PostgreSQL unless --dsn is given")
@@ -349,8 +350,10 @@ def cmd_train_demo(args: argparse.Namespace) -> None:
     with open(args.out + ".metrics.json", "w") as sidecar:
         json.dump(metrics, sidecar)
     print(f"trained {args.kind} on {metrics['rows']} synthetic profiles: holdout ROC AUC {metrics['roc_auc']:.3f}")
+    # A pickle of XGBoost or LightGBM objects is one skops will not rebuild: the loader must unpickle it.
+    trust = " --i-trust-this-pickle" if args.kind in ("xgb", "lgbm") else ""
     print(f"saved {args.out} (metrics in {args.out}.metrics.json); push it with: "
-          f"pgscore push {args.out} --name churn --activate")
+          f"pgscore push {args.out} --name churn --activate{trust}")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
