@@ -61,6 +61,8 @@ class PushResult:
     notes: list[str] = field(default_factory=list)
     #: The entity tables whose rows it was test-scored on (one per scorer with this model name).
     scored_tables: list[str] = field(default_factory=list)
+    #: An ONNX graph pushed with its original model: max |onnxruntime - original predict_proba| (pgscore.onnxpush).
+    original_max_abs_diff: float | None = None
 
 
 # What a model file must be, said whenever a file is not one.
@@ -170,6 +172,10 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
         while len(_CONVERTED) > _CONVERTED_KEPT:
             del _CONVERTED[next(iter(_CONVERTED))]
     if "error" in report:
+        if report.get("missing_module"):
+            raise PushError(f"{origin} could not be loaded as a joblib model: it needs the Python module "
+                            f"{report['missing_module']!r}, which pgscore's runtime does not have; "
+                            + server_runtime.missing_module_guidance(str(report["missing_module"])))
         raise PushError(f"{origin} could not be loaded as a joblib model ({report['error']}): {EXPECTED_FILE}")
     refused = report.get("untrusted") or []
     if "skops_error" in report or refused:
@@ -178,7 +184,7 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
             f"{origin} holds a {report.get('type')} that pgscore cannot rebuild without unpickling it ({why}). "
             "Checking it here would run the pickle's code in this process: if you made or trust the file, push it "
             "with --i-trust-this-pickle and --format joblib (the server then loads it only once a superuser has "
-            "run pgscore approve on its sha256)")
+            "run pgscore approve on its sha256)" + _third_party_note(refused))
     # Rebuilt here from the skops bytes, with the trusted-types check again:
     # nothing the child reports is taken on trust.
     estimator = _load_skops(skops_bytes, origin)
@@ -186,6 +192,19 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
     if not isinstance(saved, dict):
         saved = dict(server_runtime.versions())
     return estimator, {str(k): (None if v is None else str(v)) for k, v in saved.items()}
+
+
+# Top-level modules of the base runtime's own types; a refused type from any other is a third-party step.
+_RUNTIME_MODULES = ("sklearn", "numpy", "scipy", "pandas", "joblib", "skops", "builtins", "collections", "functools")
+
+
+def _third_party_note(types: list) -> str:
+    """The guidance for types from packages the server's runtime lacks ('' if none)."""
+    outside = sorted({str(t).split(".")[0] for t in types} - set(_RUNTIME_MODULES))
+    if not outside:
+        return ""
+    return (f". It uses {', '.join(outside)}, which the server's runtime does not have: "
+            + server_runtime.missing_module_guidance(outside[0]))
 
 
 def _load_blob(blob: bytes, origin: str) -> tuple[Any, dict[str, str]]:
@@ -247,6 +266,8 @@ def push_model(
     scoring_path: str = "auto",
     format: str = "skops",
     trust_pickle: bool = False,
+    original: Any = None,
+    features: list[str] | None = None,
 ) -> PushResult:
     """Validates, uploads and test-scores a model; activates it if asked.
 
@@ -263,6 +284,10 @@ def push_model(
     only trusted types) or 'joblib' (a pickle: loading it runs code; only on
     explicit request, and on the scikit-learn path the server loads it only
     once a superuser approved its sha256: ``pgscore approve``).
+    An ONNX graph (a .onnx file or an onnx.ModelProto) is pushed by
+    :func:`pgscore.onnxpush.push_onnx` on the 'onnx' path, with ``original``
+    (the model it was converted from) and ``features`` (the column order of
+    a graph with one tensor input).
     The features must be columns of the entity table of every scorer whose
     model name is ``name`` (``scoring.scorers``), and the model is
     test-scored on real rows of each.
@@ -273,6 +298,16 @@ def push_model(
     check_model_name(name)
     if scoring_path not in SCORING_PATHS:
         raise PushError(f"scoring path must be one of {', '.join(SCORING_PATHS)}, not {scoring_path!r}")
+    from . import onnxpush
+
+    if onnxpush.is_onnx(model_or_path):
+        if scoring_path not in ("auto", paths.ONNX_PATH):
+            raise PushError(f"an ONNX graph is scored on the onnx path, not {scoring_path!r}")
+        return onnxpush.push_onnx(dsn, model_or_path, name=name, activate=activate, note=note, metrics=metrics,
+                                  sample_size=sample_size, original=original, features=features)
+    if scoring_path == paths.ONNX_PATH or original is not None or features is not None:
+        raise PushError("the onnx path, --original and --features are for ONNX graphs (a .onnx file); "
+                        f"{model_or_path} is not one")
     if format not in formats.FORMATS:
         raise PushError(f"model format must be one of {', '.join(formats.FORMATS)}, not {format!r}")
     file_bytes = None
