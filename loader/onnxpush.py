@@ -118,17 +118,19 @@ def push_onnx(dsn: str | None, model_or_path: Any, *, name: str, activate: bool 
         raise PushError(f"{origin} classifies into {labels}; pgscore scores the probability of class 1 of a 0/1 "
                         "classifier: train it on 0/1 (or False/True) labels and convert it again")
     reference = None
+    original_label = str(original) if isinstance(original, (str, os.PathLike)) else \
+        f"{type(original).__name__} object"
     if original is not None:
         reference, _, _ = push.load_model_file(original) if isinstance(original, (str, os.PathLike)) else \
             (original, None, None)
-        original_features = push.check_estimator(reference, str(original))
+        original_features = push.check_estimator(reference, original_label)
     inputs, outputs = onnxpath.graph_signature(session)
     if features is None:
         features = original_features if reference is not None and len(inputs) == 1 else [n for n, _, _ in inputs]
     feature_names = [str(f) for f in features]
     if reference is not None and sorted(original_features) != sorted(feature_names):
         raise PushError(f"{origin} reads {', '.join(feature_names)} but the original model "
-                        f"{original} reads {', '.join(original_features)}: give the model it was converted from")
+                        f"{original_label} reads {', '.join(original_features)}: give the model it was converted from")
     try:
         bound = onnxpath.binding(inputs, outputs, feature_names)
     except onnxpath.UnusableGraph as exc:
@@ -170,7 +172,7 @@ def push_onnx(dsn: str | None, model_or_path: Any, *, name: str, activate: bool 
             if tested:
                 parts.append(f"in the database vs onnxruntime here: max difference {worst:.1e} over {tested} rows")
             if reference is not None:
-                parts.append(f"vs the original {original}: " + (
+                parts.append(f"vs the original ({original_label}): " + (
                     f"max difference {against:.1e} over {tested} rows (bound {original_tolerance:g})"
                     if against is not None else "not compared (no rows)"))
             path_note = "; ".join(parts)

@@ -29,7 +29,7 @@ def tiny_graph(node_domain: str = "", tensor: TensorProto | None = None, subgrap
                               [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
                               initializer=[weights])
     opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(node_domain, 1)] if node_domain else [])
-    model = helper.make_model(graph, opset_imports=opsets)
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
     if functions:
         model.functions.append(helper.make_function("com.example", "f", ["a"], ["b"],
                                                     [helper.make_node("Identity", ["a"], ["b"])],
