@@ -219,5 +219,5 @@ def _test_score(conn: psycopg.Connection, local: onnxpath.OnnxModel, reference: 
         raise PushError(f"{origin} differs from the original model by up to {against:.3g} over {len(rows)} rows of "
                         f"{entity.table} (bound {original_tolerance:g}); it was not pushed. A tree model converted "
                         "to float32 may take other branches: push the original instead (its compiled path is "
-                        "exact to 1e-9), or pass a looser bound if you accept it")
+                        "exact to 1e-9)")
     return len(rows), worst, against
