@@ -323,6 +323,7 @@ class OnnxModel:
             raise ScoringError(f"{label} is refused: {exc}", sqlstate=MODEL_LOAD_FAILED,
                                hint="push a self-contained graph of standard ONNX ops") from None
         self.session = session(blob, label)
+        self.label = label
         self.feature_names = list(feature_names)
         try:
             self.binding = binding(*graph_signature(self.session), self.feature_names)
@@ -341,10 +342,11 @@ class OnnxModel:
         b = self.binding
         if b.matrix:
             name, kind = b.inputs[0]
-            feeds = {name: np.column_stack([_array(values, kind, feature) for values, feature in zip(columns, names)])}
+            feeds = {name: np.column_stack([_array(values, kind, feature, self.label)
+                                            for values, feature in zip(columns, names)])}
         else:
             by_name = dict(zip(names, columns))
-            feeds = {name: _array(by_name[name], kind, name).reshape(-1, 1) for name, kind in b.inputs}
+            feeds = {name: _array(by_name[name], kind, name, self.label).reshape(-1, 1) for name, kind in b.inputs}
         # One run per row: onnxruntime's float32 kernels sum in an order that
         # depends on the batch (a row scored in a batch of 4 differed from the
         # same row alone by 6e-8), and a row's score must not depend on which
@@ -357,14 +359,14 @@ class OnnxModel:
         return scores
 
 
-def _array(values: list, kind: str, feature: str) -> Any:
+def _array(values: list, kind: str, feature: str, label: str = "the model") -> Any:
     import numpy as np
 
     if kind in _NUMBER_TYPES:
         return np.array([np.nan if v is None else float(v) for v in values], dtype=_NUMBER_TYPES[kind])
     if None in values:
-        raise ScoringError(f"feature {feature!r} is NULL, and the model's input for it ({kind}) takes no missing "
-                           "value", sqlstate=MODEL_FAILED, hint=f"give {feature!r} a value, or convert the model "
+        raise ScoringError(f"{label}: feature {feature!r} is NULL, and the model's input for it ({kind}) takes "
+                           "no missing value", sqlstate=MODEL_FAILED, hint=f"give {feature!r} a value, or convert the model "
                            "with a float input and an imputer for it")
     if kind == "tensor(string)":
         return np.array([str(v) for v in values], dtype=object)
