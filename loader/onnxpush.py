@@ -182,7 +182,7 @@ def push_onnx(dsn: str | None, model_or_path: Any, *, name: str, activate: bool 
     where = " or ".join(dict.fromkeys(entity.table for entity in entities))
     notes = [] if tested else [f"no rows in {where} to test-score the model on; it was checked for loading only"]
     return push.PushResult(name, version, model_id, digest, activate, tested, worst, "onnx", path_note, notes,
-                           [entity.table for entity in entities], original_max_abs_diff=against)
+                           [entity.table for entity in entities], original_max_abs_diff=against, format="onnx")
 
 
 def _producer(blob: bytes) -> str:
