@@ -346,10 +346,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
         print(f"revoked {args.sha256}" if found else f"{args.sha256} was not approved")
         return 0
     pushed = api.approve(args.dsn, args.sha256, args.note)
-    print(f"approved {args.sha256.strip().lower()}: the server may now unpickle it, which runs its code as the "
-          "server's OS user")
+    print(f"approved {args.sha256.strip().lower()}: the server may now load it (unpickle a pickle, which runs its "
+          "code as the server's OS user; hand an ONNX graph to onnxruntime)")
     print(f"models with this blob: {', '.join(pushed)}" if pushed else
-          "no pushed model has this blob yet: push it with --format joblib")
+          "no pushed model has this blob yet: push it (a pickle with --format joblib; a .onnx file as it is)")
     return 0
 
 

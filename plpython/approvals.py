@@ -91,8 +91,7 @@ def onnx_refusal_text(subject: str, sha256: str) -> tuple[str, str]:
         f"{subject} is an ONNX graph (sha256 {sha256}) that no superuser has approved; pgscore will not hand it"
         " to onnxruntime",
         "onnxruntime is native code that parses and runs the graph in the server (a crafted graph can crash or"
-        f" misuse every session); a superuser who trusts {subject} runs: pgscore approve {sha256}, then the same"
-        " file is pushed again",
+        f" misuse every session); a superuser who trusts {subject} runs: pgscore approve {sha256}",
     )
 
 
