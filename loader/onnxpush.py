@@ -125,6 +125,12 @@ def push_onnx(dsn: str | None, model_or_path: Any, *, name: str, activate: bool 
             (original, None, None)
         original_features = push.check_estimator(reference, original_label)
     inputs, outputs = onnxpath.graph_signature(session)
+    if features is None and reference is None and len(inputs) == 1 and len(inputs[0][2]) == 2 \
+            and inputs[0][2][1] != 1:
+        width = inputs[0][2][1] or "several"
+        raise PushError(f"{origin} takes one tensor input {inputs[0][0]!r} of {width} columns: give the entity "
+                        "columns it takes, in order, with --features A,B,C (or the model it was converted from "
+                        "with --original)")
     if features is None:
         features = original_features if reference is not None and len(inputs) == 1 else [n for n, _, _ in inputs]
     feature_names = [str(f) for f in features]

@@ -182,3 +182,40 @@ def test_a_pickle_needing_a_package_the_runtime_lacks_is_refused_with_the_ways_o
     assert "it needs the Python module 'feature_engine'" in message
     assert "rewritten with scikit-learn's own transformers" in message and "pgscore push model.onnx" in message
     assert "pgscore runtime add PACKAGE==VERSION, then restart the server" in message
+
+
+def test_a_graph_with_one_tensor_input_takes_the_recorded_feature_order_and_string_labels_are_refused(seeded,
+                                                                                                        tmp_path):
+    from skl2onnx import to_onnx
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from tests.factories import training_rows
+
+    numbers = ["tenure_months", "monthly_charges", "total_charges", "complaint_count"]
+    rows, labels = training_rows(1500, seed=4)
+    X = to_frame(rows, numbers).astype("float64")
+    model = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=500)).fit(X, labels)
+    path = tmp_path / "numbers.onnx"
+    path.write_bytes(to_onnx(model, X.to_numpy(dtype=np.float32)[:1], options={"zipmap": False}).SerializeToString())
+    api.approve(seeded.dsn(), hashlib.sha256(path.read_bytes()).hexdigest())
+    with pytest.raises(PushError, match="takes one tensor input 'X' of 4 columns: give the entity columns it takes, "
+                                        "in order, with --features A,B,C"):
+        api.push_model(seeded.dsn("loader"), path, name="churn")  # which column is which?
+    result = api.push_model(seeded.dsn("loader"), path, name="churn", features=numbers, original=model,
+                            activate=True)
+    assert "one tensor input 'X' (tensor(float)) in the recorded feature order; P(class 1) = column 1 of " \
+           "'probabilities'" in result.path_note
+    assert result.max_abs_diff <= 1e-9 and result.original_max_abs_diff <= FLOAT32_BOUND
+    with seeded.connect("analyst") as analyst:
+        scored = analyst.execute("SELECT scoring.score(9::bigint)").fetchone()[0]
+    with seeded.connect() as conn:
+        row = fetch_feature_rows(conn, numbers, [9])
+    assert abs(scored - onnxpath.OnnxModel(path.read_bytes(), numbers, "here").predict(row)[0]) <= 1e-9
+
+    words = make_pipeline(SimpleImputer(), LogisticRegression(max_iter=500)).fit(
+        X, np.where(labels == 1, "Yes", "No"))
+    path.write_bytes(to_onnx(words, X.to_numpy(dtype=np.float32)[:1]).SerializeToString())
+    with pytest.raises(PushError, match=r"classifies into \['No', 'Yes'\]; pgscore scores the probability of class 1"):
+        api.push_model(seeded.dsn("loader"), path, name="churn", features=numbers)
