@@ -553,7 +553,7 @@ def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature
     if not ids:
         return 0, None
     rows = verify.fetch_feature_rows(conn, feature_names, ids, entity)
-    local = estimator.predict_proba(verify.reference_frame(estimator, rows, feature_names))[:, 1]
+    local = estimator.predict_proba(verify.library_frame(estimator, rows, feature_names))[:, 1]
     diffs = [abs(in_db[verify.key_text(row[entity.key])] - float(p)) for row, p in zip(rows, local)]
     max_diff = max(diffs)
     if not math.isfinite(max_diff) or max_diff > verify.PARITY_TOLERANCE:

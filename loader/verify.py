@@ -131,13 +131,13 @@ def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Seque
     return check_rows.CheckRows(profiles, generated)
 
 
-def reference_frame(estimator: Any, rows: Sequence[dict], feature_names: Sequence[str]) -> Any:
+def library_frame(estimator: Any, rows: Sequence[dict], feature_names: Sequence[str]) -> Any:
     """The frame ``estimator.predict_proba`` is given for ``rows``: pandas'
     (pgscore_server.features.to_frame), as the estimator's library takes it
     (pgscore.compile.library_frame: LightGBM's category columns)."""
-    from .compile import library_frame
+    from . import compile as compile_
 
-    return library_frame(estimator, features.to_frame(rows, feature_names))
+    return compile_.library_frame(estimator, features.to_frame(rows, feature_names))
 
 
 def one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:
@@ -182,7 +182,7 @@ def row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
     worst = 0.0
     evaluator = compiled.evaluator()
     for row in rows:
-        expected = outcome(lambda r: estimator.predict_proba(reference_frame(estimator, [r], compiled.feature_names))[0, 1], row)
+        expected = outcome(lambda r: estimator.predict_proba(library_frame(estimator, [r], compiled.feature_names))[0, 1], row)
         got = outcome(lambda r: evaluator.predict([r])[0], row)
         refused = [isinstance(expected, Exception), isinstance(got, Exception)]
         if refused == [True, True]:
@@ -231,14 +231,14 @@ def scores_one_by_one(estimator: Any, rows: list[dict], feature_names: list[str]
     complete = [k for k, row in enumerate(rows) if all(row[name] is not None for name in feature_names)]
     alone = sorted(set(range(len(rows))) - set(complete))
     try:
-        together = estimator.predict_proba(reference_frame(estimator, [rows[k] for k in complete], feature_names))[:, 1]
+        together = estimator.predict_proba(library_frame(estimator, [rows[k] for k in complete], feature_names))[:, 1]
         for k, score in zip(complete, together):
             scores[k] = float(score)
     except Exception:  # noqa: BLE001 - some row refused, whatever the error: one by one then
         alone = list(range(len(rows)))
     for k in alone:
         try:
-            scores[k] = float(estimator.predict_proba(reference_frame(estimator, [rows[k]], feature_names))[:, 1][0])
+            scores[k] = float(estimator.predict_proba(library_frame(estimator, [rows[k]], feature_names))[:, 1][0])
         except Exception:
             scores[k] = None
     return scores
