@@ -212,11 +212,22 @@ def input_transform(clf: Any, path: str, transform: ir.Transform, has_preprocess
                     feature_names: list[str]) -> ir.Transform:
     """The transform before a bare LGBMClassifier fitted on pandas ``category``
     columns: those inputs become :class:`ir.OrdinalColumn` (their codes), the
-    others stay as they were. Unchanged without ``pandas_categorical``."""
+    others stay as they were. Unchanged without ``pandas_categorical``.
+
+    Raises UnsupportedModel for a pipeline whose steps hand LightGBM the
+    input columns as they are: a numpy array of ints reaches its trees as
+    float32 (``_np2d_to_np1d``), of floats as float64, so the same row would
+    split differently by the batch it comes in (a NULL makes an int column float).
+    Every other supported step outputs float64."""
+    where = f"LGBMClassifier in step {path!r}"
+    if has_preprocessing and not transform.onehot and all(not b.ops and not b.fills for b in transform.numeric):
+        raise UnsupportedModel(
+            f"{where}: the steps before it pass the input columns on unconverted, and LightGBM reads an array "
+            "that is not float as float32, so its splits would depend on each batch's column types; push the "
+            "LGBMClassifier alone (it reads a DataFrame as float64), or scale or impute the columns in the pipeline")
     pandas_categorical = getattr(clf.booster_, "pandas_categorical", None) or []
     if not pandas_categorical:
         return transform
-    where = f"LGBMClassifier in step {path!r}"
     if has_preprocessing:
         raise UnsupportedModel(f"{where}: pandas category columns after preprocessing are not supported "
                                "(one-hot encode them in the pipeline, or push the LGBMClassifier alone)")

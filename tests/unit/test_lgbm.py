@@ -189,7 +189,8 @@ def test_integer_categorical_feature(categorical: tuple[pd.DataFrame, np.ndarray
     assert _check(model, rows) <= BOUND
 
 
-def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+@pytest.mark.parametrize("sparse_threshold", [0.0, 1.0])  # dense, and a sparse matrix (absent = 0.0 to LightGBM)
+def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.ndarray], sparse_threshold: float) -> None:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline, make_pipeline
@@ -201,7 +202,7 @@ def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.nda
     prep = ColumnTransformer([
         ("text", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]),
         ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["tenure", "charges"]),
-    ])
+    ], sparse_threshold=sparse_threshold)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = Pipeline([("prep", prep), ("clf", lightgbm.LGBMClassifier(
@@ -210,6 +211,21 @@ def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.nda
     base = rows[0]
     rows += [{**base, "plan": v} for v in ("unseen", None)] + [{**base, "charges": v} for v in (None, 0.0, 1e6)]
     assert _check(model, rows) <= BOUND
+
+
+def test_pipeline_passing_columns_through_unconverted_is_refused() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(5)
+    X = pd.DataFrame({"a": rng.integers(0, 2 ** 26, 400), "b": rng.integers(0, 100, 400)})
+    y = (X["a"] % 1000 > 500).astype(int).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Pipeline([("pass", ColumnTransformer([("keep", "passthrough", ["a", "b"])])),
+                          ("clf", lightgbm.LGBMClassifier(n_estimators=5, verbose=-1))]).fit(X, y)
+    with pytest.raises(UnsupportedModel, match="float32"):
+        compile_model(model)
 
 
 def test_early_stopping_scores_with_the_best_iteration(numeric: tuple[pd.DataFrame, np.ndarray]) -> None:
@@ -234,7 +250,7 @@ def test_old_archive_layout_is_unchanged_without_categories(numeric: tuple[pd.Da
     assert not any(name.startswith("tree_category") for name in arrays)
 
 
-@pytest.mark.parametrize("params, mentions", [
+@pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
     (dict(zero_as_missing=True), "zero_as_missing"),
     (dict(linear_tree=True), "linear_tree"),
     (dict(objective="cross_entropy"), "objective 'cross_entropy'"),
