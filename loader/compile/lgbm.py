@@ -11,8 +11,8 @@ What LightGBM does when it predicts one row (``include/LightGBM/tree.h``,
 - A numerical node sends x left when ``x <= threshold`` (doubles). Its
   missing type (``decision_type`` bits 2-3) says what NaN does: ``None``:
   NaN is read as 0.0, so it goes where 0.0 goes; ``NaN``: NaN takes the
-  default direction (bit 1). ``Zero`` (``zero_as_missing=True``) sends 0.0
-  as well as NaN the default way, which the IR's nodes cannot say: refused.
+  default direction (bit 1); ``Zero`` (``zero_as_missing=True``): NaN and
+  the zero band take the default direction (``ir.TreeEnsemble.zero_missing``).
 - A categorical node sends x left when x is not NaN, ``int(x) >= 0`` and the
   bit of ``int(x)`` is set in its bitset: the IR's category sets
   (``ir.TreeEnsemble.category_set``), one byte per category.
@@ -48,7 +48,8 @@ from .common import UnsupportedModel, plain_value
 from .trees import ensemble
 
 # LightGBM's kZeroThreshold (include/LightGBM/meta.h: 1e-35f), as the double it is compared as.
-K_ZERO_THRESHOLD = float(np.float32(1e-35))
+K_ZERO_THRESHOLD = ir.ZERO_BAND
+assert K_ZERO_THRESHOLD == float(np.float32(1e-35))
 _CATEGORICAL_MASK = 1
 _DEFAULT_LEFT_MASK = 2
 _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
@@ -124,6 +125,7 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
     names = header.get("feature_names", "").split()
     tables: list[dict[str, np.ndarray]] = []
     category_set: list[int] = []
+    zero_missing: list[int] = []
     bounds, members = [0], []
     for index, tree in enumerate(trees):
         if tree.get("is_linear", "0") != "0":
@@ -157,21 +159,18 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
                 while flags and not flags[-1]:
                     flags.pop()
                 category_set.append(len(bounds) - 1)
+                zero_missing.append(0)
                 members += flags
                 bounds.append(len(members))
                 table["threshold"].append(0.0)
                 table["missing_left"].append(0)
                 continue
             missing_type = (dt >> 2) & 3
-            if missing_type == _MISSING_ZERO:
-                feature_name = names[feature] if feature < len(names) else str(feature)
-                raise UnsupportedModel(
-                    f"{where}: feature {feature_name!r} treats zero as missing (zero_as_missing=True), "
-                    "which the compiled form does not reproduce; train with zero_as_missing=False")
             t = _numeric_threshold(threshold[k])
             table["threshold"].append(t)
             category_set.append(-1)
-            if missing_type == _MISSING_NAN:
+            zero_missing.append(1 if missing_type == _MISSING_ZERO else 0)
+            if missing_type in (_MISSING_NAN, _MISSING_ZERO):
                 table["missing_left"].append(1 if dt & _DEFAULT_LEFT_MASK else 0)
             else:  # None: NaN is read as 0.0
                 table["missing_left"].append(1 if 0.0 <= t else 0)
@@ -182,6 +181,7 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
             table["missing_left"].append(0)
             table["value"].append(value)
             category_set.append(-1)
+            zero_missing.append(0)
         tables.append({
             "feature": np.asarray(table["feature"], dtype=np.int64),
             "threshold": np.asarray(table["threshold"], dtype=np.float64),
@@ -198,6 +198,8 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
         result.category_set = np.asarray(category_set, dtype=np.int32)
         result.category_bounds = np.asarray(bounds, dtype=np.int32)
         result.category_left = np.asarray(members, dtype=np.uint8)
+    if any(zero_missing):
+        result.zero_missing = np.asarray(zero_missing, dtype=np.uint8)
     return result
 
 

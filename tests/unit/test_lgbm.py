@@ -125,6 +125,21 @@ def test_thresholds_in_the_zero_band_follow_lightgbm() -> None:
     assert _check(model, rows) <= BOUND
 
 
+def test_zero_as_missing(numeric: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """zero_as_missing=True (missing type Zero): 0.0, the zero band and NaN
+    take the default direction; any other value compares."""
+    X, y = numeric
+    model = _fit(X, y, zero_as_missing=True)
+    compiled = compile_model(model)
+    assert compiled.ir.classifier.zero_band
+    assert compiled.evaluator().pipeline_code is not None  # the generated row code has the band too
+    rows = _rows(X.head(300))
+    base = rows[1]
+    for k, name in enumerate(X.columns):
+        rows += [{**base, name: None if math.isnan(v) else v} for v in _edge_values(model, k)]
+    assert _check(model, rows) <= BOUND
+
+
 def test_none_missing_type_reads_nan_as_zero() -> None:
     """Trained without NaN: LightGBM reads a NaN as 0.0 at prediction."""
     rng = np.random.default_rng(4)
@@ -251,7 +266,6 @@ def test_old_archive_layout_is_unchanged_without_categories(numeric: tuple[pd.Da
 
 
 @pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
-    (dict(zero_as_missing=True), "zero_as_missing"),
     (dict(linear_tree=True), "linear_tree"),
     (dict(objective="cross_entropy"), "objective 'cross_entropy'"),
     (dict(sigmoid=2.0), "sigmoid=2"),
