@@ -43,7 +43,8 @@ UNKNOWN_CATEGORY = ("error", "ignore")
 # its generated row code and the SQL generator all follow this one table,
 # adding tree by tree in the estimator's order (as scikit-learn does).
 #   boosting (GradientBoosting): expit(init + sum(learning_rate * leaf))
-#   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf))
+#   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf));
+#     LightGBM's LGBMClassifier too, with init 0.0 (its start is in tree 0's leaves)
 #   average (forests, single trees): sum(leaf) / n_trees, leaf = the tree's P(class 1)
 # LightGBM's kZeroThreshold (1e-35f) as a double: a node with zero_missing
 # (TreeEnsemble) sends |x| <= ZERO_BAND the way it sends a missing value.

@@ -228,6 +228,17 @@ def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.nda
     assert _check(model, rows) <= BOUND
 
 
+def test_a_frame_lightgbm_reads_as_float32_scores_the_same() -> None:
+    """Only bool and category columns: LightGBM's _data_from_pandas makes the
+    frame float32, whose values (0/1, small codes) are exact; pgscore's float64 agrees."""
+    rng = np.random.default_rng(6)
+    X = pd.DataFrame({"flag": rng.random(600) < 0.4, "kind": pd.Categorical(rng.choice(list("abcdefg"), 600))})
+    y = (X["flag"] ^ X["kind"].isin(["b", "e"])).astype(int).to_numpy()
+    model = _fit(X, y, n_estimators=10)
+    rows = _rows(X.head(50)) + [{"flag": None, "kind": "a"}, {"flag": True, "kind": None}, {"flag": False, "kind": "z"}]
+    assert _check(model, rows) <= BOUND
+
+
 def test_pipeline_passing_columns_through_unconverted_is_refused() -> None:
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline
