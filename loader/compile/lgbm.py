@@ -122,7 +122,6 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
     best = int(getattr(booster, "best_iteration", 0) or 0)
     if best > 0:
         trees = trees[:best]
-    names = header.get("feature_names", "").split()
     tables: list[dict[str, np.ndarray]] = []
     category_set: list[int] = []
     zero_missing: list[int] = []
