@@ -36,7 +36,7 @@ from pgscore_server import approvals, features, formats, paths
 from pgscore_server import runtime as server_runtime
 from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE
 
-from . import check_rows, scorers, verify
+from . import check_rows, mlflow_source, scorers, verify
 from .connection import connect
 from .errors import PushError
 from .scorers import Entity
@@ -88,7 +88,8 @@ def file_format(data: bytes) -> str | None:
     return None
 
 
-def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[Any, bytes, dict[str, str]]:
+def load_model_file(path: str | os.PathLike, trust_pickle: bool = False,
+                    origin: str | None = None) -> tuple[Any, bytes, dict[str, str]]:
     """(estimator, file bytes, versions it was saved with) of a skops or joblib file.
 
     A skops file is loaded here with skops' trusted-types check: no pickle.
@@ -96,6 +97,7 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
     in a child process without the database's credentials that hands back
     the model in skops form (see :mod:`pgscore.unpickle`), and only with
     ``trust_pickle`` in this process (for models skops cannot represent).
+    ``origin`` names the file in messages (default: its path).
     Raises PushError when the file is missing, not a model file, or does not load.
     """
     path = Path(path)
@@ -103,7 +105,7 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
         data = path.read_bytes()
     except OSError as exc:
         raise PushError(f"cannot read model file {path}: {exc.strerror}") from None
-    origin = str(path)
+    origin = origin or str(path)
     kind = file_format(data)
     if kind is None:
         raise PushError(f"{origin} is not a model file: {EXPECTED_FILE}")
@@ -251,8 +253,10 @@ def push_model(
     """Validates, uploads and test-scores a model; activates it if asked.
 
     ``model_or_path`` is a skops or joblib file (see :func:`load_model_file`;
-    ``trust_pickle`` lets it unpickle a joblib file in this process) or a
-    fitted estimator.
+    ``trust_pickle`` lets it unpickle a joblib file in this process), an
+    MLflow model (a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI,
+    or a local MLflow model directory: :mod:`pgscore.mlflow_source`, which
+    also says what is recorded in ``metrics``), or a fitted estimator.
     ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
     unpickled in the server) when the pipeline compiles and matches
     predict_proba to 1e-9, else scikit-learn; and of a compiled model whose
@@ -276,7 +280,13 @@ def push_model(
     if format not in formats.FORMATS:
         raise PushError(f"model format must be one of {', '.join(formats.FORMATS)}, not {format!r}")
     file_bytes = None
-    if isinstance(model_or_path, (str, os.PathLike)):
+    from_mlflow = None
+    if mlflow_source.is_mlflow_source(model_or_path):
+        from_mlflow = mlflow_source.load(model_or_path, trust_pickle=trust_pickle)
+        origin, estimator, file_bytes, saved = (from_mlflow.origin, from_mlflow.estimator, from_mlflow.file_bytes,
+                                                from_mlflow.saved)
+        metrics = from_mlflow.metrics(metrics)
+    elif isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
         estimator, file_bytes, saved = load_model_file(model_or_path, trust_pickle=trust_pickle)
         if metrics is None:
@@ -304,6 +314,8 @@ def push_model(
         entities = scorers.entities_for_model(conn, name)
         for entity in entities:
             columns = verify.entity_columns(conn, entity)
+            if from_mlflow is not None:
+                mlflow_source.check_signature(from_mlflow, entity, columns, name)
             unknown = [feature for feature in feature_names if feature not in columns]
             if unknown:
                 raise PushError(
@@ -345,6 +357,8 @@ def push_model(
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     where = " or ".join(dict.fromkeys(scored.table for scored in entities))
     notes = [] if tested else [f"no rows in {where} to test-score the model on; it was checked for loading only"]
+    if from_mlflow is not None:
+        notes.insert(0, f"from {mlflow_source.describe(from_mlflow)} (recorded in the version's metrics)")
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
                       [scored.table for scored in entities])
 
