@@ -276,7 +276,7 @@ def cmd_push(args: argparse.Namespace) -> None:
                             scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
-    print(f"stored as {args.format}; scoring path: {result.scoring_path} ({result.path_note})")
+    print(f"stored as {result.format}; scoring path: {result.scoring_path} ({result.path_note})")
     if result.sample_size:
         rows = "profiles" if result.scored_tables == ["public.customer_profiles"] else \
             "rows of " + ", ".join(result.scored_tables)
@@ -316,8 +316,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         print("no models pushed yet: pgscore push FILE --name churn --activate")
         return
     print_table(
-        ["name", "version", "model_id", "active", "path", "created", "by", "metrics", "note", "path note"],
-        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["scoring_path"],
+        ["name", "version", "model_id", "active", "format", "path", "created", "by", "metrics", "note", "path note"],
+        [[r["name"], r["version"], r["model_id"], "*" if r["active"] else "", r["format"], r["scoring_path"],
           f"{r['created_at']:%Y-%m-%d %H:%M}", r["created_by"], _metrics(r["metrics"]), r["note"] or "",
           r["path_note"] or ""] for r in rows],
     )

@@ -61,8 +61,15 @@ class PushResult:
     notes: list[str] = field(default_factory=list)
     #: The entity tables whose rows it was test-scored on (one per scorer with this model name).
     scored_tables: list[str] = field(default_factory=list)
+    #: How the blob is stored: 'skops', 'joblib', or 'compiled' (the compiled archive itself:
+    #: a model the server cannot rebuild, such as XGBoost or LightGBM).
+    format: str = "skops"
 
 
+# The top-level modules whose estimators the server's runtime can rebuild from a blob
+# (loader/runtime-requirements.txt). A model holding any other (xgboost, lightgbm) is
+# pushed in compiled form only: format 'compiled', scored on the compiled or sql path.
+SERVER_LIBRARIES = ("sklearn",)
 # What a model file must be, said whenever a file is not one.
 EXPECTED_FILE = ("pgscore push expects a fitted scikit-learn estimator saved with joblib.dump (.joblib) "
                  "or skops.io.dump (.skops)")
@@ -226,6 +233,39 @@ def check_estimator(estimator: Any, origin: str) -> list[str]:
     return [str(name) for name in names]
 
 
+# What to do with a model the server can neither rebuild nor score compiled (issue 21, section 4).
+FOREIGN_HINT = ("pgscore scores such a model if its preprocessing is rewritten with scikit-learn steps "
+                "(OneHotEncoder, StandardScaler, SimpleImputer, ColumnTransformer) before an XGBoost, LightGBM or "
+                "scikit-learn classifier, or once it is exported to ONNX (pgscore push model.onnx); see "
+                "docs/models-from-other-tools.md")
+
+
+def libraries_the_server_lacks(estimator: Any) -> list[str]:
+    """The top-level modules of the estimator, its pipeline steps and their
+    transformers that are not scikit-learn's (SERVER_LIBRARIES), in order."""
+    found: list[str] = []
+    pending = [estimator]
+    while pending:
+        part = pending.pop(0)
+        if isinstance(part, str) or part is None:  # 'passthrough', 'drop'
+            continue
+        library = type(part).__module__.split(".", 1)[0]
+        if library not in SERVER_LIBRARIES and library not in found:
+            found.append(library)
+        for _, step in getattr(part, "steps", None) or []:
+            pending.append(step)
+        for _, transformer, _ in getattr(part, "transformers_", None) or getattr(part, "transformers", None) or []:
+            pending.append(transformer)
+    return found
+
+
+def library_versions(libraries: list[str]) -> dict[str, str | None]:
+    """The version of each (imported) library, recorded in scoring.models.runtime."""
+    import sys
+
+    return {library: getattr(sys.modules.get(library), "__version__", None) for library in libraries}
+
+
 def check_model_name(name: str) -> None:
     """Raises PushError unless ``name`` may name a model (scoring.models' CHECK,
     checked here before anything is loaded or uploaded)."""
@@ -295,7 +335,15 @@ def push_model(
         origin = f"{type(model_or_path).__name__} object"
         estimator, saved = model_or_path, dict(server_runtime.versions())
     feature_names = check_estimator(estimator, origin)
-    if format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
+    foreign = libraries_the_server_lacks(estimator)
+    if foreign:
+        # Stored and scored as the compiled archive: the server never imports these libraries.
+        if scoring_path == "sklearn":
+            raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have: it is "
+                            "scored in compiled form only; push it with --path auto, compiled or sql")
+        format, saved = "compiled", {**dict(server_runtime.versions()), **library_versions(foreign)}
+        blob = None  # the compiled archive, once it has passed the parity checks
+    elif format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
         blob = file_bytes  # a skops file is uploaded as it is (checked by _load_skops): its sha256 is what is approved
     elif format == "skops":
         blob = _skops_blob(estimator, origin)
@@ -303,13 +351,13 @@ def push_model(
         blob = file_bytes
     else:
         blob = formats.dumps(estimator, "joblib")
-    local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
+    # The compiled form needs no library on the server: only a blob the server rebuilds must match its runtime.
+    local_problems = [] if foreign else server_runtime.incompatibilities(saved, server_runtime.versions())
     if local_problems:
         raise PushError(
             f"{origin} was saved with " + " and ".join(local_problems).replace("here:", "this loader has")
             + "; re-save it with the pinned versions (pgscore's runtime-requirements.txt)"
         )
-    digest = hashlib.sha256(blob).hexdigest()
     with connect(dsn) as conn:
         entities = scorers.entities_for_model(conn, name)
         for entity in entities:
@@ -325,7 +373,7 @@ def push_model(
                 )
             _require_read_access(conn, entity, feature_names)
         server = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
-        server_problems = server_runtime.incompatibilities(saved, server)
+        server_problems = [] if foreign else server_runtime.incompatibilities(saved, server)
         if server_problems:
             raise PushError(
                 f"the server cannot load {origin}: it was saved with "
@@ -336,6 +384,12 @@ def push_model(
         # The first scorer's rows check the compiled form and the SQL; every scorer's rows are test-scored.
         entity = entities[0]
         compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin, entity)
+        if foreign:
+            if compiled is None:
+                raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have, and "
+                                f"it cannot be compiled ({path_note.removeprefix('not compiled: ')}). {FOREIGN_HINT}")
+            blob = compiled
+        digest = hashlib.sha256(blob).hexdigest()
         if path == "sklearn":
             _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})", blob)
         with conn.transaction():
@@ -360,7 +414,7 @@ def push_model(
     if from_mlflow is not None:
         notes.insert(0, f"from {mlflow_source.describe(from_mlflow)} (recorded in the version's metrics)")
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
-                      [scored.table for scored in entities])
+                      [scored.table for scored in entities], format)
 
 
 def _require_read_access(conn: psycopg.Connection, entity: Entity, feature_names: list[str]) -> None:

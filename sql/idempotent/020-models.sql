@@ -145,17 +145,28 @@ AS $$
 DECLARE
     found_id bigint;
     has_compiled boolean;
+    blob_format text;
 BEGIN
     IF path IS NULL OR path NOT IN ({{SCORING_PATHS}}) THEN
         RAISE EXCEPTION 'scoring path must be ''sql'', ''compiled'' or ''sklearn'', not %', coalesce(quote_literal(path), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT m.model_id, m.compiled IS NOT NULL INTO found_id, has_compiled
+    SELECT m.model_id, m.compiled IS NOT NULL, m.format INTO found_id, has_compiled, blob_format
       FROM scoring.models m WHERE m.name = model_name AND m.version = set_scoring_path.version;
     IF found_id IS NULL THEN
         RAISE EXCEPTION 'model % has no version %', quote_literal(model_name), version
             USING ERRCODE = 'undefined_object',
                   HINT = format('list the versions with: pgscore models --name %s', model_name);
+    END IF;
+    -- What the CHECK models_path_reads_format says, in words.
+    IF (path = 'sklearn' AND blob_format NOT IN ('joblib', 'skops')) OR (path = 'onnx' AND blob_format <> 'onnx') THEN
+        RAISE EXCEPTION 'model % v% is stored as format % and cannot be scored on the % path',
+                        quote_literal(model_name), version, blob_format, path
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = CASE blob_format
+                      WHEN 'compiled' THEN 'it was converted at push (XGBoost, LightGBM): use the compiled or sql path'
+                      WHEN 'onnx' THEN 'an ONNX model is scored on the onnx path (or compiled, if push compiled it)'
+                      ELSE 'the onnx path scores ONNX models only' END;
     END IF;
     IF path IN ({{COMPILED_PATHS}}) AND NOT has_compiled THEN
         RAISE EXCEPTION 'model % v% has no compiled form', quote_literal(model_name), version

@@ -337,7 +337,7 @@ def test_0012_downgrade_stops_at_a_model_0011_cannot_score_then_restores_0011s_c
     (the database went past 0011 in one upgrade, so none was recorded there)."""
     migrate(empty_db)
     archive = b"PK\x03\x04 not read by this test"
-    with psycopg.connect(empty_db) as conn:
+    with psycopg.connect(empty_db, autocommit=True) as conn:
         conn.execute("INSERT INTO scoring.models (name, version, format, blob, sha256, feature_names, compiled,"
                      " scoring_path) VALUES ('xgb_churn', 1, 'compiled', %s, encode(sha256(%s), 'hex'),"
                      " ARRAY['tenure_months'], %s, 'compiled')", [archive, archive, archive])
