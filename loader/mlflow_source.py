@@ -196,7 +196,14 @@ def _load_serialized(path: Path, conf: dict, origin: str, trust_pickle: bool,
     if fmt == "skops" and extra_skops_types:
         return _load_skops_trusting(path, origin, extra_skops_types)
     # A pickle goes through push's child process (or, trusted, this one), exactly like a .joblib file.
-    estimator, data, saved = push.load_model_file(path, trust_pickle=trust_pickle, origin=f"{origin} ({path.name})")
+    try:
+        estimator, data, saved = push.load_model_file(path, trust_pickle=trust_pickle,
+                                                      origin=f"{origin} ({path.name})")
+    except PushError as exc:
+        if fmt == "skops":
+            raise
+        raise PushError(f"{exc}. An MLflow model logged with serialization_format='skops' (MLflow's default outside "
+                        "Databricks) needs no pickle") from None
     return estimator, data, dict(saved)
 
 
@@ -230,7 +237,7 @@ def _load_boosting(directory: Path, flavor: str, conf: dict, origin: str,
         api = "XGBClassifier" if flavor == "xgboost" else "LGBMClassifier"
         raise PushError(
             f"{origin} is a {model_class} logged with mlflow.{flavor}; pgscore takes the scikit-learn API's binary "
-            f"classifier only: train and log an {flavor}.{api} (mlflow.{flavor}.log_model(model, ...)), whose "
+            f"classifier only: train and log a {flavor}.{api} (mlflow.{flavor}.log_model(model, ...)), whose "
             "predict_proba push checks the compiled form against")
     path = directory / conf["data"]
     if flavor == "lightgbm":
