@@ -138,7 +138,7 @@ def _load_registered(uri: str, trust_pickle: bool) -> MlflowModel:
             version = client.get_model_version_by_alias(name, found["alias"])
         else:
             version = client.get_model_version(name, found["version"])
-        run_metrics = dict(client.get_run(version.run_id).data.metrics) if version.run_id else {}
+        run_metrics = _run_metrics(client, version.run_id)
         with tempfile.TemporaryDirectory(prefix="pgscore-mlflow-") as tmp:
             local = download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
             model = _load_directory(Path(local), uri, trust_pickle)
@@ -150,6 +150,20 @@ def _load_registered(uri: str, trust_pickle: bool) -> MlflowModel:
         model.info["alias"] = found["alias"]
     model.run_metrics = {str(k): float(v) for k, v in run_metrics.items()}
     return model
+
+
+def _run_metrics(client: Any, run_id: str | None) -> dict[str, float]:
+    """The latest value of each metric the run logged; none when the model
+    version has no run or its run is gone (deleted runs keep their registered
+    versions)."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return {}
+    try:
+        return dict(client.get_run(run_id).data.metrics)
+    except MlflowException:
+        return {}
 
 
 def _load_directory(directory: Path, origin: str, trust_pickle: bool) -> MlflowModel:

@@ -72,6 +72,27 @@ def modules_never_imported(conn) -> list[str]:
     return [name for name in loaded if name.split(".")[0] in NEVER_IN_SERVER]
 
 
+def complain_and_score(db, model, keys: list[int]) -> tuple[dict, dict, dict]:
+    """(stored churn_score, local predict_proba, scoring.score_many) of
+    ``keys`` after a complaint for each: the first through the application
+    role, the others in the superuser's backend, which then also scores
+    with score_many and must not have imported NEVER_IN_SERVER."""
+    with db.connect("app") as app:
+        app.execute("INSERT INTO complaints (customer_id, channel) VALUES (%s, 'phone')", [keys[0]])
+    with db.connect() as admin:
+        admin.execute("INSERT INTO complaints (customer_id, channel) SELECT unnest(%s::bigint[]), 'email'",
+                      [keys[1:]])
+        on_demand = dict(admin.execute("SELECT customer_id, score FROM scoring.score_many(%s, 'churn')",
+                                       [keys]).fetchall())
+        assert modules_never_imported(admin) == []
+        stored = dict(admin.execute("SELECT customer_id, churn_score FROM customer_profiles"
+                                    " WHERE customer_id = ANY(%s)", [keys]).fetchall())
+        assert all(model_id is not None for model_id, in admin.execute(
+            "SELECT churn_model_id FROM customer_profiles WHERE customer_id = ANY(%s)", [keys]))
+        expected = local_scores(model, admin, keys)
+    return stored, expected, on_demand
+
+
 def stored_metrics(db, version: int) -> dict:
     with db.connect() as conn:
         return conn.execute("SELECT metrics FROM scoring.models WHERE name = 'churn' AND version = %s",
@@ -102,14 +123,9 @@ def test_push_by_version_alias_and_directory_records_mlflow_and_scores_exactly(s
     assert third["mlflow"]["model_uri"] == str(Path(directory).resolve())
     assert third["mlflow"]["run_id"] == store["run_id"] and "version" not in third["mlflow"]
 
-    with seeded.connect("app") as app:
-        app.execute("INSERT INTO complaints (customer_id, channel) VALUES (11, 'phone'), (12, 'email')")
-    with seeded.connect() as admin:
-        stored = dict(admin.execute("SELECT customer_id, churn_score FROM customer_profiles"
-                                    " WHERE customer_id IN (11, 12)").fetchall())
-        expected = local_scores(store["model"], admin, [11, 12])
-        assert modules_never_imported(admin) == []
+    stored, expected, on_demand = complain_and_score(seeded, store["model"], [11, 12])
     assert all(abs(stored[key] - expected[key]) <= CONTRACT for key in (11, 12)), (stored, expected)
+    assert all(abs(on_demand[key] - expected[key]) <= CONTRACT for key in (11, 12)), (on_demand, expected)
 
 
 def test_a_signature_column_the_entity_lacks_is_refused_naming_it(seeded, store, tmp_path):
@@ -181,13 +197,8 @@ def test_xgboost_flavor_pushed_by_uri_scores_within_one_float32_ulp(seeded, stor
     assert fmt == "compiled"
     assert metrics["roc_auc"] == 0.75 and metrics["mlflow"]["flavor"] == "xgboost"
     assert metrics["mlflow"]["signature_inputs"] == XGB_FEATURES
-    with seeded.connect("app") as app:
-        app.execute("INSERT INTO complaints (customer_id) VALUES (21), (22), (22)")
-    with seeded.connect() as admin:
-        stored = dict(admin.execute("SELECT customer_id, churn_score FROM customer_profiles"
-                                    " WHERE customer_id IN (21, 22)").fetchall())
-        expected = local_scores(model, admin, [21, 22])
-        assert modules_never_imported(admin) == []
+    stored, expected, on_demand = complain_and_score(seeded, model, [21, 22])
     for key in (21, 22):
         library = np.float32(expected[key])
-        assert abs(stored[key] - float(library)) <= float(np.spacing(library)), (key, stored[key], library)
+        for ours in (stored[key], on_demand[key]):
+            assert abs(ours - float(library)) <= float(np.spacing(library)), (key, ours, library)
