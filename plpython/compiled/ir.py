@@ -45,11 +45,17 @@ UNKNOWN_CATEGORY = ("error", "ignore")
 #   boosting (GradientBoosting): expit(init + sum(learning_rate * leaf))
 #   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf))
 #   average (forests, single trees): sum(leaf) / n_trees, leaf = the tree's P(class 1)
+#   xgboost (XGBClassifier, binary:logistic): sigmoid(base margin + sum(leaf)), in float32
 COMBINE_RULES = {
     "boosting": ("init", "learning_rate", "logistic"),
     "hist_boosting": ("init", None, "logistic"),
     "average": (None, None, "mean"),
+    "xgboost": ("init", None, "logistic"),
 }
+# The rules whose library computes in float32 (XGBoost): the sum starts from the float32
+# ``init`` and rounds to float32 after every leaf, and the logistic is XGBoost's float32
+# Sigmoid (pgscore_server.compiled.float32); the others add and finish in float64.
+FLOAT32_RULES = frozenset({"xgboost"})
 
 
 class _NanKey:
@@ -373,6 +379,11 @@ class TreeEnsemble:
         """True: P(class 1) is sum / n_trees; False: expit(sum)."""
         return COMBINE_RULES[self.combine][2] == "mean"
 
+    @property
+    def float32(self) -> bool:
+        """True: leaves are summed and the logistic applied in float32 (:data:`FLOAT32_RULES`)."""
+        return self.combine in FLOAT32_RULES
+
     # -- archive ---------------------------------------------------------------------
 
     @classmethod
@@ -388,6 +399,9 @@ class TreeEnsemble:
             if len(nodes[name]) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         trees.walk_steps = trees._check_nodes(n_outputs)
+        if trees.float32 and (array("f", [trees.init]).tolist() != [trees.init]
+                              or array("f", trees.value).tolist() != trees.value.tolist()):
+            raise ValueError("compiled model: a float32 tree ensemble has a start or leaf value that is no float32")
         return trees
 
     def write(self, arrays: dict[str, Any], make_array: Callable[..., Any]) -> dict[str, Any]:
