@@ -36,12 +36,13 @@ user passes win over them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .errors import PushError
 
@@ -140,7 +141,8 @@ def _load_registered(uri: str, trust_pickle: bool) -> MlflowModel:
             version = client.get_model_version(name, found["version"])
         run_metrics = _run_metrics(client, version.run_id)
         with tempfile.TemporaryDirectory(prefix="pgscore-mlflow-") as tmp:
-            local = download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
+            with _quiet_download():
+                local = download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
             model = _load_directory(Path(local), uri, trust_pickle)
     except MlflowException as exc:
         raise PushError(f"{uri} could not be read from the MLflow store at {tracking}: {exc.message}") from None
@@ -150,6 +152,21 @@ def _load_registered(uri: str, trust_pickle: bool) -> MlflowModel:
         model.info["alias"] = found["alias"]
     model.run_metrics = {str(k): float(v) for k, v in run_metrics.items()}
     return model
+
+
+@contextlib.contextmanager
+def _quiet_download() -> Iterator[None]:
+    """No MLflow progress bar on the terminal during a download (unless the
+    user set MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR): push prints its own lines."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
 
 
 def _run_metrics(client: Any, run_id: str | None) -> dict[str, float]:
