@@ -145,13 +145,19 @@ def _load_registered(uri: str, trust_pickle: bool) -> MlflowModel:
                 local = download_artifacts(artifact_uri=f"models:/{name}/{version.version}", dst_path=tmp)
             model = _load_directory(Path(local), uri, trust_pickle)
     except MlflowException as exc:
-        raise PushError(f"{uri} could not be read from the MLflow store at {tracking}: {exc.message}") from None
+        raise PushError(f"{uri} could not be read from the MLflow store at {_without_password(tracking)}: "
+                        f"{exc.message}") from None
     model.info.update(model_uri=uri, registered_model=name, version=int(version.version),
                       run_id=version.run_id or model.info.get("run_id"))
     if found["alias"] is not None:
         model.info["alias"] = found["alias"]
     model.run_metrics = {str(k): float(v) for k, v in run_metrics.items()}
     return model
+
+
+def _without_password(uri: str) -> str:
+    """A tracking URI as messages show it: without the password of a user:password@ part."""
+    return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", uri)
 
 
 @contextlib.contextmanager
@@ -197,15 +203,19 @@ def _load_directory(directory: Path, origin: str, trust_pickle: bool) -> MlflowM
                         f"takes ({', '.join(FLAVORS)}): log the model with mlflow.sklearn, mlflow.xgboost or "
                         "mlflow.lightgbm")
     conf = mlmodel.flavors[flavor]
+    data = conf.get("pickled_model" if flavor == "sklearn" else "data")
+    if not data:
+        raise PushError(f"{origin}: its MLmodel file names no model file for the {flavor} flavor; log it again "
+                        f"with mlflow.{flavor}.log_model")
     if conf.get("code"):
         raise PushError(f"{origin} was logged with code_paths ({conf['code']}): code the server would need too; "
                         "log a model of scikit-learn, XGBoost or LightGBM objects only")
     if flavor == "sklearn":
-        estimator, file_bytes, saved = _load_serialized(directory / conf["pickled_model"], conf, origin, trust_pickle)
+        estimator, file_bytes, saved = _load_serialized(directory / data, conf, origin, trust_pickle)
         if conf.get("sklearn_version"):
             saved["scikit-learn"] = str(conf["sklearn_version"])
     else:
-        estimator, file_bytes, saved = _load_boosting(directory, flavor, conf, origin, trust_pickle)
+        estimator, file_bytes, saved = _load_boosting(directory / data, flavor, conf, origin, trust_pickle)
     signature = _signature_columns(mlmodel)
     info: dict[str, Any] = {"flavor": flavor, "run_id": mlmodel.run_id}
     if signature is not None:
@@ -258,7 +268,7 @@ def _load_skops_trusting(path: Path, origin: str, extra: tuple[str, ...]) -> tup
     return estimator, data, dict(server_runtime.versions())
 
 
-def _load_boosting(directory: Path, flavor: str, conf: dict, origin: str,
+def _load_boosting(path: Path, flavor: str, conf: dict, origin: str,
                    trust_pickle: bool) -> tuple[Any, bytes | None, dict]:
     from pgscore_server import runtime as server_runtime
 
@@ -270,7 +280,6 @@ def _load_boosting(directory: Path, flavor: str, conf: dict, origin: str,
             f"{origin} is a {model_class} logged with mlflow.{flavor}; pgscore takes the scikit-learn API's binary "
             f"classifier only: train and log a {flavor}.{api} (mlflow.{flavor}.log_model(model, ...)), whose "
             "predict_proba push checks the compiled form against")
-    path = directory / conf["data"]
     if flavor == "lightgbm":
         return _load_serialized(path, conf, origin, trust_pickle, _LGBM_SKOPS_TYPES)
     try:

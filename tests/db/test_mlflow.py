@@ -202,3 +202,35 @@ def test_xgboost_flavor_pushed_by_uri_scores_within_one_float32_ulp(seeded, stor
         library = np.float32(expected[key])
         for ours in (stored[key], on_demand[key]):
             assert abs(ours - float(library)) <= float(np.spacing(library)), (key, ours, library)
+
+
+def test_boosting_flavors_load_their_scikit_learn_classifier_and_refuse_a_booster(tmp_path):
+    """No database: what push reads from the xgboost and lightgbm flavors.
+    An LGBMClassifier logged as skops loads without trust (pgscore's fixed
+    list of LightGBM types, not the MLmodel file's), one logged as a pickle
+    only with trust; a raw Booster of either library is refused, saying
+    what to log instead."""
+    xgboost = pytest.importorskip("xgboost")
+    lightgbm = pytest.importorskip("lightgbm")
+    from pgscore import mlflow_source
+
+    profiles = synthetic_profiles(300, seed=4)
+    frame = to_frame(profiles, XGB_FEATURES)
+    labels = np.array([row[LABEL_COLUMN] for row in profiles], dtype=int)
+    lgbm = lightgbm.LGBMClassifier(n_estimators=5, num_leaves=7, verbose=-1).fit(frame, labels)
+    for fmt in ("skops", "cloudpickle"):
+        mlflow.lightgbm.save_model(lgbm, str(tmp_path / fmt), input_example=frame.head(2), serialization_format=fmt)
+    loaded = mlflow_source.load(tmp_path / "skops")
+    assert type(loaded.estimator) is lightgbm.LGBMClassifier and loaded.signature == XGB_FEATURES
+    assert np.array_equal(loaded.estimator.predict_proba(frame), lgbm.predict_proba(frame))
+    with pytest.raises(PushError, match="--i-trust-this-pickle.*serialization_format='skops'"):
+        mlflow_source.load(tmp_path / "cloudpickle")
+    trusted = mlflow_source.load(tmp_path / "cloudpickle", trust_pickle=True)
+    assert np.array_equal(trusted.estimator.predict_proba(frame), lgbm.predict_proba(frame))
+
+    mlflow.lightgbm.save_model(lgbm.booster_, str(tmp_path / "lgb-booster"))
+    booster = xgboost.train({"objective": "binary:logistic"}, xgboost.DMatrix(frame, labels), num_boost_round=3)
+    mlflow.xgboost.save_model(booster, str(tmp_path / "xgb-booster"))
+    for folder, api in (("lgb-booster", "lightgbm.LGBMClassifier"), ("xgb-booster", "xgboost.XGBClassifier")):
+        with pytest.raises(PushError, match=f"Booster logged with .*train and log a {api}"):
+            mlflow_source.load(tmp_path / folder)
