@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import api
+from . import api, mlflow_source
 from .console import print_table, rescore_with_progress
 from .dev import localdb
 from .errors import PgscoreError
@@ -429,7 +429,9 @@ def _active_model(row: dict) -> str:
 def _metrics(metrics: Any) -> str:
     if not metrics:
         return ""
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else
+                     mlflow_source.summary(v) if k == "mlflow" and isinstance(v, dict) else f"{k}={v}"
+                     for k, v in metrics.items())
 
 
 if __name__ == "__main__":

@@ -335,14 +335,18 @@ def check_signature(model: MlflowModel, entity: Any, columns: dict[str, str], na
             f"of {entity.table}, or attach a scorer whose table has them")
 
 
-def describe(model: MlflowModel) -> str:
-    """One line for the CLI: what was read from MLflow."""
-    info = model.info
+def summary(info: dict) -> str:
+    """The ``"mlflow"`` object push records, in a few words: where the model
+    came from and its run (``pgscore push`` and ``pgscore models`` print it)."""
     where = (f"registered model {info['registered_model']} v{info['version']}" if "registered_model" in info
-             else info.get("model_uri", model.origin))
-    return f"MLflow {model.flavor} model, {where}, run {info.get('run_id') or '-'}" + (
-        f", {len(model.run_metrics)} metrics" if model.run_metrics else "")
+             else str(info.get("model_uri", "a local directory")))
+    return f"MLflow {info.get('flavor', '')} model, {where}, run {info.get('run_id') or '-'}".replace("  ", " ")
+
+
+def describe(model: MlflowModel) -> str:
+    """One line for push's notes: what was read from MLflow."""
+    return summary(model.info) + (f", {len(model.run_metrics)} run metrics" if model.run_metrics else "")
 
 
 __all__ = ["FLAVORS", "MLFLOW_EXTRA", "MlflowModel", "check_signature", "describe", "is_mlflow_source", "load",
-           "require_mlflow"]
+           "require_mlflow", "summary"]
