@@ -42,9 +42,14 @@ class ParityBound:
 
     A library that computes in float64 (scikit-learn, LightGBM) is matched to
     PARITY_TOLERANCE, absolutely. XGBoost computes in float32: its margin is
-    reproduced bit for bit, and its probability (a float32) within one float32
-    ulp of that value, the ulp being its expf against the exp used here
-    (pgscore_server.compiled.float32).
+    reproduced bit for bit, and its probability (a float32) within
+    FLOAT32_ULPS float32 ulps of that value: its Sigmoid calls the C
+    library's expf, here exp rounded to float32 stands for it
+    (pgscore_server.compiled.float32). The two differ by one ulp where exp
+    lies next to the midpoint of two float32 (glibc's expf is within 0.502
+    ulp, not correctly rounded: about 1 row in 1,000 here), and 1 / (1 + e)
+    turns one ulp of e into up to two of the probability (seen: 2 rows in
+    20,000 of a 100-tree model).
     """
 
     def __init__(self, unit: str, limit: float):
@@ -68,16 +73,18 @@ class ParityBound:
         return f"{worst:.1e}" if self.unit == "absolute" else f"{worst:g} float32 ulp"
 
     def __str__(self) -> str:
-        return f"{self.limit}" if self.unit == "absolute" else f"{self.limit:g} float32 ulp"
+        return f"{self.limit}" if self.unit == "absolute" else f"{self.limit:g} float32 ulps"
 
 
+# XGBoost's probability against pgscore's, in float32 ulps of XGBoost's (ParityBound).
+FLOAT32_ULPS = 2.0
 ABSOLUTE = ParityBound("absolute", PARITY_TOLERANCE)
-FLOAT32_ULP = ParityBound("float32 ulp", 1.0)
+FLOAT32_ULP = ParityBound("float32 ulp", FLOAT32_ULPS)
 
 
 def parity_bound(compiled: Any) -> ParityBound:
     """The bound of a compiled model (a CompiledModel, Evaluator, IR or the
-    archive's bytes; None: no compiled form): one float32 ulp where its
+    archive's bytes; None: no compiled form): FLOAT32_ULPS float32 ulps where its
     library computes in float32 (the IR's ``float32`` tree rules: XGBoost),
     else PARITY_TOLERANCE. The one place that decides it."""
     from pgscore_server.compiled import ir

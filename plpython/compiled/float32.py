@@ -14,8 +14,8 @@ float32 operation (float64 has more than twice float32's precision), so
 the margin is XGBoost's bit for bit. Only ``expf`` is another function:
 ``exp`` in float64 rounded to float32 (correctly rounded but for rare
 ties), against the C library's ``expf`` (within 0.502 ulp in glibc); the
-probability may therefore differ from XGBoost's by one float32 ulp, the
-bound push checks (``pgscore.verify.parity_bound``).
+two differ by an ulp near a rounding tie, which ``1 / (1 + e)`` can make
+two ulps of the probability: the bound push checks (``pgscore.verify.parity_bound``).
 
 Standard library for one row; numpy (lazily) for a batch. The SQL generator
 writes the same operations in float4 (``pgscore_server.sqlgen.text.logistic_float4``).
