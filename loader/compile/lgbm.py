@@ -30,9 +30,10 @@ steps: the value's position among the training categories, NaN for None
 or a value not among them, as LightGBM's ``_data_from_pandas`` does.
 
 The reference LightGBM is compared against takes a pandas frame
-(:func:`library_frame`): LightGBM converts it to float64 unless every column
-is small enough for float32 (bool, int8/16, category codes), and those
-values are exact in float32, so float64 is what its trees see either way.
+(pgscore.verify.library_frame, with :func:`category_columns`): LightGBM
+converts it to float64 unless every column is small enough for float32
+(bool, int8/16, category codes), and those values are exact in float32, so
+float64 is what its trees see either way.
 """
 
 from __future__ import annotations
@@ -251,23 +252,14 @@ def input_transform(clf: Any, path: str, transform: ir.Transform, has_preprocess
     return ir.Transform(transform.n_outputs, numeric, transform.onehot, transform.dtype_checks, ordinal)
 
 
-def library_frame(model: Any, frame: Any) -> Any:
-    """``frame`` (pgscore_server.features.to_frame's) as LightGBM takes it:
-    columns that pandas left as objects (a lone NULL) as float64, and the
-    pandas category columns of a bare LGBMClassifier as ``category`` (LightGBM
-    maps them to its training categories itself; an unknown value is NaN).
-    LightGBM refuses object and string columns, which a profile's NULL or
-    text would otherwise be."""
-    import pandas as pd
-
+def category_columns(model: Any, frame: Any) -> Any:
+    """``frame`` (pgscore_server.features.to_frame's, for pgscore.verify.library_frame)
+    with the pandas category columns of a bare LGBMClassifier as ``category``:
+    LightGBM refuses text columns, and maps a category column to its training
+    categories itself (an unknown value or a NULL becomes NaN)."""
+    if not getattr(model.booster_, "pandas_categorical", None):
+        return frame
     frame = frame.copy(deep=False)
-    categorical: set[int] = set()
-    if getattr(model.booster_, "pandas_categorical", None):
-        categorical = set(categorical_features(model))
-    for k, column in enumerate(frame.columns):
-        if k in categorical:
-            frame[column] = frame[column].astype("category")
-        elif frame[column].dtype == object or isinstance(frame[column].dtype, pd.StringDtype):
-            if frame[column].map(lambda v: v is None or isinstance(v, (int, float, bool))).all():
-                frame[column] = frame[column].astype(np.float64)
+    for k in categorical_features(model):
+        frame[frame.columns[k]] = frame[frame.columns[k]].astype("category")
     return frame

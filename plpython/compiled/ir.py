@@ -46,15 +46,21 @@ UNKNOWN_CATEGORY = ("error", "ignore")
 #   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf));
 #     LightGBM's LGBMClassifier too, with init 0.0 (its start is in tree 0's leaves)
 #   average (forests, single trees): sum(leaf) / n_trees, leaf = the tree's P(class 1)
-# LightGBM's kZeroThreshold (1e-35f) as a double: a node with zero_missing
-# (TreeEnsemble) sends |x| <= ZERO_BAND the way it sends a missing value.
-ZERO_BAND = 1.0000000180025095e-35
-
+#   xgboost (XGBClassifier, binary:logistic): sigmoid(base margin + sum(leaf)), in float32
 COMBINE_RULES = {
     "boosting": ("init", "learning_rate", "logistic"),
     "hist_boosting": ("init", None, "logistic"),
     "average": (None, None, "mean"),
+    "xgboost": ("init", None, "logistic"),
 }
+# The rules whose library computes in float32 (XGBoost): the sum starts from the float32
+# ``init`` and rounds to float32 after every leaf, and the logistic is XGBoost's float32
+# Sigmoid (pgscore_server.compiled.float32); the others add and finish in float64.
+FLOAT32_RULES = frozenset({"xgboost"})
+
+# LightGBM's kZeroThreshold (1e-35f) as a double: a node with zero_missing
+# (TreeEnsemble) sends |x| <= ZERO_BAND the way it sends a missing value.
+ZERO_BAND = 1.0000000180025095e-35
 
 
 class _NanKey:
@@ -451,6 +457,11 @@ class TreeEnsemble:
         """True: P(class 1) is sum / n_trees; False: expit(sum)."""
         return COMBINE_RULES[self.combine][2] == "mean"
 
+    @property
+    def float32(self) -> bool:
+        """True: leaves are summed and the logistic applied in float32 (:data:`FLOAT32_RULES`)."""
+        return self.combine in FLOAT32_RULES
+
     # -- archive ---------------------------------------------------------------------
 
     @classmethod
@@ -475,6 +486,9 @@ class TreeEnsemble:
             trees._check_categories()
         if trees.zero_missing is not None and len(trees.zero_missing) != n_nodes:
             raise ValueError("tree array 'zero_missing' has the wrong shape")
+        if trees.float32 and (array("f", [trees.init]).tolist() != [trees.init]
+                              or array("f", trees.value).tolist() != trees.value.tolist()):
+            raise ValueError("compiled model: a float32 tree ensemble has a start or leaf value that is no float32")
         return trees
 
     def _check_categories(self) -> None:

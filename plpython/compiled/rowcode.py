@@ -53,6 +53,8 @@ class RowCode:
         if ensemble.zero_band:
             self._zero_nodes = {node: bool(ensemble.missing_left[node])
                                 for node, z in enumerate(ensemble.zero_missing) if z}
+        # XGBoost's sum rounds to float32 after every leaf (ir.FLOAT32_RULES).
+        self._float32 = ensemble.float32
         self._function: Any = None
 
     @classmethod
@@ -72,7 +74,7 @@ class RowCode:
     def function(self) -> Any:
         """The compiled function (compiled now if this is the first call)."""
         if self._function is None:
-            self._function = define_raw(self.source(), {}, "<pgscore compiled trees>")
+            self._function = define_raw(self.source(), {"array": array}, "<pgscore compiled trees>")
         return self._function
 
     def source(self, prologue: Sequence[str] = (), condition: Any = None, category_condition: Any = None,
@@ -98,10 +100,15 @@ class RowCode:
                 return f"-{float_literal(ir.ZERO_BAND)} <= x[{column}] <= {float_literal(ir.ZERO_BAND)}"
 
         lines = ["def raw(x):", *prologue, f"    s = {float_literal(self._start)}"]
+        if self._float32:
+            lines.append("    r = array('f', (0.0,))")
 
         def emit(node: int, indent: str) -> None:
             if feature[node] < 0:
                 leaf = value[node] if self._scale is None else self._scale * value[node]
+                if self._float32:  # the float32 sum: rounded through r after each addition
+                    lines.extend([f"{indent}r[0] = s + {float_literal(leaf)}", f"{indent}s = r[0]"])
+                    return
                 lines.append(f"{indent}s += {float_literal(leaf)}")
                 return
             if node in self._category_codes:

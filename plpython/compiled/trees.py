@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from array import array
 
-from . import ir
+from . import float32, ir
 from .lazy import Numpy
 from .linear import expit
 from .rowcode import RowCode
@@ -57,6 +57,7 @@ class Trees:
         self.start = ensemble.start
         self.leaf_scale = ensemble.leaf_scale
         self.averages = ensemble.averages
+        self.float32 = ensemble.float32  # sums and logistic in float32 (.float32)
         self.output_names = list(output_names)
         self.node_feature = ensemble.feature
         self.node_threshold = ensemble.threshold
@@ -226,6 +227,8 @@ class Trees:
 
         A pairwise np.sum would round differently from scikit-learn's loop.
         """
+        if self.float32:
+            return float32.logistic_batch(float32.sum_batch(self.start, leaves))
         if self.leaf_scale is not None:
             leaves = leaves * self.leaf_scale
         raw = np.full(leaves.shape[0], self.start)
@@ -305,6 +308,8 @@ class Trees:
 
     def finish(self, raw: float) -> float:
         """P(class 1) from the sum of leaves (from ``start``; :class:`.rowcode.RowCode`'s too)."""
+        if self.float32:
+            return float32.logistic(raw)
         return raw / self.n_trees if self.averages else expit(raw)
 
     def predict_one(self, x: list[float]) -> float:
@@ -322,6 +327,8 @@ class Trees:
             xa = self._prepare(np.array([x], dtype=np.float64))[0]
             leaves = self._walk(xa).tolist()
         # Same operations as _combine, on Python floats (cheaper for one row).
+        if self.float32:
+            return self.finish(float32.sum_one(self.start, leaves))
         raw = self.start
         scale = self.leaf_scale
         if scale is not None:

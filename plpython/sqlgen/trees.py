@@ -10,7 +10,7 @@ import numpy as np
 from pgscore_server.compiled import ir
 
 from .columns import NumFeature, OrdinalFeature
-from .text import SqlUnsupported, case, f8, logistic
+from .text import SqlUnsupported, case, f4, f8, logistic, logistic_float4
 from .thresholds import Cut, cut, largest_true
 
 if TYPE_CHECKING:
@@ -84,9 +84,11 @@ def expression(g: Generator) -> str:
                 missing_dir[node] = _LEFT if left0 else _RIGHT
 
     scale = ensemble.leaf_scale
+    # XGBoost adds in float32: float4 leaves and float4 + float4 (IEEE single) in SQL.
+    constant = f4 if ensemble.float32 else f8
 
     def leaf(node: int) -> str:
-        return f8(float(value[node]) if scale is None else scale * float(value[node]))
+        return constant(float(value[node]) if scale is None else scale * float(value[node]))
 
     def emit(node: int, depth: int) -> str:
         if depth > 200:
@@ -119,6 +121,9 @@ def expression(g: Generator) -> str:
     joined = "\n  + ".join(trees)
     if ensemble.averages:
         return f"(\n  {joined}\n  ) / {f8(float(len(trees)))}"
+    if ensemble.float32:
+        # Left to right, ((start + tree 1) + tree 2) + ..., as XGBoost adds.
+        return logistic_float4(f"(\n  {f4(ensemble.start)}\n  + {joined}\n  )")
     return logistic(f"(\n  {f8(ensemble.start)}\n  + {joined}\n  )")
 
 

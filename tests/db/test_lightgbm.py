@@ -15,7 +15,7 @@ import pytest
 from pgscore import push_model
 from pgscore.dev.demo_data import LABEL_COLUMN, PROFILE_COLUMNS, TEXT_COLUMNS, synthetic_profiles
 from pgscore.models import fetch_feature_rows
-from pgscore.verify import library_frame
+from pgscore.verify import library_proba
 from pgscore_server.features import to_frame
 from tests.conftest import drop_category_checks
 
@@ -71,7 +71,7 @@ def _expected(model: Any, conn: Any, ids: list[int]) -> dict[int, float]:
     rows = fetch_feature_rows(conn, names, ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proba = model.predict_proba(library_frame(model, rows, names))[:, 1]
+        proba = library_proba(model, rows, names)
     return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pgscore.compile import CompiledModel, UnsupportedModel, compile_model, library_frame
+from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
 from pgscore.compile.lgbm import K_ZERO_THRESHOLD
-from pgscore_server.features import to_frame
+from pgscore.verify import library_proba
 
 lightgbm = pytest.importorskip("lightgbm")
 
@@ -68,13 +68,13 @@ def _check(model: Any, rows: list[dict]) -> float:
     names = compiled.feature_names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = model.predict_proba(library_frame(model, to_frame(rows, names)))[:, 1]
+        expected = library_proba(model, rows, names)
         # A row alone, as the trigger scores it: pandas infers a lone row's dtypes
         # its own way where it holds a None (elsewhere alone and together agree).
         alone = expected.copy()
         for k, row in enumerate(rows):
             if None in row.values():
-                alone[k] = model.predict_proba(library_frame(model, to_frame([row], names)))[0, 1]
+                alone[k] = library_proba(model, [row], names)[0]
     batch = evaluator.predict(rows)
     one = np.array([evaluator.predict_one(r) for r in rows])
     return float(max(np.max(np.abs(batch - expected)), np.max(np.abs(one - alone))))
