@@ -19,7 +19,8 @@ What LightGBM does when it predicts one row (``include/LightGBM/tree.h``,
 - The raw score is ``0.0 + tree_0 + tree_1 + ...`` in float64 (the average
   of boost_from_average is already in tree 0's leaves), and the probability
   ``1 / (1 + exp(-sigmoid * raw))``: the hist_boosting rule with start 0.0,
-  which needs sigmoid 1.0.
+  which needs sigmoid 1.0 (named 'lightgbm' for a model with categorical or
+  zero-as-missing nodes, which a server without them must refuse).
 - ``predict_proba`` uses the first ``best_iteration_`` trees when early
   stopping set it, else all of them.
 
@@ -192,8 +193,11 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
         })
     if not tables:
         raise UnsupportedModel(f"{where}: the model has no trees")
-    result = ensemble(tables, estimator="LGBMClassifier", combine="hist_boosting", cast_float32=False,
-                      missing="route", allow_inf=True, init=0.0)
+    # hist_boosting's rule; named 'lightgbm' when the optional node arrays are written
+    # (ir.NODE_ARRAY_RULES: a server without them refuses the archive).
+    extended = any(s >= 0 for s in category_set) or any(zero_missing)
+    result = ensemble(tables, estimator="LGBMClassifier", combine="lightgbm" if extended else "hist_boosting",
+                      cast_float32=False, missing="route", allow_inf=True, init=0.0)
     if any(s >= 0 for s in category_set):
         result.category_set = np.asarray(category_set, dtype=np.int32)
         result.category_bounds = np.asarray(bounds, dtype=np.int32)

@@ -52,7 +52,13 @@ COMBINE_RULES = {
     "hist_boosting": ("init", None, "logistic"),
     "average": (None, None, "mean"),
     "xgboost": ("init", None, "logistic"),
+    # LightGBM with categorical splits or zero-as-missing nodes (the TreeEnsemble's
+    # optional node arrays): hist_boosting's rule under a name of its own, so that a
+    # server whose code predates those arrays refuses the archive instead of misreading it.
+    "lightgbm": ("init", None, "logistic"),
 }
+# The rules whose ensembles may carry the optional node arrays (category sets, zero_missing).
+NODE_ARRAY_RULES = frozenset({"lightgbm"})
 # The rules whose library computes in float32 (XGBoost): the sum starts from the float32
 # ``init`` and rounds to float32 after every leaf, and the logistic is XGBoost's float32
 # Sigmoid (pgscore_server.compiled.float32); the others add and finish in float64.
@@ -482,6 +488,10 @@ class TreeEnsemble:
             if len(nodes[name]) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         trees.walk_steps = trees._check_nodes(n_outputs)
+        if (trees.category_set is not None or trees.zero_missing is not None) \
+                and trees.combine not in NODE_ARRAY_RULES:
+            raise ValueError(f"compiled model: tree combination {trees.combine!r} has no categorical "
+                             "or zero-as-missing nodes")
         if trees.category_set is not None:
             trees._check_categories()
         if trees.zero_missing is not None and len(trees.zero_missing) != n_nodes:

@@ -17,6 +17,7 @@ import pytest
 from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
 from pgscore.compile.lgbm import K_ZERO_THRESHOLD
 from pgscore.verify import library_proba
+from pgscore_server.compiled import ir
 
 lightgbm = pytest.importorskip("lightgbm")
 
@@ -273,7 +274,21 @@ def test_old_archive_layout_is_unchanged_without_categories(numeric: tuple[pd.Da
     model = _fit(X, y, n_estimators=3)
     manifest, arrays = compile_model(model).ir.write(lambda v, dtype, shape=None: np.asarray(v))
     assert "ordinal" not in manifest["transform"]
-    assert not any(name.startswith("tree_category") for name in arrays)
+    assert not any(name.startswith("tree_category") or name == "tree_zero_missing" for name in arrays)
+    assert manifest["model"]["combine"] == "hist_boosting"
+
+
+def test_categorical_archives_name_a_rule_older_servers_refuse(categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """Category sets come with the combine rule 'lightgbm', which a server
+    without them does not know (it refuses the archive rather than reading
+    categorical nodes as numeric ones); the reader refuses them under any other rule."""
+    X, y = categorical
+    compiled = compile_model(_fit(X, y, n_estimators=5))
+    manifest, arrays = compiled.ir.write(lambda v, dtype, shape=None: np.asarray(v))
+    assert manifest["model"]["combine"] == "lightgbm" and "tree_category_set" in arrays
+    manifest["model"]["combine"] = "hist_boosting"
+    with pytest.raises(ValueError, match="no categorical"):
+        ir.Model.read(manifest, arrays)
 
 
 @pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
