@@ -70,7 +70,7 @@ def rows_for(model: ir.Model, declared: dict[str, str], base: dict | None = None
     kinds = {name: _kind(declared.get(name, "double precision")) for name in names}
     # A NaN category is a row value here: a float NaN, as a profile would hold it.
     categories = {column.input: [math.nan if v is ir.NAN_KEY else v for v in column.categories]
-                  for column in model.transform.onehot}
+                  for column in (*model.transform.onehot, *model.transform.ordinal)}
     chains = _numeric_chains(model.transform.numeric)
     means = {chain.source: chain.mean for chain in chains.values()}
     row = dict(base) if base else _typical_row(names, kinds, categories, means)
@@ -260,9 +260,28 @@ def _threshold_rows(classifier: ir.Linear | ir.TreeEnsemble, names: list[str], k
     float32 = classifier.cast_float32
     features = np.asarray(classifier.feature)
     thresholds = np.asarray(classifier.threshold)
-    splits = sorted({(int(f), float(t)) for f, t in zip(features.tolist(), thresholds.tolist())
-                     if f >= 0 and math.isfinite(t)})
+    category_set = classifier.category_set if classifier.categorical else [-1] * len(features)
+    splits = sorted({(int(f), float(t)) for f, t, s in zip(features.tolist(), thresholds.tolist(), category_set)
+                     if f >= 0 and math.isfinite(t) and s < 0})
     rows: list[dict] = []
+    for node in (k for k, s in enumerate(category_set) if s >= 0):
+        # A categorical split of a plain numeric column: every code of its set and
+        # the values around it (fractions truncate, negatives and codes past the set go right).
+        chain = chains.get(int(features[node]))
+        if chain is None or chain.ops:
+            continue  # a category column's categories are rows already
+        name = names[chain.source]
+        if kinds[name].is_number:
+            s = category_set[node]
+            size = classifier.category_bounds[s + 1] - classifier.category_bounds[s]
+            codes = [c for c in range(size) if classifier.category_left[classifier.category_bounds[s] + c]]
+            rows += vary(name, [*codes, *(c + 0.5 for c in codes), -1, -0.5, size, -(2 ** 31), 2 ** 31])
+    if classifier.zero_band:
+        # Nodes that send the zero band where missing values go: both edges of the band.
+        band_edges = (ir.ZERO_BAND, math.nextafter(-ir.ZERO_BAND, -math.inf))
+        splits = sorted(set(splits) | {(int(features[node]), edge) for node, z in enumerate(classifier.zero_missing)
+                                       if z for edge in band_edges})
+    rows = _distinct(rows)
     for output, threshold in splits:
         chain = chains.get(output)
         if chain is None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import api
+from . import api, mlflow_source
 from .console import print_table, rescore_with_progress
 from .dev import localdb, runtime
 from .errors import PgscoreError
@@ -172,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = command("push", cmd_push, "validate, upload and test-score a model")
     push.add_argument("file", help="a fitted scikit-learn classifier saved with skops.io.dump (.skops) or joblib.dump "
-                                   "(.joblib: a pickle, unpickled in a child process without database credentials)")
+                                   "(.joblib: a pickle, unpickled in a child process without database credentials), "
+                                   "or an MLflow model: a local model directory or models:/NAME/VERSION or "
+                                   "models:/NAME@ALIAS (resolved against MLFLOW_TRACKING_URI; needs "
+                                   "pip install 'pgscore[mlflow]')")
     push.add_argument("--name", required=True,
                       help="model name, e.g. churn: the scorers that score with it (pgscore scorers) give the tables "
                            "whose columns its features must be and whose rows it is test-scored on")
@@ -472,7 +475,9 @@ def _active_model(row: dict) -> str:
 def _metrics(metrics: Any) -> str:
     if not metrics:
         return ""
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else
+                     mlflow_source.summary(v) if k == "mlflow" and isinstance(v, dict) else f"{k}={v}"
+                     for k, v in metrics.items())
 
 
 if __name__ == "__main__":

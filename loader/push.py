@@ -32,11 +32,11 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from pgscore_server import approvals, features, formats, paths
+from pgscore_server import approvals, formats, paths
 from pgscore_server import runtime as server_runtime
 from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE
 
-from . import check_rows, scorers, verify
+from . import check_rows, mlflow_source, scorers, verify
 from .connection import connect
 from .errors import PushError
 from .scorers import Entity
@@ -97,7 +97,8 @@ def file_format(data: bytes) -> str | None:
     return None
 
 
-def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[Any, bytes, dict[str, str]]:
+def load_model_file(path: str | os.PathLike, trust_pickle: bool = False,
+                    origin: str | None = None) -> tuple[Any, bytes, dict[str, str]]:
     """(estimator, file bytes, versions it was saved with) of a skops or joblib file.
 
     A skops file is loaded here with skops' trusted-types check: no pickle.
@@ -105,6 +106,7 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
     in a child process without the database's credentials that hands back
     the model in skops form (see :mod:`pgscore.unpickle`), and only with
     ``trust_pickle`` in this process (for models skops cannot represent).
+    ``origin`` names the file in messages (default: its path).
     Raises PushError when the file is missing, not a model file, or does not load.
     """
     path = Path(path)
@@ -112,7 +114,7 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
         data = path.read_bytes()
     except OSError as exc:
         raise PushError(f"cannot read model file {path}: {exc.strerror}") from None
-    origin = str(path)
+    origin = origin or str(path)
     kind = file_format(data)
     if kind is None:
         raise PushError(f"{origin} is not a model file: {EXPECTED_FILE}")
@@ -312,8 +314,10 @@ def push_model(
     """Validates, uploads and test-scores a model; activates it if asked.
 
     ``model_or_path`` is a skops or joblib file (see :func:`load_model_file`;
-    ``trust_pickle`` lets it unpickle a joblib file in this process) or a
-    fitted estimator.
+    ``trust_pickle`` lets it unpickle a joblib file in this process), an
+    MLflow model (a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI,
+    or a local MLflow model directory: :mod:`pgscore.mlflow_source`, which
+    also says what is recorded in ``metrics``), or a fitted estimator.
     ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
     unpickled in the server) when the pipeline compiles and matches
     predict_proba to 1e-9, else scikit-learn; and of a compiled model whose
@@ -351,7 +355,13 @@ def push_model(
     if format not in formats.FORMATS:
         raise PushError(f"model format must be one of {', '.join(formats.FORMATS)}, not {format!r}")
     file_bytes = None
-    if isinstance(model_or_path, (str, os.PathLike)):
+    from_mlflow = None
+    if mlflow_source.is_mlflow_source(model_or_path):
+        from_mlflow = mlflow_source.load(model_or_path, trust_pickle=trust_pickle)
+        origin, estimator, file_bytes, saved = (from_mlflow.origin, from_mlflow.estimator, from_mlflow.file_bytes,
+                                                from_mlflow.saved)
+        metrics = from_mlflow.metrics(metrics)
+    elif isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
         estimator, file_bytes, saved = load_model_file(model_or_path, trust_pickle=trust_pickle)
         if metrics is None:
@@ -387,6 +397,8 @@ def push_model(
         entities = scorers.entities_for_model(conn, name)
         for entity in entities:
             columns = verify.entity_columns(conn, entity)
+            if from_mlflow is not None:
+                mlflow_source.check_signature(from_mlflow, entity, columns, name)
             unknown = [feature for feature in feature_names if feature not in columns]
             if unknown:
                 raise PushError(
@@ -407,6 +419,7 @@ def push_model(
         # The first scorer's rows check the compiled form and the SQL; every scorer's rows are test-scored.
         entity = entities[0]
         compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin, entity)
+        bound = verify.parity_bound(compiled)
         if foreign:
             if compiled is None:
                 raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have, and "
@@ -423,17 +436,19 @@ def push_model(
                 [name, format, blob, digest, feature_names, Jsonb(saved), compiled, path, path_note,
                  Jsonb(metrics or {}), note],
             ).fetchone()
-            results = [_test_score(conn, estimator, model_id, feature_names, sample_size, origin, scored)
+            results = [_test_score(conn, estimator, model_id, feature_names, sample_size, origin, scored, bound)
                        for scored in entities]
             tested = sum(count for count, _ in results)
             max_diff = max((diff for _, diff in results if diff is not None), default=None)
             if path == "compiled" and scoring_path in ("auto", "sql"):
                 path, path_note = _sql_path(conn, estimator, model_id, feature_names, scoring_path, origin, path_note,
-                                            checks, entity)
+                                            checks, entity, bound)
             if activate:
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     where = " or ".join(dict.fromkeys(scored.table for scored in entities))
     notes = [] if tested else [f"no rows in {where} to test-score the model on; it was checked for loading only"]
+    if from_mlflow is not None:
+        notes.insert(0, f"from {mlflow_source.describe(from_mlflow)} (recorded in the version's metrics)")
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
                       [scored.table for scored in entities], format)
 
@@ -498,8 +513,8 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
     """(compiled bytes or None, scoring path, why, the rows it was checked on)
     for a model about to be pushed.
 
-    The compiled form is used only if it matches predict_proba to
-    verify.PARITY_TOLERANCE on real rows of ``entity`` and on rows generated from the model
+    The compiled form is used only if it matches predict_proba within
+    its bound (verify.parity_bound) on real rows of ``entity`` and on rows generated from the model
     (see :func:`pgscore.verify.check_rows_for`), and never when it was checked on no row at
     all. Raises PushError when 'compiled' was forced and is not possible.
     """
@@ -514,13 +529,14 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
         if not checks.total:
             raise UnsupportedModel(f"no row of {entity.table} and no generated row to check the compiled form on")
         edges = checks.edges
+        bound = verify.parity_bound(compiled)
         worst = max(verify.batch_parity(estimator, compiled, checks.profiles) if checks.profiles else 0.0,
                     verify.batch_parity(estimator, compiled, edges) if edges else 0.0,
                     verify.row_by_row_parity(estimator, compiled,
                                              checks.profiles[:50] + verify.one_by_one_sample(checks)))
-        if not worst <= verify.PARITY_TOLERANCE:
+        if not bound.holds(worst):
             raise UnsupportedModel(
-                f"compiled form differs from predict_proba by {worst:.3g} (> {verify.PARITY_TOLERANCE})")
+                f"compiled form differs from predict_proba by {bound.describe(worst)} (> {bound})")
     except UnsupportedModel as exc:
         if forced:
             raise PushError(f"{origin} cannot use the compiled path: {exc.reason}") from None
@@ -529,14 +545,15 @@ def _compile(conn: psycopg.Connection, estimator: Any, feature_names: list[str],
         if forced:
             raise PushError(f"{origin} cannot use the compiled path: {type(exc).__name__}: {exc}") from None
         return None, "sklearn", f"not compiled: checking it raised {type(exc).__name__}: {exc}", None
-    return compiled.to_bytes(), "compiled", f"compiled; max difference {worst:.1e} over {checks.describe()}", checks
+    return (compiled.to_bytes(), "compiled", f"compiled; max difference {bound.describe(worst)} over {checks.describe()}",
+            checks)
 
 
 def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], wanted: str,
               origin: str, compiled_note: str | None, checks: check_rows.CheckRows,
-              entity: Entity) -> tuple[str, str | None]:
+              entity: Entity, bound: verify.ParityBound = verify.ABSOLUTE) -> tuple[str, str | None]:
     """('sql', note) when the SQL the server generates for ``model_id`` equals
-    predict_proba to verify.PARITY_TOLERANCE on the rows the compiled form was
+    predict_proba within ``bound`` on the rows the compiled form was
     checked on (``checks``: its profiles, read again now, and the rows
     generated from the model), and, under 'auto', is short enough to pay
     off; else ('compiled', why not). Raises PushError when 'sql' was forced
@@ -566,20 +583,21 @@ def _sql_path(conn: psycopg.Connection, estimator: Any, model_id: int, feature_n
             return refuse(f"SQL {'rejects' if in_db is None else 'scores'} a row scikit-learn "
                           f"{'scores' if in_db is None else 'refuses'}: {row}")
         if in_db is not None:
-            worst = max(worst, abs(in_db - local))
-    if not worst <= verify.PARITY_TOLERANCE:
-        return refuse(f"SQL differs from predict_proba by {worst:.3g} (> {verify.PARITY_TOLERANCE})")
-    note = (f"sql ({len(expression):,} characters); max difference {worst:.1e} over "
+            difference = float(bound.measure(local, in_db))
+            worst = math.inf if math.isnan(difference) else max(worst, difference)
+    if not bound.holds(worst):
+        return refuse(f"SQL differs from predict_proba by {bound.describe(worst)} (> {bound})")
+    note = (f"sql ({len(expression):,} characters); max difference {bound.describe(worst)} over "
             f"{check_rows.CheckRows(profiles, checks.generated).describe()}")
     conn.execute("UPDATE scoring.models SET scoring_path = 'sql', path_note = %s WHERE model_id = %s", [note, model_id])
     return "sql", note
 
 
 def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature_names: list[str], sample_size: int,
-                origin: str, entity: Entity) -> tuple[int, float | None]:
+                origin: str, entity: Entity, bound: verify.ParityBound = verify.ABSOLUTE) -> tuple[int, float | None]:
     """Scores a random sample of real rows of ``entity`` in the database and
-    here; raises PushError (rolling the push back) unless they agree to
-    verify.PARITY_TOLERANCE."""
+    here; raises PushError (rolling the push back) unless they agree within
+    ``bound`` (verify.parity_bound). Returns the count and the largest absolute difference."""
     ids = verify.sample_ids(conn, sample_size, entity)
     try:
         in_db = verify.database_scores(conn, model_id, ids, entity)
@@ -588,14 +606,16 @@ def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature
     if not ids:
         return 0, None
     rows = verify.fetch_feature_rows(conn, feature_names, ids, entity)
-    local = estimator.predict_proba(features.to_frame(rows, feature_names))[:, 1]
-    diffs = [abs(in_db[verify.key_text(row[entity.key])] - float(p)) for row, p in zip(rows, local)]
+    local = verify.library_proba(estimator, rows, feature_names)
+    scored = [in_db[verify.key_text(row[entity.key])] for row in rows]
+    diffs = [abs(s - float(p)) for s, p in zip(scored, local)]
     max_diff = max(diffs)
-    if not math.isfinite(max_diff) or max_diff > verify.PARITY_TOLERANCE:
+    worst = float(bound.measure(local, scored).max())  # NaN if either side is NaN: refused
+    if not math.isfinite(max_diff) or not bound.holds(worst):
         rows_of = "profiles" if entity.is_reference else f"rows of {entity.table}"
         raise PushError(
-            f"{origin} scores differently in the database (max difference {max_diff:.3g} over {len(ids)} {rows_of}, "
-            f"tolerance {verify.PARITY_TOLERANCE}); it was not pushed"
+            f"{origin} scores differently in the database (max difference {bound.describe(worst)} over {len(ids)} "
+            f"{rows_of}, tolerance {bound}); it was not pushed"
         )
     return len(ids), max_diff
 

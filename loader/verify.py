@@ -1,5 +1,7 @@
 """Parity: whether a model scores the same in the database, in its compiled
-form and in scikit-learn, to PARITY_TOLERANCE.
+form and in its own library (scikit-learn, XGBoost, ...), within the
+model's bound (:func:`parity_bound`: PARITY_TOLERANCE, or one float32 ulp
+for a library that computes in float32).
 
 pgscore push (pgscore.push) checks the compiled form on real rows of the
 entity table of the model's scorer (public.customer_profiles for the
@@ -31,6 +33,100 @@ PARITY_TOLERANCE = 1e-9
 COMPILE_CHECK_SIZE = 2000
 # Generated rows also scored one at a time by scikit-learn, at most.
 ROW_BY_ROW_MAX = 150
+
+
+class ParityBound:
+    """How far a score pgscore computes may be from the library's own
+    ``predict_proba``: ``measure(expected, got)`` is the difference in the
+    bound's unit, which must be at most ``limit``.
+
+    A library that computes in float64 (scikit-learn, LightGBM) is matched to
+    PARITY_TOLERANCE, absolutely. XGBoost computes in float32: its margin is
+    reproduced bit for bit, and its probability (a float32) within
+    FLOAT32_ULPS float32 ulps of that value: its Sigmoid calls the C
+    library's expf, here exp rounded to float32 stands for it
+    (pgscore_server.compiled.float32). The two differ by one ulp where exp
+    lies next to the midpoint of two float32 (glibc's expf is within 0.502
+    ulp, not correctly rounded: about 1 row in 1,000 here), and 1 / (1 + e)
+    turns one ulp of e into up to two of the probability (seen: 2 rows in
+    20,000 of a 100-tree model).
+    """
+
+    def __init__(self, unit: str, limit: float):
+        self.unit = unit  # 'absolute' | 'float32 ulp'
+        self.limit = limit
+
+    def measure(self, expected: Any, got: Any) -> Any:
+        """|got - expected| (arrays or floats) in the bound's unit; NaN where either is NaN."""
+        import numpy as np
+
+        difference = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(expected, dtype=np.float64))
+        if self.unit == "absolute":
+            return difference
+        return difference / np.spacing(np.abs(np.asarray(expected, dtype=np.float32))).astype(np.float64)
+
+    def holds(self, worst: float) -> bool:
+        return worst <= self.limit  # False for NaN
+
+    def describe(self, worst: float) -> str:
+        """A measured difference, in words (push's path notes)."""
+        return f"{worst:.1e}" if self.unit == "absolute" else f"{worst:g} float32 ulp"
+
+    def __str__(self) -> str:
+        return f"{self.limit}" if self.unit == "absolute" else f"{self.limit:g} float32 ulps"
+
+
+# XGBoost's probability against pgscore's, in float32 ulps of XGBoost's (ParityBound).
+FLOAT32_ULPS = 2.0
+ABSOLUTE = ParityBound("absolute", PARITY_TOLERANCE)
+FLOAT32_ULP = ParityBound("float32 ulp", FLOAT32_ULPS)
+
+
+def parity_bound(compiled: Any) -> ParityBound:
+    """The bound of a compiled model (a CompiledModel, Evaluator, IR or the
+    archive's bytes; None: no compiled form): FLOAT32_ULPS float32 ulps where its
+    library computes in float32 (the IR's ``float32`` tree rules: XGBoost),
+    else PARITY_TOLERANCE. The one place that decides it."""
+    from pgscore_server.compiled import ir
+
+    from .compile import CompiledModel
+
+    if compiled is None:
+        return ABSOLUTE
+    if isinstance(compiled, (bytes, bytearray, memoryview)):
+        compiled = CompiledModel.from_bytes(bytes(compiled))
+    return FLOAT32_ULP if getattr(ir.model_of(compiled).classifier, "float32", False) else ABSOLUTE
+
+
+# Classifiers of these libraries take a pandas frame of numbers only: they refuse an
+# object column, which pandas infers for a boolean column with a NULL, or for a
+# one-row column that is NULL. pgscore scores a NULL as a missing value (NaN)
+# there, so their reference scores are computed on such columns as float64.
+NUMERIC_INPUT_LIBRARIES = ("xgboost", "lightgbm")
+
+
+def library_frame(estimator: Any, rows: Sequence[dict], feature_names: Sequence[str]) -> Any:
+    """The pandas frame of ``rows`` that ``estimator.predict_proba`` is given as the reference."""
+    from .compile import lgbm
+
+    frame = features.to_frame(rows, feature_names)
+    if type(estimator).__module__.split(".", 1)[0] not in NUMERIC_INPUT_LIBRARIES:
+        return frame  # scikit-learn (and a pipeline's own first step) takes the frame as it is
+    if lgbm.accepts(estimator):
+        frame = lgbm.category_columns(estimator, frame)  # its pandas category columns, as it was fitted
+    for name in frame.columns[frame.dtypes == object]:
+        try:
+            frame[name] = frame[name].astype("float64")
+        except (TypeError, ValueError):
+            pass  # text: the library refuses it, and so does the compiled form
+    return frame
+
+
+def library_proba(estimator: Any, rows: Sequence[dict], feature_names: Sequence[str]) -> Any:
+    """P(class 1) of ``rows`` by the estimator's own library (float64 array)."""
+    import numpy as np
+
+    return np.asarray(estimator.predict_proba(library_frame(estimator, rows, feature_names))[:, 1], dtype=np.float64)
 
 
 class _Quoter:
@@ -142,13 +238,26 @@ def one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:
     return rows + (thresholds[:: max(1, -(-len(thresholds) // room))] if room else [])
 
 
+def check_parity(estimator: Any, compiled: Any, rows: Sequence[dict]) -> float:
+    """The largest difference (:func:`parity_bound`'s measure) between the
+    compiled form and the library over ``rows``, scored as one batch.
+
+    Raises whatever either side raises on these rows.
+    """
+    import numpy as np
+
+    if not rows:
+        return 0.0
+    expected = library_proba(estimator, rows, compiled.feature_names)
+    got = compiled.evaluator().predict(rows)
+    return float(np.max(parity_bound(compiled).measure(expected, got)))
+
+
 def batch_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
     """Parity over real profiles in batches. A batch one side refuses (a
     profile the pipeline rejects, e.g. infinity before a StandardScaler) is
     halved until the refused rows stand alone; each of those must be refused
     by both sides, the others must agree (a few calls per refused row)."""
-    from .compile import check_parity
-
     try:
         return check_parity(estimator, compiled, rows)
     except Exception:
@@ -172,8 +281,9 @@ def row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
 
     worst = 0.0
     evaluator = compiled.evaluator()
+    bound = parity_bound(compiled)
     for row in rows:
-        expected = outcome(lambda r: estimator.predict_proba(features.to_frame([r], compiled.feature_names))[0, 1], row)
+        expected = outcome(lambda r: library_proba(estimator, [r], compiled.feature_names)[0], row)
         got = outcome(lambda r: evaluator.predict([r])[0], row)
         refused = [isinstance(expected, Exception), isinstance(got, Exception)]
         if refused == [True, True]:
@@ -184,7 +294,7 @@ def row_by_row_parity(estimator: Any, compiled: Any, rows: list[dict]) -> float:
         if refused == [False, True]:
             raise UnsupportedModel(f"the compiled form refuses a row scikit-learn scores "
                                    f"({type(got).__name__}: {got}); row: {row}")
-        difference = abs(expected - got)
+        difference = float(bound.measure(expected, got))
         worst = math.inf if math.isnan(difference) else max(worst, difference)
     return worst
 
@@ -222,14 +332,14 @@ def scores_one_by_one(estimator: Any, rows: list[dict], feature_names: list[str]
     complete = [k for k, row in enumerate(rows) if all(row[name] is not None for name in feature_names)]
     alone = sorted(set(range(len(rows))) - set(complete))
     try:
-        together = estimator.predict_proba(features.to_frame([rows[k] for k in complete], feature_names))[:, 1]
+        together = library_proba(estimator, [rows[k] for k in complete], feature_names)
         for k, score in zip(complete, together):
             scores[k] = float(score)
     except Exception:  # noqa: BLE001 - some row refused, whatever the error: one by one then
         alone = list(range(len(rows)))
     for k in alone:
         try:
-            scores[k] = float(estimator.predict_proba(features.to_frame([rows[k]], feature_names))[:, 1][0])
+            scores[k] = float(library_proba(estimator, [rows[k]], feature_names)[0])
         except Exception:
             scores[k] = None
     return scores
@@ -241,7 +351,7 @@ def export_sql(dsn: str | None, name: str, version: int, function_name: str | No
     NAME's VERSION as plain SQL, for servers without plpython3u.
 
     Checked first in this database: on a sample of profiles the SQL must
-    equal the in-database score to PARITY_TOLERANCE. Raises PushError when
+    equal the in-database score within the model's bound (:func:`parity_bound`). Raises PushError when
     the version has no compiled form, SQL cannot express it, or the check fails.
     """
     from .compile import CompiledModel
@@ -265,9 +375,12 @@ def export_sql(dsn: str | None, name: str, version: int, function_name: str | No
         ids = sample_ids(conn, sample_size)
         in_sql = sql_scores(conn, expression, ids)
         in_db = database_scores(conn, model_id, ids)
-    worst = max((abs(in_sql[key_text(c)] - in_db[key_text(c)]) for c in ids if in_sql[key_text(c)] is not None),
-                default=0.0)
-    if not worst <= PARITY_TOLERANCE:
-        raise PushError(f"the SQL form of {name!r} v{version} differs from its scores by {worst:.3g}; not exported")
-    return f"-- {name} v{version} (model_id {model_id}); checked on {len(ids)} profiles: max difference {worst:.1e}\n" \
+    bound = parity_bound(compiled)
+    worst = max((float(bound.measure(in_db[key_text(c)], in_sql[key_text(c)])) for c in ids
+                 if in_sql[key_text(c)] is not None), default=0.0)
+    if not bound.holds(worst):
+        raise PushError(f"the SQL form of {name!r} v{version} differs from its scores by {bound.describe(worst)} "
+                        f"(> {bound}); not exported")
+    return f"-- {name} v{version} (model_id {model_id}); checked on {len(ids)} profiles: " \
+        f"max difference {bound.describe(worst)}\n" \
         + statement

@@ -24,6 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 
+def _lgbm() -> Any:
+    from lightgbm import LGBMClassifier
+
+    return LGBMClassifier(n_estimators=60, num_leaves=15, min_child_samples=5, verbose=-1, random_state=0)
+
+
 @dataclass(frozen=True)
 class Family:
     name: str  # what the tests call it
@@ -31,10 +37,18 @@ class Family:
     make: Callable[[], Any]  # an unfitted classifier of the family, as the tests fit it
     paths: tuple[str, ...]  # scoring paths besides 'sklearn'
     demo_kind: str | None = None  # its pgscore.dev.demo_data kind, if the demo trains one
+    float32: bool = False  # its library computes in float32: parity within one float32 ulp (pgscore.verify)
 
     @property
     def trees(self) -> bool:
         return self.converter != "linear"
+
+
+def _xgboost() -> Any:
+    """XGBoost (the boosting extra), imported only when a test fits it."""
+    from xgboost import XGBClassifier
+
+    return XGBClassifier(n_estimators=100, max_depth=6, n_jobs=1, random_state=0)
 
 
 FAMILIES = (
@@ -47,6 +61,8 @@ FAMILIES = (
            ("compiled", "sql")),
     Family("tree", "trees", lambda: DecisionTreeClassifier(min_samples_leaf=2, random_state=0), ("compiled", "sql")),
     Family("hgb", "hgb", lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0), ("compiled", "sql")),
+    Family("xgboost", "xgboost", _xgboost, ("compiled", "sql"), float32=True),
+    Family("lgbm", "lgbm", _lgbm, ("compiled", "sql")),
 )
 
 BY_NAME = {family.name: family for family in FAMILIES}

@@ -12,34 +12,34 @@ either one ``ColumnTransformer`` or per-column transformers, built from
 OneHotEncoder, StandardScaler, SimpleImputer, nested Pipelines of those,
 'passthrough' and 'drop'; and a binary classifier: LogisticRegression(CV),
 SGDClassifier (log_loss / modified_huber), DecisionTree/ExtraTree,
-RandomForest/ExtraTrees, GradientBoosting (log_loss) or
-HistGradientBoosting (numeric features). Anything else raises
-:class:`UnsupportedModel`.
+RandomForest/ExtraTrees, GradientBoosting (log_loss),
+HistGradientBoosting (numeric features), XGBoost's XGBClassifier
+(binary:logistic, gbtree) or LightGBM's LGBMClassifier (binary). Anything
+else raises :class:`UnsupportedModel`.
 
 One converter per family, each producing the typed model of
 ``pgscore_server.compiled.ir``: :mod:`.preprocessing` (the steps before the
 classifier) and, registered in :data:`.families.FAMILIES`, :mod:`.linear`,
-:mod:`.trees` (single trees and forests), :mod:`.gbm`, :mod:`.hgb`.
+:mod:`.trees` (single trees and forests), :mod:`.gbm`, :mod:`.hgb`, :mod:`.xgb`,
+:mod:`.lgbm`.
 :class:`CompiledModel` (:mod:`.archive`) is that model in the archive's
 layout (value tags, array names: ``pgscore_server.compiled.ir``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Any
 
 from pgscore_server.compiled import ir
 
-from . import families, preprocessing
+from . import families, lgbm, preprocessing
 from .archive import CompiledModel
 from .common import UnsupportedModel
 
 FORMAT = ir.FORMAT
 FORMAT_VERSION = ir.FORMAT_VERSION
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "CompiledModel", "UnsupportedModel", "check_parity", "compile_model"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "CompiledModel", "UnsupportedModel", "compile_model"]
 
 
 def compile_model(model: Any) -> CompiledModel:
@@ -75,6 +75,8 @@ def compile_model(model: Any) -> CompiledModel:
 
     transform, sparse = preprocessing.convert(pre, feature_names)
     classifier = families.convert(clf, clf_name or type(clf).__name__, sparse)
+    if lgbm.accepts(clf):  # its pandas category columns are a step of the transform
+        transform = lgbm.input_transform(clf, clf_name or type(clf).__name__, transform, bool(pre), feature_names)
     n_in = getattr(clf, "n_features_in_", None)
     if n_in is not None and n_in != transform.n_outputs:
         raise UnsupportedModel(
@@ -83,18 +85,6 @@ def compile_model(model: Any) -> CompiledModel:
         )
     source = {"estimator": _describe(model), "sklearn_version": _sklearn_version()}
     return CompiledModel.from_ir(ir.Model(feature_names, transform, classifier, source))
-
-
-def check_parity(model: Any, compiled: CompiledModel, rows: Sequence[Any]) -> float:
-    """Max |compiled - predict_proba[:, 1]| over rows (dicts keyed by feature name).
-
-    Raises whatever either side raises on these rows.
-    """
-    from pgscore_server.features import to_frame
-
-    expected = model.predict_proba(to_frame(rows, compiled.feature_names))[:, 1]
-    got = compiled.evaluator().predict(rows)
-    return float(np.max(np.abs(expected - got))) if len(rows) else 0.0
 
 
 def _describe(model: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 
 from pgscore_server.compiled import ir
 
-from . import gbm, hgb, linear, trees
+from . import gbm, hgb, lgbm, linear, trees, xgb
 from .common import UnsupportedModel, check_binary, unsupported
 
 
@@ -29,6 +29,8 @@ FAMILIES = (
     Family("trees", trees.accepts, trees.convert),
     Family("gbm", gbm.accepts, gbm.convert),
     Family("hgb", hgb.accepts, hgb.convert),
+    Family("xgboost", xgb.accepts, xgb.convert),
+    Family("lgbm", lgbm.accepts, lgbm.convert),
 )
 
 

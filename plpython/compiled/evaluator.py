@@ -12,7 +12,7 @@ from .dtypes import NAN
 from .lazy import Numpy
 from .linear import Linear
 from .rowcode import PipelineCode
-from .transforms import ImputerDtypeCheck, NumericBlock, OneHotColumn
+from .transforms import ImputerDtypeCheck, NumericBlock, OneHotColumn, OrdinalColumn
 from .trees import Trees
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
@@ -58,6 +58,7 @@ class Evaluator:
         self.numeric = [NumericBlock(b, self.feature_names) for b in transform.numeric]
         self.onehot = [OneHotColumn(c, self.feature_names) for c in transform.onehot]
         self.dtype_checks = [ImputerDtypeCheck(c, self.feature_names) for c in transform.dtype_checks]
+        self.ordinal = [OrdinalColumn(c, self.feature_names) for c in transform.ordinal]
         output_names = transform.output_names(self.feature_names)
         self.model: Linear | Trees = _EVALUATORS[model.classifier.kind](model.classifier, output_names)
         self._index = {name: k for k, name in enumerate(self.feature_names)}
@@ -65,10 +66,13 @@ class Evaluator:
         # column reads, with up to MAX_CODED_CATEGORIES string categories.
         # (A dtype check needs only the column's kind, which codes tell.)
         readers = [i for b in self.numeric for i in b.inputs] + [c.input for c in self.onehot]
+        readers += [c.input for c in self.ordinal]
         self._coded = {c.input: c for c in self.onehot
                        if readers.count(c.input) == 1 and 0 < len(c.strings) <= MAX_CODED_CATEGORIES}
+        # (The generated pipeline knows numeric and one-hot inputs only.)
         self.pipeline_code = (PipelineCode(self, self.model.row_code)
-                              if isinstance(self.model, Trees) and self.model.row_code is not None else None)
+                              if isinstance(self.model, Trees) and self.model.row_code is not None
+                              and not self.ordinal else None)
 
     def _row(self, row: Mapping[str, Any] | Sequence[Any]) -> Sequence[Any]:
         if isinstance(row, Mapping):
@@ -90,6 +94,8 @@ class Evaluator:
             code = column.code_one(values[column.input])
             if code >= 0:
                 x[code] = 1.0
+        for ordinal in self.ordinal:
+            x[ordinal.output] = ordinal.value_one(values[ordinal.input])
         return x
 
     def features(self, rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> np.ndarray:
@@ -122,6 +128,8 @@ class Evaluator:
             codes = column.codes_from(values) if isinstance(values, CategoryCodes) else column.codes_batch(values)
             hit = codes >= 0
             X[all_rows[hit], codes[hit]] = 1.0
+        for ordinal in self.ordinal:
+            ordinal.fill_batch(columns, X)
         return X
 
     def category_inputs(self) -> dict[int, list[str]]:

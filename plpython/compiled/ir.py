@@ -43,13 +43,30 @@ UNKNOWN_CATEGORY = ("error", "ignore")
 # its generated row code and the SQL generator all follow this one table,
 # adding tree by tree in the estimator's order (as scikit-learn does).
 #   boosting (GradientBoosting): expit(init + sum(learning_rate * leaf))
-#   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf))
+#   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf));
+#     LightGBM's LGBMClassifier too, with init 0.0 (its start is in tree 0's leaves)
 #   average (forests, single trees): sum(leaf) / n_trees, leaf = the tree's P(class 1)
+#   xgboost (XGBClassifier, binary:logistic): sigmoid(base margin + sum(leaf)), in float32
 COMBINE_RULES = {
     "boosting": ("init", "learning_rate", "logistic"),
     "hist_boosting": ("init", None, "logistic"),
     "average": (None, None, "mean"),
+    "xgboost": ("init", None, "logistic"),
+    # LightGBM with categorical splits or zero-as-missing nodes (the TreeEnsemble's
+    # optional node arrays): hist_boosting's rule under a name of its own, so that a
+    # server whose code predates those arrays refuses the archive instead of misreading it.
+    "lightgbm": ("init", None, "logistic"),
 }
+# The rules whose ensembles may carry the optional node arrays (category sets, zero_missing).
+NODE_ARRAY_RULES = frozenset({"lightgbm"})
+# The rules whose library computes in float32 (XGBoost): the sum starts from the float32
+# ``init`` and rounds to float32 after every leaf, and the logistic is XGBoost's float32
+# Sigmoid (pgscore_server.compiled.float32); the others add and finish in float64.
+FLOAT32_RULES = frozenset({"xgboost"})
+
+# LightGBM's kZeroThreshold (1e-35f) as a double: a node with zero_missing
+# (TreeEnsemble) sends |x| <= ZERO_BAND the way it sends a missing value.
+ZERO_BAND = 1.0000000180025095e-35
 
 
 class _NanKey:
@@ -212,6 +229,31 @@ class OneHotColumn:
                 "unknown": self.unknown, "object_categories": self.object_categories}
 
 
+class OrdinalColumn:
+    """One input column as the position of its value in ``categories`` (a
+    float; NaN for a missing value or one not in the list): LightGBM's
+    pandas ``category`` columns, whose values it maps to the codes of the
+    categories it was trained with (``pandas_categorical``) before its trees
+    test them with categorical splits."""
+
+    __slots__ = ("step", "input", "categories", "output")
+
+    def __init__(self, step: str, input: int, categories: list[Any], output: int):
+        self.step = step
+        self.input = input
+        self.categories = categories
+        self.output = output
+
+    @classmethod
+    def read(cls, spec: Mapping[str, Any]) -> OrdinalColumn:
+        return cls(spec["step"], int(spec["input"]), [decode_value(v) for v in spec["categories"]],
+                   int(spec["output"]))
+
+    def write(self) -> dict[str, Any]:
+        return {"step": self.step, "input": self.input, "categories": [_encoded(v) for v in self.categories],
+                "output": self.output}
+
+
 class DtypeCheck:
     """The batch dtypes a most_frequent / constant SimpleImputer refuses
     (``fill_kind``: the numpy kind of its constant fill, or None)."""
@@ -234,20 +276,22 @@ class DtypeCheck:
 class Transform:
     """The preprocessing: inputs (feature positions) to ``n_outputs`` model columns."""
 
-    __slots__ = ("n_outputs", "numeric", "onehot", "dtype_checks")
+    __slots__ = ("n_outputs", "numeric", "onehot", "dtype_checks", "ordinal")
 
     def __init__(self, n_outputs: int, numeric: list[NumericBlock], onehot: list[OneHotColumn],
-                 dtype_checks: list[DtypeCheck]):
+                 dtype_checks: list[DtypeCheck], ordinal: list[OrdinalColumn] | None = None):
         self.n_outputs = n_outputs
         self.numeric = numeric
         self.onehot = onehot
         self.dtype_checks = dtype_checks
+        self.ordinal = ordinal or []  # absent from archives written before there were any
 
     @classmethod
     def read(cls, spec: Mapping[str, Any], arrays: Mapping[str, Any], names: Sequence[str]) -> Transform:
         transform = cls(int(spec["n_outputs"]), [NumericBlock.read(b, arrays) for b in spec["numeric"]],
                         [OneHotColumn.read(c, names) for c in spec["onehot"]],
-                        [DtypeCheck.read(c) for c in spec["dtype_checks"]])
+                        [DtypeCheck.read(c) for c in spec["dtype_checks"]],
+                        [OrdinalColumn.read(c) for c in spec.get("ordinal", [])])
         transform.output_names(names)  # checks the mapping
         return transform
 
@@ -265,17 +309,23 @@ class Transform:
                 if out >= 0:
                     output_names[out] = names[column.input]
                     covered[out] += 1
+        for ordinal in self.ordinal:
+            output_names[ordinal.output] = names[ordinal.input]
+            covered[ordinal.output] += 1
         used = [i for b in self.numeric for i in b.inputs] + [c.input for c in self.onehot]
-        used += [i for c in self.dtype_checks for i in c.inputs]
+        used += [i for c in self.dtype_checks for i in c.inputs] + [c.input for c in self.ordinal]
         if any(c != 1 for c in covered) or any(not 0 <= i < len(names) for i in used):
             raise ValueError("compiled model: transform does not map inputs onto model columns one to one")
         return output_names
 
     def write(self, arrays: dict[str, Any], make_array: Callable[..., Any]) -> dict[str, Any]:
-        return {"n_outputs": self.n_outputs,
+        spec = {"n_outputs": self.n_outputs,
                 "numeric": [b.write(k, arrays, make_array) for k, b in enumerate(self.numeric)],
                 "onehot": [c.write() for c in self.onehot],
                 "dtype_checks": [c.write() for c in self.dtype_checks]}
+        if self.ordinal:  # only then: a model without one keeps the bytes it always had
+            spec["ordinal"] = [c.write() for c in self.ordinal]
+        return spec
 
 
 class Linear:
@@ -317,20 +367,36 @@ class TreeEnsemble:
     says how leaves become P(class 1). ``cast_float32``: features are
     rounded to float32 before the comparison (scikit-learn's trees);
     ``allow_inf``: the estimator accepts infinite features.
+
+    Categorical splits (LightGBM's), only in ensembles that have them:
+    ``category_set[k]`` is -1 for a numeric node, else set s: the node sends
+    x left exactly when x is not NaN, c = int(x) (truncated toward zero) is
+    in ``0 <= c < n_s`` and ``category_left[category_bounds[s] + c]`` is 1,
+    n_s being ``category_bounds[s + 1] - category_bounds[s]``; everything
+    else (NaN, negative, beyond the set) goes right, and ``threshold`` and
+    ``missing_left`` of such a node are unused (0.0, 0). Archives without
+    these arrays are all-numeric (``category_set`` None).
+
+    ``zero_missing[k]`` (LightGBM's missing type Zero; None in archives
+    without it): a numeric node that also sends ``|x| <= ZERO_BAND`` where
+    it sends a missing value (``missing_left[k]``).
     """
 
     __slots__ = ("estimator", "combine", "cast_float32", "missing", "allow_inf", "max_depth", "init",
                  "learning_rate", "feature", "threshold", "left", "right", "missing_left", "value", "roots",
-                 "walk_steps")
+                 "walk_steps", "category_set", "category_bounds", "category_left", "zero_missing")
     kind = "trees"
     NODE_ARRAYS = ("feature", "threshold", "left", "right", "missing_left", "value")
+    CATEGORY_ARRAYS = ("category_set", "category_bounds", "category_left")
     _TYPECODES = {"feature": "i", "threshold": "d", "left": "i", "right": "i", "missing_left": "B", "value": "d",
-                  "roots": "i"}
+                  "roots": "i", "category_set": "i", "category_bounds": "i", "category_left": "B",
+                  "zero_missing": "B"}
     _DTYPES = {"i": "<i4", "d": "<f8", "B": "|u1"}
 
     def __init__(self, estimator: str, combine: str, cast_float32: bool, missing: str, allow_inf: bool,
                  max_depth: int, init: float, learning_rate: float, feature: Any, threshold: Any, left: Any,
-                 right: Any, missing_left: Any, value: Any, roots: Any):
+                 right: Any, missing_left: Any, value: Any, roots: Any, category_set: Any = None,
+                 category_bounds: Any = None, category_left: Any = None, zero_missing: Any = None):
         self.estimator = estimator
         self.combine = combine
         self.cast_float32 = cast_float32
@@ -346,6 +412,10 @@ class TreeEnsemble:
         self.missing_left = missing_left
         self.value = value
         self.roots = roots
+        self.category_set = category_set
+        self.category_bounds = category_bounds
+        self.category_left = category_left
+        self.zero_missing = zero_missing
         self.walk_steps = 0.0  # read() sets it: sum over trees of the mean leaf depth
 
     @property
@@ -355,6 +425,26 @@ class TreeEnsemble:
     @property
     def route_missing(self) -> bool:
         return self.missing == "route"
+
+    @property
+    def categorical(self) -> bool:
+        """True when some node is a categorical split (``category_set``)."""
+        return self.category_set is not None and any(s >= 0 for s in self.category_set)
+
+    @property
+    def zero_band(self) -> bool:
+        """True when some node sends the zero band where missing values go (``zero_missing``)."""
+        return self.zero_missing is not None and any(self.zero_missing)
+
+    def goes_left_category(self, node: int, x: float) -> bool:
+        """A categorical node's decision for x (see the class docstring): the
+        one statement of the rule, which every kernel and the SQL follow."""
+        if x != x or not -1.0 < x < 2.0 ** 31:
+            return False
+        s = self.category_set[node]
+        c = int(x)
+        start = self.category_bounds[s]
+        return c < self.category_bounds[s + 1] - start and self.category_left[start + c] == 1
 
     # -- the combination rule (COMBINE_RULES), for every consumer -------------------
 
@@ -373,13 +463,23 @@ class TreeEnsemble:
         """True: P(class 1) is sum / n_trees; False: expit(sum)."""
         return COMBINE_RULES[self.combine][2] == "mean"
 
+    @property
+    def float32(self) -> bool:
+        """True: leaves are summed and the logistic applied in float32 (:data:`FLOAT32_RULES`)."""
+        return self.combine in FLOAT32_RULES
+
     # -- archive ---------------------------------------------------------------------
 
     @classmethod
     def read(cls, spec: Mapping[str, Any], arrays: Mapping[str, Any], n_outputs: int) -> TreeEnsemble:
         if spec["combine"] not in COMBINE_RULES:
             raise ValueError(f"unknown tree combination {spec['combine']!r} in compiled model")
-        nodes = {name: _as_array(arrays[f"tree_{name}"], cls._TYPECODES[name]) for name in (*cls.NODE_ARRAYS, "roots")}
+        names = (*cls.NODE_ARRAYS, "roots")
+        if "tree_category_set" in arrays:
+            names += cls.CATEGORY_ARRAYS
+        if "tree_zero_missing" in arrays:
+            names += ("zero_missing",)
+        nodes = {name: _as_array(arrays[f"tree_{name}"], cls._TYPECODES[name]) for name in names}
         trees = cls(spec["estimator"], spec["combine"], bool(spec["cast_float32"]), spec["missing"],
                     bool(spec["allow_inf"]), int(spec["max_depth"]), _scalar(arrays["init"]),
                     _scalar(arrays["learning_rate"]), **nodes)
@@ -388,10 +488,39 @@ class TreeEnsemble:
             if len(nodes[name]) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         trees.walk_steps = trees._check_nodes(n_outputs)
+        if (trees.category_set is not None or trees.zero_missing is not None) \
+                and trees.combine not in NODE_ARRAY_RULES:
+            raise ValueError(f"compiled model: tree combination {trees.combine!r} has no categorical "
+                             "or zero-as-missing nodes")
+        if trees.category_set is not None:
+            trees._check_categories()
+        if trees.zero_missing is not None and len(trees.zero_missing) != n_nodes:
+            raise ValueError("tree array 'zero_missing' has the wrong shape")
+        if trees.float32 and (array("f", [trees.init]).tolist() != [trees.init]
+                              or array("f", trees.value).tolist() != trees.value.tolist()):
+            raise ValueError("compiled model: a float32 tree ensemble has a start or leaf value that is no float32")
         return trees
 
+    def _check_categories(self) -> None:
+        """Raise ValueError unless every categorical node names a set that
+        exists and the sets' bounds cover ``category_left`` in order."""
+        bounds, n_sets = self.category_bounds, len(self.category_bounds) - 1
+        if len(self.category_set) != len(self.feature) or n_sets < 0 or bounds[0] != 0 \
+                or bounds[n_sets] != len(self.category_left) \
+                or any(bounds[s] > bounds[s + 1] for s in range(n_sets)):
+            raise ValueError("category arrays of the compiled model are inconsistent")
+        for node, s in enumerate(self.category_set):
+            if s >= n_sets or s < -1 or (s >= 0 and self.feature[node] < 0):
+                raise ValueError(f"category arrays of the compiled model are inconsistent: node {node} "
+                                 f"names category set {s} (of {n_sets})")
+
     def write(self, arrays: dict[str, Any], make_array: Callable[..., Any]) -> dict[str, Any]:
-        for name in (*self.NODE_ARRAYS, "roots"):
+        names = (*self.NODE_ARRAYS, "roots")
+        if self.category_set is not None:  # only then: an all-numeric model keeps its bytes
+            names += self.CATEGORY_ARRAYS
+        if self.zero_missing is not None:
+            names += ("zero_missing",)
+        for name in names:
             arrays[f"tree_{name}"] = make_array(getattr(self, name), self._DTYPES[self._TYPECODES[name]])
         arrays["init"] = make_array(self.init, "<f8")
         arrays["learning_rate"] = make_array(self.learning_rate, "<f8")

@@ -40,6 +40,21 @@ class RowCode:
         # What raw() starts from and what each leaf adds (ir.COMBINE_RULES).
         self._start = ensemble.start
         self._scale = ensemble.leaf_scale
+        # Categorical splits (ir.TreeEnsemble.goes_left_category): node -> the codes that go left.
+        self._category_codes: dict[int, list[int]] = {}
+        if ensemble.categorical:
+            bounds, members = ensemble.category_bounds, ensemble.category_left
+            for node, s in enumerate(ensemble.category_set):
+                if s >= 0:
+                    self._category_codes[node] = [c for c in range(bounds[s + 1] - bounds[s])
+                                                  if members[bounds[s] + c]]
+        # Numeric nodes that send the zero band where missing values go: node -> goes it left.
+        self._zero_nodes: dict[int, bool] = {}
+        if ensemble.zero_band:
+            self._zero_nodes = {node: bool(ensemble.missing_left[node])
+                                for node, z in enumerate(ensemble.zero_missing) if z}
+        # XGBoost's sum rounds to float32 after every leaf (ir.FLOAT32_RULES).
+        self._float32 = ensemble.float32
         self._function: Any = None
 
     @classmethod
@@ -59,26 +74,49 @@ class RowCode:
     def function(self) -> Any:
         """The compiled function (compiled now if this is the first call)."""
         if self._function is None:
-            self._function = define_raw(self.source(), {}, "<pgscore compiled trees>")
+            self._function = define_raw(self.source(), {"array": array}, "<pgscore compiled trees>")
         return self._function
 
-    def source(self, prologue: Sequence[str] = (), condition: Any = None) -> str:
-        """``def raw(x)``; :class:`PipelineCode` passes its own prologue and
-        ``condition(column, threshold)``: the Python test for "goes left"."""
+    def source(self, prologue: Sequence[str] = (), condition: Any = None, category_condition: Any = None,
+               band_test: Any = None) -> str:
+        """``def raw(x)``; :class:`PipelineCode` passes its own prologue,
+        ``condition(column, threshold)``, ``category_condition(column, codes)``
+        and ``band_test(column)`` (the value is in the zero band): the Python
+        tests for "goes left" (raw() sends only finite rows here)."""
         feature, threshold, left, right, value, roots = (a.tolist() for a in self._arrays)
         if condition is None:
 
             def condition(column: int, t: float) -> str:
                 return f"x[{column}] <= {float_literal(t)}"
 
+        if category_condition is None:
+
+            def category_condition(column: int, codes: list[int]) -> str:
+                return category_test(f"x[{column}]", codes)
+
+        if band_test is None:
+
+            def band_test(column: int) -> str:
+                return f"-{float_literal(ir.ZERO_BAND)} <= x[{column}] <= {float_literal(ir.ZERO_BAND)}"
+
         lines = ["def raw(x):", *prologue, f"    s = {float_literal(self._start)}"]
+        if self._float32:
+            lines.append("    r = array('f', (0.0,))")
 
         def emit(node: int, indent: str) -> None:
             if feature[node] < 0:
                 leaf = value[node] if self._scale is None else self._scale * value[node]
+                if self._float32:  # the float32 sum: rounded through r after each addition
+                    lines.extend([f"{indent}r[0] = s + {float_literal(leaf)}", f"{indent}s = r[0]"])
+                    return
                 lines.append(f"{indent}s += {float_literal(leaf)}")
                 return
-            test = condition(int(feature[node]), threshold[node])
+            if node in self._category_codes:
+                test = category_condition(int(feature[node]), self._category_codes[node])
+            else:
+                test = condition(int(feature[node]), threshold[node])
+                if node in self._zero_nodes:
+                    test = zero_test(test, band_test(int(feature[node])), self._zero_nodes[node])
             if test in ("True", "False"):  # a one-hot column's test that every value answers alike
                 emit(left[node] if test == "True" else right[node], indent)
                 return
@@ -182,7 +220,22 @@ class PipelineCode:
                 return str(when_one)
             return f"{code} == {out}" if when_one else f"{code} != {out}"
 
-        return self._row_code.source(prologue, condition)
+        def category_condition(column: int, codes: list[int]) -> str:
+            if column not in indicator:
+                return category_test(f"x{column}", codes)
+            code, out = indicator[column]
+            when_one, when_zero = 1 in codes, 0 in codes
+            if when_one == when_zero:
+                return str(when_one)
+            return f"{code} == {out}" if when_one else f"{code} != {out}"
+
+        def band_test(column: int) -> str:
+            if column not in indicator:
+                return f"-{float_literal(ir.ZERO_BAND)} <= x{column} <= {float_literal(ir.ZERO_BAND)}"
+            code, out = indicator[column]
+            return f"{code} != {out}"  # the indicator is 0.0
+
+        return self._row_code.source(prologue, condition, category_condition, band_test)
 
 
 def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
@@ -190,6 +243,23 @@ def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
     numbers, never from text anyone supplied) defines in ``namespace``."""
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102
     return namespace["raw"]
+
+
+def zero_test(test: str, band: str, band_left: bool) -> str:
+    """Python for "goes left" at a node that sends the zero band (``band``)
+    the way of missing values (left when ``band_left``), else as ``test``."""
+    if band_left:
+        return f"(({band}) or ({test}))"
+    return f"(not ({band}) and ({test}))"
+
+
+def category_test(value: str, codes: list[int]) -> str:
+    """Python for "the finite float ``value`` goes left" at a categorical split
+    whose left codes are ``codes`` (ir.TreeEnsemble.goes_left_category: int()
+    truncates toward zero, as C's cast; -1 < value keeps -0.5 as code 0)."""
+    if not codes:
+        return "False"
+    return f"({value} > -1.0 and int({value}) in {{{', '.join(str(c) for c in codes)}}})"
 
 
 def float_literal(value: float) -> str:

@@ -264,3 +264,25 @@ class OneHotColumn:
         if code == -2 and (self.raise_unknown or (cls is bool and self.bool_unknown_fails)):
             raise self._unknown(value)
         return code
+
+
+class OrdinalColumn:
+    """One input column as its category's position (:class:`.ir.OrdinalColumn`,
+    LightGBM's pandas ``category`` columns): a float, NaN for None or a value
+    that is no category (as pandas' ``set_categories`` makes it)."""
+
+    def __init__(self, column: ir.OrdinalColumn, names: Sequence[str]):
+        self.input = column.input
+        self.output = column.output
+        self.name = names[self.input]
+        self.table: dict[Any, float] = {c: float(k) for k, c in enumerate(column.categories) if c is not NAN_KEY}
+
+    def value_one(self, value: Any) -> float:
+        try:
+            return self.table.get(value, NAN)
+        except TypeError:  # unhashable: no category
+            return NAN
+
+    def fill_batch(self, columns: Sequence[Sequence[Any]], X: np.ndarray) -> None:
+        get = self.value_one
+        X[:, self.output] = [get(v) for v in columns[self.input]]

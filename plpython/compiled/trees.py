@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from array import array
 
-from . import ir
+from . import float32, ir
 from .lazy import Numpy
 from .linear import expit
 from .rowcode import RowCode
@@ -57,6 +57,7 @@ class Trees:
         self.start = ensemble.start
         self.leaf_scale = ensemble.leaf_scale
         self.averages = ensemble.averages
+        self.float32 = ensemble.float32  # sums and logistic in float32 (.float32)
         self.output_names = list(output_names)
         self.node_feature = ensemble.feature
         self.node_threshold = ensemble.threshold
@@ -66,6 +67,14 @@ class Trees:
         self.node_value = ensemble.value
         self.node_roots = ensemble.roots
         self.n_trees = ensemble.n_trees
+        # Categorical splits (LightGBM's; ir.TreeEnsemble.goes_left_category), if any.
+        self.categorical = ensemble.categorical
+        self.node_category_set = ensemble.category_set
+        self.goes_left_category = ensemble.goes_left_category
+        # Nodes that send the zero band where missing values go (ir.TreeEnsemble.zero_missing), if any.
+        self.zero_band = ensemble.zero_band
+        self.node_zero_missing = ensemble.zero_missing
+        self._ensemble = ensemble
         self.python_one = ensemble.walk_steps <= self._LEVEL_COST * self.max_depth
         self.row_code = RowCode(ensemble) if RowCode.fits(ensemble) else None
         self.children: np.ndarray | None = None  # the batch walk's arrays: _numpy_ready()
@@ -99,6 +108,20 @@ class Trees:
         above = threshold32.astype(np.float64) > self.threshold2
         threshold32[above] = np.nextafter(threshold32[above], np.float32(-np.inf))
         self.threshold2_32 = threshold32
+        if self.zero_band:
+            self.zero2 = np.repeat(np.asarray(self._ensemble.zero_missing, dtype=bool), 2)
+        if self.categorical:
+            ensemble = self._ensemble
+            category_set = np.asarray(ensemble.category_set, dtype=np.intp)
+            bounds = np.asarray(ensemble.category_bounds, dtype=np.intp)
+            is_category = category_set >= 0
+            start = np.where(is_category, bounds[np.maximum(category_set, 0)], 0)
+            size = np.where(is_category, bounds[np.maximum(category_set, 0) + 1] - start, 0)
+            self.category2 = np.repeat(is_category, 2)
+            self.category_start2 = np.repeat(start, 2)
+            self.category_size2 = np.repeat(size, 2).astype(np.float64)
+            # One byte more, so that a row that matches no set indexes something.
+            self.category_left = np.append(np.asarray(ensemble.category_left, dtype=bool), False)
         self.children = 2 * np.stack([left, right], axis=1).ravel()  # last: the others are ready
 
     def _check_one(self, x: list[float]) -> None:
@@ -175,16 +198,37 @@ class Trees:
                 nan = np.isnan(xv)
                 if nan.any():
                     went_right[nan] = self.missing_right2[node[nan]]
+            if self.zero_band:
+                band = self.zero2[node] & (np.abs(xv) <= ir.ZERO_BAND)
+                if band.any():
+                    went_right[band] = self.missing_right2[node[band]]
+            if self.categorical:
+                self._categorical_step(node, xv, went_right)
             node += went_right
             np.take(children, node, out=child, mode="clip")
             node, child = child, node
         return self.value2[node]
+
+    def _categorical_step(self, node: np.ndarray, xv: np.ndarray, went_right: np.ndarray) -> None:
+        """Where ``node`` is a categorical split, ``went_right`` as
+        ir.TreeEnsemble.goes_left_category says: left only for a value whose
+        truncation is a category of the node's set (NaN compares False)."""
+        at = self.category2[node]
+        if not at.any():
+            return
+        nodes, v = node[at], xv[at]
+        ok = (v > -1.0) & (v < self.category_size2[nodes])
+        code = np.where(ok, v, 0.0).astype(np.intp)  # truncates toward zero, as C's cast
+        where = np.where(ok, self.category_start2[nodes] + code, self.category_left.shape[0] - 1)
+        went_right[at] = ~self.category_left[where]
 
     def _combine(self, leaves: np.ndarray) -> np.ndarray:
         """P(class 1) from leaf values (rows, trees), summing tree by tree in order.
 
         A pairwise np.sum would round differently from scikit-learn's loop.
         """
+        if self.float32:
+            return float32.logistic_batch(float32.sum_batch(self.start, leaves))
         if self.leaf_scale is not None:
             leaves = leaves * self.leaf_scale
         raw = np.full(leaves.shape[0], self.start)
@@ -217,7 +261,29 @@ class Trees:
         feature, threshold = self.node_feature, self.node_threshold
         left, right, value = self.node_left, self.node_right, self.node_value
         leaves = []
-        if self.route_missing and not math.isfinite(sum(x)):
+        if self.categorical or self.zero_band:
+            goes_left = self.goes_left_category
+            category_set = self.node_category_set if self.categorical else [-1] * len(feature)
+            zero = self.node_zero_missing if self.zero_band else [0] * len(feature)
+            band = ir.ZERO_BAND
+            missing_left = self.node_missing_left
+            for node in self.node_roots:
+                f = feature[node]
+                while f >= 0:
+                    v = x[f]
+                    if category_set[node] >= 0:
+                        node = left[node] if goes_left(node, v) else right[node]
+                    elif zero[node] and -band <= v <= band:
+                        node = left[node] if missing_left[node] else right[node]
+                    elif v <= threshold[node]:
+                        node = left[node]
+                    elif v != v:
+                        node = left[node] if missing_left[node] else right[node]
+                    else:
+                        node = right[node]
+                    f = feature[node]
+                leaves.append(value[node])
+        elif self.route_missing and not math.isfinite(sum(x)):
             missing_left = self.node_missing_left
             for node in self.node_roots:
                 f = feature[node]
@@ -242,6 +308,8 @@ class Trees:
 
     def finish(self, raw: float) -> float:
         """P(class 1) from the sum of leaves (from ``start``; :class:`.rowcode.RowCode`'s too)."""
+        if self.float32:
+            return float32.logistic(raw)
         return raw / self.n_trees if self.averages else expit(raw)
 
     def predict_one(self, x: list[float]) -> float:
@@ -259,6 +327,8 @@ class Trees:
             xa = self._prepare(np.array([x], dtype=np.float64))[0]
             leaves = self._walk(xa).tolist()
         # Same operations as _combine, on Python floats (cheaper for one row).
+        if self.float32:
+            return self.finish(float32.sum_one(self.start, leaves))
         raw = self.start
         scale = self.leaf_scale
         if scale is not None:

@@ -148,6 +148,35 @@ class HotColumn:
         return quote_literal(value)
 
 
+@dataclass
+class OrdinalFeature:
+    """A column as its category's position (:class:`ir.OrdinalColumn`): only
+    categorical splits test it, as "the value is one of these categories"."""
+
+    column: Column
+    categories: list[Any]
+
+    def in_sql(self, codes: list[int]) -> str:
+        """TRUE when the column holds the category of one of ``codes``, else
+        FALSE or NULL (NULL and values that are no category: neither)."""
+        literals = []
+        for code in codes:
+            value = self.categories[code] if 0 <= code < len(self.categories) else None
+            if value is None or value is ir.NAN_KEY:
+                continue
+            if self.column.kind == "text" and type(value) is str:
+                literals.append(quote_literal(value))
+            elif self.column.kind == "int" and type(value) is int:
+                literals.append(str(value))
+            elif self.column.kind == "bool" and type(value) is bool:
+                literals.append("true" if value else "false")
+            elif self.column.kind in ("text", "int", "bool"):
+                continue  # a value of another type: the column never holds it
+            else:
+                raise SqlUnsupported(f"feature {self.column.name!r}: categories of a {self.column.kind} column")
+        return f"{self.column.ref} IN ({', '.join(literals)})" if literals else "false"
+
+
 def hot_table(column: Column, onehot: ir.OneHotColumn) -> list[tuple[Any, int]]:
     step = onehot.step
     if onehot.fills:

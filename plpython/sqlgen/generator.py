@@ -12,7 +12,7 @@ import numpy as np
 from pgscore_server.compiled import ir
 
 from . import linear, trees
-from .columns import HotColumn, NumFeature, hot_table, parse_column
+from .columns import HotColumn, NumFeature, OrdinalFeature, hot_table, parse_column
 from .text import SqlUnsupported, message, quote_ident
 from .thresholds import cut, largest_true
 
@@ -42,7 +42,7 @@ class Generator:
                 "which a per-row SQL expression cannot reproduce"
             )
         self.n_outputs = transform.n_outputs
-        self.outputs: list[Any] = [None] * self.n_outputs  # NumFeature | (HotColumn, category)
+        self.outputs: list[Any] = [None] * self.n_outputs  # NumFeature | OrdinalFeature | (HotColumn, category)
         self.numeric: list[NumFeature] = []
         for block in transform.numeric:
             if block.fills:
@@ -75,6 +75,8 @@ class Generator:
             for value, out in hot.table:
                 if out >= 0:
                     self.outputs[out] = (hot, value)
+        for ordinal in transform.ordinal:
+            self.outputs[ordinal.output] = OrdinalFeature(columns[ordinal.input], list(ordinal.categories))
         if any(o is None for o in self.outputs):
             raise SqlUnsupported("the compiled transform does not cover every model column")
         self.classifier = model.classifier

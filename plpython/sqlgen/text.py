@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from pgscore_server.compiled import float32
+
 #: The exponent of the logistic link is clamped to +-this (exp() in PostgreSQL raises beyond ~708).
 EXP_CLAMP = 700.0
 
@@ -70,3 +72,23 @@ def logistic(z: str) -> str:
         f"1::float8 / (1::float8 + pg_catalog.exp(LEAST(GREATEST(-{z}, "
         f"{f8(-EXP_CLAMP)}), {f8(EXP_CLAMP)})))"
     )
+
+
+#: Below this exponent exp() is under 2**-115, so ``exp + 1`` rounds to 1 in float32
+#: as XGBoost's expf does; it keeps the float4 cast of exp() from underflowing (PostgreSQL raises).
+FLOAT4_EXP_FLOOR = -80.0
+
+
+def f4(value: float) -> str:
+    """A float4 constant of a float32 ``value`` (exact: the float8 text of a float32 value reads back as it)."""
+    if float32.to_float32(value) != value and value == value:
+        raise SqlUnsupported(f"{value!r} is not a float32 value")
+    return f"{f8(value)}::float4"
+
+
+def logistic_float4(margin: str) -> str:
+    """XGBoost's float32 Sigmoid of the float4 SQL ``margin`` (pgscore_server.compiled.float32),
+    in float4 arithmetic (IEEE single, as PostgreSQL's float4 operators are), as float8.
+    exp() exists in float8 only: its result rounded to float4 stands for expf."""
+    x = f"GREATEST(LEAST(-{margin}, {f4(float32.EXP_LIMIT)}), {f4(FLOAT4_EXP_FLOOR)})"
+    return (f"(1::float4 / (pg_catalog.exp({x}::float8)::float4 + 1::float4 + {f4(float32.EPSILON)}))::float8")
