@@ -68,9 +68,11 @@ class PushResult:
     format: str = "skops"
 
 
-# The top-level modules whose estimators the server's runtime can rebuild from a blob
+# The top-level modules whose estimators the server's pinned runtime rebuilds from a blob
 # (loader/runtime-requirements.txt). A model holding any other (xgboost, lightgbm) is
-# pushed in compiled form only: format 'compiled', scored on the compiled or sql path.
+# pushed in compiled form when it compiles (format 'compiled', scored on the compiled or
+# sql path: the server never imports the library); else as a blob only if the server's
+# runtime has every such library (a DBA's `pgscore runtime add`, runtime_info's modules).
 SERVER_LIBRARIES = ("sklearn",)
 # What a model file must be, said whenever a file is not one.
 EXPECTED_FILE = ("pgscore push expects a fitted scikit-learn estimator saved with joblib.dump (.joblib) "
@@ -252,14 +254,7 @@ def check_estimator(estimator: Any, origin: str) -> list[str]:
     return [str(name) for name in names]
 
 
-# What to do with a model the server can neither rebuild nor score compiled (issue 21, section 4).
-FOREIGN_HINT = ("pgscore scores such a model if its preprocessing is rewritten with scikit-learn steps "
-                "(OneHotEncoder, StandardScaler, SimpleImputer, ColumnTransformer) before an XGBoost, LightGBM or "
-                "scikit-learn classifier, or once it is exported to ONNX (pgscore push model.onnx); see "
-                "docs/models-from-other-tools.md")
-
-
-def libraries_the_server_lacks(estimator: Any) -> list[str]:
+def libraries_outside_scikit_learn(estimator: Any) -> list[str]:
     """The top-level modules of the estimator, its pipeline steps and their
     transformers that are not scikit-learn's (SERVER_LIBRARIES), in order."""
     found: list[str] = []
@@ -276,6 +271,38 @@ def libraries_the_server_lacks(estimator: Any) -> list[str]:
         for _, transformer, _ in getattr(part, "transformers_", None) or getattr(part, "transformers", None) or []:
             pending.append(transformer)
     return found
+
+
+def _blob(estimator: Any, format: str, file_bytes: bytes | None, saved: dict, origin: str) -> bytes:
+    """The blob the server rebuilds the estimator from, in ``format``; raises
+    PushError when the versions it was saved with are not this loader's."""
+    if format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
+        blob = file_bytes  # a skops file is uploaded as it is (checked by _load_skops): its sha256 is what is approved
+    elif format == "skops":
+        blob = _skops_blob(estimator, origin)
+    elif file_bytes is not None and file_format(file_bytes) == "joblib":  # a joblib file is uploaded as it is
+        blob = file_bytes
+    else:
+        blob = formats.dumps(estimator, "joblib")
+    local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
+    if local_problems:
+        raise PushError(
+            f"{origin} was saved with " + " and ".join(local_problems).replace("here:", "this loader has")
+            + "; re-save it with the pinned versions (pgscore's runtime-requirements.txt)"
+        )
+    return blob
+
+
+def _check_server_runtime(server: dict, saved: dict, origin: str) -> None:
+    """Raises PushError when the server's runtime cannot rebuild a blob saved with ``saved``."""
+    server_problems = server_runtime.incompatibilities(saved, server)
+    if server_problems:
+        raise PushError(
+            f"the server cannot load {origin}: it was saved with "
+            + " and ".join(server_problems).replace("here:", "server has")
+            + "; install the pinned runtime on the server (pgscore db start does; see README) "
+            "or re-save the model with the server's versions"
+        )
 
 
 def library_versions(libraries: list[str]) -> dict[str, str | None]:
@@ -370,29 +397,10 @@ def push_model(
         origin = f"{type(model_or_path).__name__} object"
         estimator, saved = model_or_path, dict(server_runtime.versions())
     feature_names = check_estimator(estimator, origin)
-    foreign = libraries_the_server_lacks(estimator)
-    if foreign:
-        # Stored and scored as the compiled archive: the server never imports these libraries.
-        if scoring_path == "sklearn":
-            raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have: it is "
-                            "scored in compiled form only; push it with --path auto, compiled or sql")
-        format, saved = "compiled", {**dict(server_runtime.versions()), **library_versions(foreign)}
-        blob = None  # the compiled archive, once it has passed the parity checks
-    elif format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
-        blob = file_bytes  # a skops file is uploaded as it is (checked by _load_skops): its sha256 is what is approved
-    elif format == "skops":
-        blob = _skops_blob(estimator, origin)
-    elif file_bytes is not None and file_format(file_bytes) == "joblib":  # a joblib file is uploaded as it is
-        blob = file_bytes
-    else:
-        blob = formats.dumps(estimator, "joblib")
-    # The compiled form needs no library on the server: only a blob the server rebuilds must match its runtime.
-    local_problems = [] if foreign else server_runtime.incompatibilities(saved, server_runtime.versions())
-    if local_problems:
-        raise PushError(
-            f"{origin} was saved with " + " and ".join(local_problems).replace("here:", "this loader has")
-            + "; re-save it with the pinned versions (pgscore's runtime-requirements.txt)"
-        )
+    # Built with other libraries than scikit-learn: stored as its compiled archive when it compiles
+    # (decided below, once the database's rows checked it), the blob only as a fallback.
+    foreign = libraries_outside_scikit_learn(estimator)
+    blob = None if foreign else _blob(estimator, format, file_bytes, saved, origin)
     with connect(dsn) as conn:
         entities = scorers.entities_for_model(conn, name)
         for entity in entities:
@@ -408,23 +416,26 @@ def push_model(
                 )
             _require_read_access(conn, entity, feature_names)
         server = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
-        server_problems = [] if foreign else server_runtime.incompatibilities(saved, server)
-        if server_problems:
-            raise PushError(
-                f"the server cannot load {origin}: it was saved with "
-                + " and ".join(server_problems).replace("here:", "server has")
-                + "; install the pinned runtime on the server (pgscore db start does; see README) "
-                "or re-save the model with the server's versions"
-            )
+        if blob is not None:
+            _check_server_runtime(server, saved, origin)
         # The first scorer's rows check the compiled form and the SQL; every scorer's rows are test-scored.
         entity = entities[0]
         compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin, entity)
         bound = verify.parity_bound(compiled)
-        if foreign:
-            if compiled is None:
-                raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have, and "
-                                f"it cannot be compiled ({path_note.removeprefix('not compiled: ')}). {FOREIGN_HINT}")
-            blob = compiled
+        if foreign and compiled is not None:
+            format, blob = "compiled", compiled
+            saved = {**dict(server_runtime.versions()), **library_versions(foreign)}
+        elif foreign:
+            lacking = [library for library in foreign if library not in server.get("modules", ())]
+            if lacking:
+                raise PushError(
+                    f"{origin} is built with {', '.join(foreign)}; the server's runtime lacks "
+                    f"{', '.join(lacking)} and the model cannot be compiled "
+                    f"({(path_note or '').removeprefix('not compiled: ')}). "
+                    + server_runtime.missing_module_guidance(lacking[0]))
+            # A DBA added these libraries to the server's runtime: the blob, on the sklearn path.
+            blob = _blob(estimator, format, file_bytes, saved, origin)
+            _check_server_runtime(server, saved, origin)
         digest = hashlib.sha256(blob).hexdigest()
         if path == "sklearn":
             _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})", blob)

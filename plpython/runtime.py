@@ -35,6 +35,16 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def top_level_modules() -> list[str]:
+    """The top-level modules this interpreter's installed distributions
+    provide (the pinned runtime, its extras and whatever a DBA added with
+    ``pgscore runtime add``): what push asks before it stores a model built
+    with a library other than scikit-learn as a blob the server rebuilds."""
+    from importlib import metadata
+
+    return sorted(metadata.packages_distributions())
+
+
 def parse_recorded(value: Any) -> dict[str, Any]:
     if value is None:
         return {}

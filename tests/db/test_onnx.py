@@ -219,3 +219,41 @@ def test_a_graph_with_one_tensor_input_takes_the_recorded_feature_order_and_stri
     path.write_bytes(to_onnx(words, X.to_numpy(dtype=np.float32)[:1]).SerializeToString())
     with pytest.raises(PushError, match=r"classifies into \['No', 'Yes'\]; pgscore scores the probability of class 1"):
         api.push_model(seeded.dsn("loader"), path, name="churn", features=numbers)
+
+
+class _Doubler:
+    """A transformer the compiler does not know; its class claims the module named by ``library``."""
+
+    def fit(self, X, y=None):
+        self.feature_names_in_ = np.asarray(X.columns, dtype=object)
+        return self
+
+    def transform(self, X):
+        return X * 2
+
+
+def _pipeline_with_a_step_from(library: str):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+
+    step = type("Doubler", (_Doubler,), {"__module__": f"{library}.steps"})()
+    frame = to_frame([{"tenure_months": t, "monthly_charges": 20.0 + t} for t in range(40)],
+                     ["tenure_months", "monthly_charges"])
+    return Pipeline([("double", step), ("clf", LogisticRegression())]).fit(frame, np.arange(40) % 2 == 0)
+
+
+def test_push_asks_the_server_which_libraries_its_runtime_has(seeded):
+    """A pipeline that does not compile, with a step from a library other than scikit-learn:
+    refused with the ways out when the server's runtime lacks the library; when the runtime has
+    it (runtime_info's modules: here pandas, which every runtime has), push goes on to store
+    the blob the server would rebuild (refused at skops' trusted types, as any unknown type)."""
+    with psycopg.connect(seeded.dsn("loader")) as conn:
+        modules = conn.execute("SELECT scoring.runtime_info() -> 'modules'").fetchone()[0]
+    assert {"sklearn", "numpy", "pandas", "onnxruntime"} <= set(modules) and "xgboost" not in modules
+    with pytest.raises(PushError) as lacking:
+        api.push_model(seeded.dsn("loader"), _pipeline_with_a_step_from("feature_engine"), name="churn")
+    assert "the server's runtime lacks feature_engine and the model cannot be compiled" in str(lacking.value)
+    assert "pgscore runtime add PACKAGE==VERSION" in str(lacking.value)
+    with pytest.raises(PushError) as blob:
+        api.push_model(seeded.dsn("loader"), _pipeline_with_a_step_from("pandas"), name="churn")
+    assert "needs types pgscore does not trust in skops format: pandas.steps.Doubler" in str(blob.value)
