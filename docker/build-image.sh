@@ -19,6 +19,7 @@
 # Env:     PGSCORE_DOCKER_DIR  our dockerd's socket, pidfile, data, log and the
 #                              build context (default ${TMPDIR:-/tmp}/pgscore-docker)
 #          PGSCORE_IMAGE       tag to build (default pgscore/postgres:dev)
+#          PGSCORE_EXTRAS      server extras to build in (default onnx; empty for none)
 #          PGSCORE_BASE_IMAGE  base image made here (default local/debian:bookworm)
 #          DOCKER_HOST         a daemon to use instead of starting one
 #          PYTHON              Python whose pip downloads the wheels (default python3)
@@ -37,6 +38,8 @@ no_daemon() { log "error: $*"; exit 75; }
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${PGSCORE_DOCKER_DIR:-${TMPDIR:-/tmp}/pgscore-docker}"
 IMAGE="${PGSCORE_IMAGE:-pgscore/postgres:dev}"
+# Server extras built into the image (docker/Dockerfile PGSCORE_EXTRAS); the tests score ONNX models.
+EXTRAS="${PGSCORE_EXTRAS-onnx}"
 BASE_IMAGE="${PGSCORE_BASE_IMAGE:-local/debian:bookworm}"
 SUITE=bookworm          # the server image's Debian release (its Python is 3.11)
 PYTHON="${PYTHON:-python3}"
@@ -205,14 +208,22 @@ ensure_base_image() {
 # The same layout as the repository, with only what the server target reads.
 prepare_context() {
     local ctx="$DIR/context" req="$REPO/loader/runtime-requirements.txt" plats=() v stamp
+    local onnx="$REPO/loader/runtime-onnx-requirements.txt" extras="$REPO/docker/runtime-extras.txt" reqs
     mkdir -p "$ctx/loader" "$ctx/docker/wheels"
     cp "$req" "$ctx/loader/runtime-requirements.txt"
+    cp "$onnx" "$ctx/loader/runtime-onnx-requirements.txt"
+    # The server extras (PGSCORE_EXTRAS, default onnx: the tests score ONNX
+    # models) and a DBA's docker/runtime-extras.txt: their wheels too.
+    reqs=(-r "$req")
+    for v in $EXTRAS; do reqs+=(-r "$REPO/loader/runtime-$v-requirements.txt"); done
+    rm -f "$ctx/docker/runtime-extras.txt"
+    if [ -f "$extras" ]; then cp "$extras" "$ctx/docker/runtime-extras.txt"; reqs+=(-r "$extras"); fi
     cp "$REPO/docker/entrypoint.sh" "$ctx/docker/entrypoint.sh"
     chmod 755 "$ctx/docker/entrypoint.sh"
     # cp311 wheels for bookworm (glibc 2.36): any manylinux tag up to 2_36.
     for v in $(seq 36 -1 17); do plats+=(--platform "manylinux_2_${v}_x86_64"); done
     plats+=(--platform manylinux2014_x86_64)
-    stamp="$(cat "$req" | sha256sum | cut -d' ' -f1)"
+    stamp="$( (cat "$req"; echo "$EXTRAS"; cat "$onnx"; cat "$extras" 2>/dev/null || true) | sha256sum | cut -d' ' -f1)"
     if [ "$(cat "$DIR/wheels.stamp" 2>/dev/null)" = "$stamp" ] && ls "$ctx"/docker/wheels/*.whl >/dev/null 2>&1; then
         log "runtime wheels already downloaded"
     else
@@ -220,7 +231,7 @@ prepare_context() {
         rm -f "$ctx"/docker/wheels/*.whl "$DIR/wheels.stamp"
         "$PYTHON" -m pip download --quiet --disable-pip-version-check --only-binary=:all: \
             --python-version 3.11 --implementation cp --abi cp311 "${plats[@]}" \
-            -d "$ctx/docker/wheels" -r "$req" >&2
+            -d "$ctx/docker/wheels" "${reqs[@]}" >&2
         echo "$stamp" > "$DIR/wheels.stamp"
     fi
     log "build context: $ctx ($(du -sh "$ctx" | cut -f1))"
@@ -240,7 +251,7 @@ log "docker build $IMAGE (base $BASE_IMAGE)"
 t_build=$SECONDS
 # The classic builder: no BuildKit/buildx needed, and --network host works.
 DOCKER_BUILDKIT=0 docker build --network host "${add_hosts[@]}" \
-    --build-arg "BASE=$BASE_IMAGE" --target server -t "$IMAGE" \
+    --build-arg "BASE=$BASE_IMAGE" --build-arg "PGSCORE_EXTRAS=$EXTRAS" --target server -t "$IMAGE" \
     -f "$REPO/docker/Dockerfile" "$DIR/context" >&2
 size="$(docker image inspect --format '{{.Size}}' "$IMAGE")"
 log "built $IMAGE: $((size / 1000000)) MB, docker build $((SECONDS - t_build)) s, total $((SECONDS - t0)) s"

@@ -276,6 +276,11 @@ def _threshold_rows(classifier: ir.Linear | ir.TreeEnsemble, names: list[str], k
             size = classifier.category_bounds[s + 1] - classifier.category_bounds[s]
             codes = [c for c in range(size) if classifier.category_left[classifier.category_bounds[s] + c]]
             rows += vary(name, [*codes, *(c + 0.5 for c in codes), -1, -0.5, size, -(2 ** 31), 2 ** 31])
+    if classifier.zero_band:
+        # Nodes that send the zero band where missing values go: both edges of the band.
+        band_edges = (ir.ZERO_BAND, math.nextafter(-ir.ZERO_BAND, -math.inf))
+        splits = sorted(set(splits) | {(int(features[node]), edge) for node, z in enumerate(classifier.zero_missing)
+                                       if z for edge in band_edges})
     rows = _distinct(rows)
     for output, threshold in splits:
         chain = chains.get(output)

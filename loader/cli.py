@@ -13,13 +13,14 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import psycopg
 
-from . import api
+from . import api, mlflow_source
 from .console import print_table, rescore_with_progress
-from .dev import localdb
+from .dev import localdb, runtime
 from .errors import PgscoreError
 
 # How PL/Python prefixes an error raised in (or passed through) its Python.
@@ -117,6 +118,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("migrate", cmd_migrate, "alembic upgrade head on the target database")
 
+    server_runtime = command("runtime", lambda a: server_runtime.print_help(),
+                             "the server's Python runtime: its pinned extras", dsn=False)
+    runtime_commands = server_runtime.add_subparsers(title="runtime commands", metavar="ACTION")
+    for action, func, text in (
+        ("add", cmd_runtime_add, "as a DBA: add a server extra (onnx) or a pinned package NAME==VERSION to the "
+                                 "server's runtime, then restart the server; every package there runs as the "
+                                 "server's OS account in every session"),
+        ("show", cmd_runtime_show, "list the server's runtime extras"),
+    ):
+        sub = runtime_commands.add_parser(action, help=text, description=text)
+        if action == "add":
+            sub.add_argument("specs", nargs="+", metavar="onnx|NAME==VERSION")
+        where = sub.add_mutually_exclusive_group()
+        where.add_argument("--dir", help="the local server's folder (default: $PGSCORE_HOME or ./.pgscore)")
+        where.add_argument("--file", help="an extras file instead, e.g. docker/runtime-extras.txt for the image")
+        sub.set_defaults(func=func)
+
     attach = command("attach", cmd_attach,
                      "bind a scorer to a table of yours, whose scores then follow every change of its rows and "
                      "events (as the table's owner or a superuser)")
@@ -154,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     push = command("push", cmd_push, "validate, upload and test-score a model")
     push.add_argument("file", help="a fitted scikit-learn classifier saved with skops.io.dump (.skops) or joblib.dump "
-                                   "(.joblib: a pickle, unpickled in a child process without database credentials)")
+                                   "(.joblib: a pickle, unpickled in a child process without database credentials), "
+                                   "or an MLflow model: a local model directory or models:/NAME/VERSION or "
+                                   "models:/NAME@ALIAS (resolved against MLFLOW_TRACKING_URI; needs "
+                                   "pip install 'pgscore[mlflow]')")
     push.add_argument("--name", required=True,
                       help="model name, e.g. churn: the scorers that score with it (pgscore scorers) give the tables "
                            "whose columns its features must be and whose rows it is test-scored on")
@@ -167,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--format", choices=("skops", "joblib"), default="skops",
                       help="how the blob is stored: skops (default; only trusted types are rebuilt) or "
                            "joblib (a pickle: loading it runs code; push only models you trust)")
+    push.add_argument("--original", metavar="FILE",
+                      help="for a .onnx file: the model it was converted from (.skops or .joblib); push compares "
+                           "onnxruntime's scores with its predict_proba and reports both parities")
+    push.add_argument("--features", metavar="A,B,C", type=_column_list,
+                      help="for a .onnx file with one tensor input: the entity columns it takes, in order")
     push.add_argument("--i-trust-this-pickle", action="store_true",
                       help="unpickle a joblib file in this process (runs its code here), for pipelines skops "
                            "cannot rebuild; the server still loads a joblib blob only once a superuser approved it")
@@ -242,6 +268,28 @@ def cmd_db_status(args: argparse.Namespace) -> int:
     return EXIT_NOT_RUNNING
 
 
+def _extras_file(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file)
+    return localdb.local_database(args.dir).dir / runtime.EXTRAS_FILE
+
+
+def cmd_runtime_add(args: argparse.Namespace) -> None:
+    target = _extras_file(args)
+    added = runtime.add(target, args.specs)
+    print(f"added {', '.join(added)} to {target}" if added else f"{target} already has {' '.join(args.specs)}")
+    restart = ("rebuild the image (docker build reads docker/runtime-extras.txt)" if args.file else
+               "restart the local server on it: pgscore db start" + (f" --dir {args.dir}" if args.dir else ""))
+    print(f"next: {restart}. Every package in the server's runtime runs as the server's OS account in every "
+          "session that imports it")
+
+
+def cmd_runtime_show(args: argparse.Namespace) -> None:
+    target = _extras_file(args)
+    pins = [line for line in runtime.extras_text(target).splitlines() if line.strip() and not line.startswith("#")]
+    print(f"{target}: " + (", ".join(pins) if pins else "no extras (the base runtime-requirements.txt only)"))
+
+
 def cmd_migrate(args: argparse.Namespace) -> None:
     api.migrate(args.dsn)
     info = api.runtime_info(args.dsn)
@@ -274,7 +322,8 @@ def cmd_scorers(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     result = api.push_model(args.dsn, args.file, name=args.name, activate=args.activate, note=args.note,
-                            scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle)
+                            scoring_path=args.path, format=args.format, trust_pickle=args.i_trust_this_pickle,
+                            original=args.original, features=args.features)
     state = "active" if result.activated else f"not active (pgscore activate {result.name} {result.version})"
     print(f"pushed {result.name} v{result.version} (model_id {result.model_id}, sha256 {result.sha256[:12]}), {state}")
     print(f"stored as {result.format}; scoring path: {result.scoring_path} ({result.path_note})")
@@ -304,10 +353,10 @@ def cmd_approve(args: argparse.Namespace) -> int:
         print(f"revoked {args.sha256}" if found else f"{args.sha256} was not approved")
         return 0
     pushed = api.approve(args.dsn, args.sha256, args.note)
-    print(f"approved {args.sha256.strip().lower()}: the server may now unpickle it, which runs its code as the "
-          "server's OS user")
+    print(f"approved {args.sha256.strip().lower()}: the server may now load it (unpickle a pickle, which runs its "
+          "code as the server's OS user; hand an ONNX graph to onnxruntime)")
     print(f"models with this blob: {', '.join(pushed)}" if pushed else
-          "no pushed model has this blob yet: push it with --format joblib")
+          "no pushed model has this blob yet: push it (a pickle with --format joblib; a .onnx file as it is)")
     return 0
 
 
@@ -448,7 +497,9 @@ def _active_model(row: dict) -> str:
 def _metrics(metrics: Any) -> str:
     if not metrics:
         return ""
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else
+                     mlflow_source.summary(v) if k == "mlflow" and isinstance(v, dict) else f"{k}={v}"
+                     for k, v in metrics.items())
 
 
 if __name__ == "__main__":

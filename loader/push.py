@@ -36,7 +36,7 @@ from pgscore_server import approvals, formats, paths
 from pgscore_server import runtime as server_runtime
 from pgscore_server.registry import MODEL_NAME, MODEL_NAME_RULE
 
-from . import check_rows, scorers, verify
+from . import check_rows, mlflow_source, scorers, verify
 from .connection import connect
 from .errors import PushError
 from .scorers import Entity
@@ -61,14 +61,18 @@ class PushResult:
     notes: list[str] = field(default_factory=list)
     #: The entity tables whose rows it was test-scored on (one per scorer with this model name).
     scored_tables: list[str] = field(default_factory=list)
+    #: An ONNX graph pushed with its original model: max |onnxruntime - original predict_proba| (pgscore.onnxpush).
+    original_max_abs_diff: float | None = None
     #: How the blob is stored: 'skops', 'joblib', or 'compiled' (the compiled archive itself:
     #: a model the server cannot rebuild, such as XGBoost or LightGBM).
     format: str = "skops"
 
 
-# The top-level modules whose estimators the server's runtime can rebuild from a blob
+# The top-level modules whose estimators the server's pinned runtime rebuilds from a blob
 # (loader/runtime-requirements.txt). A model holding any other (xgboost, lightgbm) is
-# pushed in compiled form only: format 'compiled', scored on the compiled or sql path.
+# pushed in compiled form when it compiles (format 'compiled', scored on the compiled or
+# sql path: the server never imports the library); else as a blob only if the server's
+# runtime has every such library (a DBA's `pgscore runtime add`, runtime_info's modules).
 SERVER_LIBRARIES = ("sklearn",)
 # What a model file must be, said whenever a file is not one.
 EXPECTED_FILE = ("pgscore push expects a fitted scikit-learn estimator saved with joblib.dump (.joblib) "
@@ -95,7 +99,8 @@ def file_format(data: bytes) -> str | None:
     return None
 
 
-def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tuple[Any, bytes, dict[str, str]]:
+def load_model_file(path: str | os.PathLike, trust_pickle: bool = False,
+                    origin: str | None = None) -> tuple[Any, bytes, dict[str, str]]:
     """(estimator, file bytes, versions it was saved with) of a skops or joblib file.
 
     A skops file is loaded here with skops' trusted-types check: no pickle.
@@ -103,6 +108,7 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
     in a child process without the database's credentials that hands back
     the model in skops form (see :mod:`pgscore.unpickle`), and only with
     ``trust_pickle`` in this process (for models skops cannot represent).
+    ``origin`` names the file in messages (default: its path).
     Raises PushError when the file is missing, not a model file, or does not load.
     """
     path = Path(path)
@@ -110,7 +116,7 @@ def load_model_file(path: str | os.PathLike, trust_pickle: bool = False) -> tupl
         data = path.read_bytes()
     except OSError as exc:
         raise PushError(f"cannot read model file {path}: {exc.strerror}") from None
-    origin = str(path)
+    origin = origin or str(path)
     kind = file_format(data)
     if kind is None:
         raise PushError(f"{origin} is not a model file: {EXPECTED_FILE}")
@@ -177,6 +183,10 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
         while len(_CONVERTED) > _CONVERTED_KEPT:
             del _CONVERTED[next(iter(_CONVERTED))]
     if "error" in report:
+        if report.get("missing_module"):
+            raise PushError(f"{origin} could not be loaded as a joblib model: it needs the Python module "
+                            f"{report['missing_module']!r}, which pgscore's runtime does not have; "
+                            + server_runtime.missing_module_guidance(str(report["missing_module"])))
         raise PushError(f"{origin} could not be loaded as a joblib model ({report['error']}): {EXPECTED_FILE}")
     refused = report.get("untrusted") or []
     if "skops_error" in report or refused:
@@ -185,7 +195,7 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
             f"{origin} holds a {report.get('type')} that pgscore cannot rebuild without unpickling it ({why}). "
             "Checking it here would run the pickle's code in this process: if you made or trust the file, push it "
             "with --i-trust-this-pickle and --format joblib (the server then loads it only once a superuser has "
-            "run pgscore approve on its sha256)")
+            "run pgscore approve on its sha256)" + _third_party_note(refused))
     # Rebuilt here from the skops bytes, with the trusted-types check again:
     # nothing the child reports is taken on trust.
     estimator = _load_skops(skops_bytes, origin)
@@ -193,6 +203,19 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
     if not isinstance(saved, dict):
         saved = dict(server_runtime.versions())
     return estimator, {str(k): (None if v is None else str(v)) for k, v in saved.items()}
+
+
+# Top-level modules of the base runtime's own types; a refused type from any other is a third-party step.
+_RUNTIME_MODULES = ("sklearn", "numpy", "scipy", "pandas", "joblib", "skops", "builtins", "collections", "functools")
+
+
+def _third_party_note(types: list) -> str:
+    """The guidance for types from packages the server's runtime lacks ('' if none)."""
+    outside = sorted({str(t).split(".")[0] for t in types} - set(_RUNTIME_MODULES))
+    if not outside:
+        return ""
+    return (f". It uses {', '.join(outside)}, which the server's runtime does not have: "
+            + server_runtime.missing_module_guidance(outside[0]))
 
 
 def _load_blob(blob: bytes, origin: str) -> tuple[Any, dict[str, str]]:
@@ -231,14 +254,7 @@ def check_estimator(estimator: Any, origin: str) -> list[str]:
     return [str(name) for name in names]
 
 
-# What to do with a model the server can neither rebuild nor score compiled (issue 21, section 4).
-FOREIGN_HINT = ("pgscore scores such a model if its preprocessing is rewritten with scikit-learn steps "
-                "(OneHotEncoder, StandardScaler, SimpleImputer, ColumnTransformer) before an XGBoost, LightGBM or "
-                "scikit-learn classifier, or once it is exported to ONNX (pgscore push model.onnx); see "
-                "docs/models-from-other-tools.md")
-
-
-def libraries_the_server_lacks(estimator: Any) -> list[str]:
+def libraries_outside_scikit_learn(estimator: Any) -> list[str]:
     """The top-level modules of the estimator, its pipeline steps and their
     transformers that are not scikit-learn's (SERVER_LIBRARIES), in order."""
     found: list[str] = []
@@ -255,6 +271,38 @@ def libraries_the_server_lacks(estimator: Any) -> list[str]:
         for _, transformer, _ in getattr(part, "transformers_", None) or getattr(part, "transformers", None) or []:
             pending.append(transformer)
     return found
+
+
+def _blob(estimator: Any, format: str, file_bytes: bytes | None, saved: dict, origin: str) -> bytes:
+    """The blob the server rebuilds the estimator from, in ``format``; raises
+    PushError when the versions it was saved with are not this loader's."""
+    if format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
+        blob = file_bytes  # a skops file is uploaded as it is (checked by _load_skops): its sha256 is what is approved
+    elif format == "skops":
+        blob = _skops_blob(estimator, origin)
+    elif file_bytes is not None and file_format(file_bytes) == "joblib":  # a joblib file is uploaded as it is
+        blob = file_bytes
+    else:
+        blob = formats.dumps(estimator, "joblib")
+    local_problems = server_runtime.incompatibilities(saved, server_runtime.versions())
+    if local_problems:
+        raise PushError(
+            f"{origin} was saved with " + " and ".join(local_problems).replace("here:", "this loader has")
+            + "; re-save it with the pinned versions (pgscore's runtime-requirements.txt)"
+        )
+    return blob
+
+
+def _check_server_runtime(server: dict, saved: dict, origin: str) -> None:
+    """Raises PushError when the server's runtime cannot rebuild a blob saved with ``saved``."""
+    server_problems = server_runtime.incompatibilities(saved, server)
+    if server_problems:
+        raise PushError(
+            f"the server cannot load {origin}: it was saved with "
+            + " and ".join(server_problems).replace("here:", "server has")
+            + "; install the pinned runtime on the server (pgscore db start does; see README) "
+            "or re-save the model with the server's versions"
+        )
 
 
 def library_versions(libraries: list[str]) -> dict[str, str | None]:
@@ -287,12 +335,16 @@ def push_model(
     scoring_path: str = "auto",
     format: str = "skops",
     trust_pickle: bool = False,
+    original: Any = None,
+    features: list[str] | None = None,
 ) -> PushResult:
     """Validates, uploads and test-scores a model; activates it if asked.
 
     ``model_or_path`` is a skops or joblib file (see :func:`load_model_file`;
-    ``trust_pickle`` lets it unpickle a joblib file in this process) or a
-    fitted estimator.
+    ``trust_pickle`` lets it unpickle a joblib file in this process), an
+    MLflow model (a ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS`` URI,
+    or a local MLflow model directory: :mod:`pgscore.mlflow_source`, which
+    also says what is recorded in ``metrics``), or a fitted estimator.
     ``scoring_path``: 'auto' uses the compiled form (numpy only, nothing
     unpickled in the server) when the pipeline compiles and matches
     predict_proba to 1e-9, else scikit-learn; and of a compiled model whose
@@ -303,6 +355,10 @@ def push_model(
     only trusted types) or 'joblib' (a pickle: loading it runs code; only on
     explicit request, and on the scikit-learn path the server loads it only
     once a superuser approved its sha256: ``pgscore approve``).
+    An ONNX graph (a .onnx file or an onnx.ModelProto) is pushed by
+    :func:`pgscore.onnxpush.push_onnx` on the 'onnx' path, with ``original``
+    (the model it was converted from) and ``features`` (the column order of
+    a graph with one tensor input).
     The features must be columns of the entity table of every scorer whose
     model name is ``name`` (``scoring.scorers``), and the model is
     test-scored on real rows of each.
@@ -313,10 +369,26 @@ def push_model(
     check_model_name(name)
     if scoring_path not in SCORING_PATHS:
         raise PushError(f"scoring path must be one of {', '.join(SCORING_PATHS)}, not {scoring_path!r}")
+    from . import onnxpush
+
+    if onnxpush.is_onnx(model_or_path):
+        if scoring_path not in ("auto", paths.ONNX_PATH):
+            raise PushError(f"an ONNX graph is scored on the onnx path, not {scoring_path!r}")
+        return onnxpush.push_onnx(dsn, model_or_path, name=name, activate=activate, note=note, metrics=metrics,
+                                  sample_size=sample_size, original=original, features=features)
+    if scoring_path == paths.ONNX_PATH or original is not None or features is not None:
+        raise PushError("the onnx path, --original and --features are for ONNX graphs (a .onnx file); "
+                        f"{model_or_path} is not one")
     if format not in formats.FORMATS:
         raise PushError(f"model format must be one of {', '.join(formats.FORMATS)}, not {format!r}")
     file_bytes = None
-    if isinstance(model_or_path, (str, os.PathLike)):
+    from_mlflow = None
+    if mlflow_source.is_mlflow_source(model_or_path):
+        from_mlflow = mlflow_source.load(model_or_path, trust_pickle=trust_pickle)
+        origin, estimator, file_bytes, saved = (from_mlflow.origin, from_mlflow.estimator, from_mlflow.file_bytes,
+                                                from_mlflow.saved)
+        metrics = from_mlflow.metrics(metrics)
+    elif isinstance(model_or_path, (str, os.PathLike)):
         origin = str(model_or_path)
         estimator, file_bytes, saved = load_model_file(model_or_path, trust_pickle=trust_pickle)
         if metrics is None:
@@ -325,33 +397,16 @@ def push_model(
         origin = f"{type(model_or_path).__name__} object"
         estimator, saved = model_or_path, dict(server_runtime.versions())
     feature_names = check_estimator(estimator, origin)
-    foreign = libraries_the_server_lacks(estimator)
-    if foreign:
-        # Stored and scored as the compiled archive: the server never imports these libraries.
-        if scoring_path == "sklearn":
-            raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have: it is "
-                            "scored in compiled form only; push it with --path auto, compiled or sql")
-        format, saved = "compiled", {**dict(server_runtime.versions()), **library_versions(foreign)}
-        blob = None  # the compiled archive, once it has passed the parity checks
-    elif format == "skops" and file_bytes is not None and file_format(file_bytes) == "skops":
-        blob = file_bytes  # a skops file is uploaded as it is (checked by _load_skops): its sha256 is what is approved
-    elif format == "skops":
-        blob = _skops_blob(estimator, origin)
-    elif file_bytes is not None and file_format(file_bytes) == "joblib":  # a joblib file is uploaded as it is
-        blob = file_bytes
-    else:
-        blob = formats.dumps(estimator, "joblib")
-    # The compiled form needs no library on the server: only a blob the server rebuilds must match its runtime.
-    local_problems = [] if foreign else server_runtime.incompatibilities(saved, server_runtime.versions())
-    if local_problems:
-        raise PushError(
-            f"{origin} was saved with " + " and ".join(local_problems).replace("here:", "this loader has")
-            + "; re-save it with the pinned versions (pgscore's runtime-requirements.txt)"
-        )
+    # Built with other libraries than scikit-learn: stored as its compiled archive when it compiles
+    # (decided below, once the database's rows checked it), the blob only as a fallback.
+    foreign = libraries_outside_scikit_learn(estimator)
+    blob = None if foreign else _blob(estimator, format, file_bytes, saved, origin)
     with connect(dsn) as conn:
         entities = scorers.entities_for_model(conn, name)
         for entity in entities:
             columns = verify.entity_columns(conn, entity)
+            if from_mlflow is not None:
+                mlflow_source.check_signature(from_mlflow, entity, columns, name)
             unknown = [feature for feature in feature_names if feature not in columns]
             if unknown:
                 raise PushError(
@@ -361,23 +416,26 @@ def push_model(
                 )
             _require_read_access(conn, entity, feature_names)
         server = conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
-        server_problems = [] if foreign else server_runtime.incompatibilities(saved, server)
-        if server_problems:
-            raise PushError(
-                f"the server cannot load {origin}: it was saved with "
-                + " and ".join(server_problems).replace("here:", "server has")
-                + "; install the pinned runtime on the server (pgscore db start does; see README) "
-                "or re-save the model with the server's versions"
-            )
+        if blob is not None:
+            _check_server_runtime(server, saved, origin)
         # The first scorer's rows check the compiled form and the SQL; every scorer's rows are test-scored.
         entity = entities[0]
         compiled, path, path_note, checks = _compile(conn, estimator, feature_names, scoring_path, origin, entity)
         bound = verify.parity_bound(compiled)
-        if foreign:
-            if compiled is None:
-                raise PushError(f"{origin} is built with {', '.join(foreign)}, which the server does not have, and "
-                                f"it cannot be compiled ({path_note.removeprefix('not compiled: ')}). {FOREIGN_HINT}")
-            blob = compiled
+        if foreign and compiled is not None:
+            format, blob = "compiled", compiled
+            saved = {**dict(server_runtime.versions()), **library_versions(foreign)}
+        elif foreign:
+            lacking = [library for library in foreign if library not in server.get("modules", ())]
+            if lacking:
+                raise PushError(
+                    f"{origin} is built with {', '.join(foreign)}; the server's runtime lacks "
+                    f"{', '.join(lacking)} and the model cannot be compiled "
+                    f"({(path_note or '').removeprefix('not compiled: ')}). "
+                    + server_runtime.missing_module_guidance(lacking[0]))
+            # A DBA added these libraries to the server's runtime: the blob, on the sklearn path.
+            blob = _blob(estimator, format, file_bytes, saved, origin)
+            _check_server_runtime(server, saved, origin)
         digest = hashlib.sha256(blob).hexdigest()
         if path == "sklearn":
             _require_approval(conn, format, digest, f"{origin} (pushed as a version of model {name!r})", blob)
@@ -400,6 +458,8 @@ def push_model(
                 conn.execute("SELECT scoring.activate(%s, %s)", [name, version])
     where = " or ".join(dict.fromkeys(scored.table for scored in entities))
     notes = [] if tested else [f"no rows in {where} to test-score the model on; it was checked for loading only"]
+    if from_mlflow is not None:
+        notes.insert(0, f"from {mlflow_source.describe(from_mlflow)} (recorded in the version's metrics)")
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
                       [scored.table for scored in entities], format)
 

@@ -43,6 +43,8 @@ def convert(data: bytes) -> tuple[dict, bytes]:
                 saved["scikit-learn"] = warning.message.original_sklearn_version
     except Exception as exc:  # noqa: BLE001 - whatever unpickling raised is the answer
         report["error"] = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            report["missing_module"] = exc.name  # a third-party pipeline step: push says what to do
         return report, b""
     report["saved"] = saved
     report["type"] = f"{type(estimator).__module__}.{type(estimator).__qualname__}"

@@ -107,13 +107,13 @@ NUMERIC_INPUT_LIBRARIES = ("xgboost", "lightgbm")
 
 def library_frame(estimator: Any, rows: Sequence[dict], feature_names: Sequence[str]) -> Any:
     """The pandas frame of ``rows`` that ``estimator.predict_proba`` is given as the reference."""
-    from . import compile as compile_
+    from .compile import lgbm
 
     frame = features.to_frame(rows, feature_names)
-    if compile_.lgbm.accepts(estimator):
-        return compile_.library_frame(estimator, frame)  # LightGBM's category columns
     if type(estimator).__module__.split(".", 1)[0] not in NUMERIC_INPUT_LIBRARIES:
         return frame  # scikit-learn (and a pipeline's own first step) takes the frame as it is
+    if lgbm.accepts(estimator):
+        frame = lgbm.category_columns(estimator, frame)  # its pandas category columns, as it was fitted
     for name in frame.columns[frame.dtypes == object]:
         try:
             frame[name] = frame[name].astype("float64")
@@ -225,15 +225,6 @@ def check_rows_for(conn: psycopg.Connection, compiled: Any, feature_names: Seque
     declared = {name: declared for name, _type, declared in _columns(conn, entity)}
     generated = check_rows.rows_for(compiled.ir, declared, base)
     return check_rows.CheckRows(profiles, generated)
-
-
-def reference_frame(estimator: Any, rows: Sequence[dict], feature_names: Sequence[str]) -> Any:
-    """The frame ``estimator.predict_proba`` is given for ``rows``: pandas'
-    (pgscore_server.features.to_frame), as the estimator's library takes it
-    (pgscore.compile.library_frame: LightGBM's category columns)."""
-    from .compile import library_frame
-
-    return library_frame(estimator, features.to_frame(rows, feature_names))
 
 
 def one_by_one_sample(checks: check_rows.CheckRows) -> list[dict]:

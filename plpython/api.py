@@ -289,4 +289,5 @@ def runtime_info(plpy: Any, cache: dict) -> str:
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
     info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'
+    info["modules"] = runtime.top_level_modules()
     return json.dumps(info)

@@ -13,6 +13,11 @@ the digest it returned. :func:`check_model` asks the same question earlier,
 where a model is activated or put on the scikit-learn path, so that a
 pickle nobody approved is refused there rather than at the next insert.
 
+An ONNX graph (format 'onnx', path 'onnx') is parsed and run by
+onnxruntime, native code that trusts it: it needs the same approval of its
+sha256 (and pgscore_server.onnxpath.check_graph refuses external data and
+custom ops whatever was approved).
+
 A skops blob runs no code of its own, but one holding a type outside
 ``formats.NATIVE_SAFE_TYPES`` (an SVC, KMeans, a KDTree, ...) is handed to
 compiled prediction code that trusts its arrays: a crafted one reads or
@@ -80,8 +85,20 @@ def needs_approval(fmt: str, blob: bytes | None) -> tuple[bool, list[str]]:
     return bool(types), types
 
 
+def onnx_refusal_text(subject: str, sha256: str) -> tuple[str, str]:
+    """(message, hint) for an ONNX graph nobody approved. Shared by the server and ``pgscore push``."""
+    return (
+        f"{subject} is an ONNX graph (sha256 {sha256}) that no superuser has approved; pgscore will not hand it"
+        " to onnxruntime",
+        "onnxruntime is native code that parses and runs the graph in the server (a crafted graph can crash or"
+        f" misuse every session); a superuser who trusts {subject} runs: pgscore approve {sha256}",
+    )
+
+
 def refusal(subject: str, fmt: str, types: list[str], sha256: str) -> tuple[str, str]:
     """(message, hint) for a blob that needs an approval nobody gave (see :func:`needs_approval`)."""
+    if fmt == "onnx":
+        return onnx_refusal_text(subject, sha256)
     return native_refusal_text(subject, types, sha256) if types else refusal_text(subject, fmt, sha256)
 
 

@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 FORMATS = ("skops", "joblib")
 # Formats whose loading runs no code from the blob. Every other format, known
-# or not, is treated as a pickle: it needs a superuser's approval.
+# or not, is treated as a pickle: it needs a superuser's approval. 'onnx' is
+# deliberately not here: onnxruntime parses and runs the graph in native code
+# (pgscore_server.onnxpath; docs/security.md).
 SAFE_FORMATS = ("skops",)
 
 # Types skops does not trust by default that scikit-learn's own estimators

@@ -2,7 +2,7 @@
 them use the compiled arrays, when generated SQL pays off, and which
 scoring functions the active churn model gets.
 
-Every model version is scored on one of three paths
+Every model version is scored on one of four paths
 (``scoring.models.scoring_path``):
 
 - 'sql': its compiled arrays written as one SQL expression
@@ -12,7 +12,8 @@ Every model version is scored on one of three paths
   with the compiled arrays;
 - 'compiled': the compiled arrays, evaluated with numpy
   (pgscore_server.compiled); nothing is unpickled;
-- 'sklearn': the scikit-learn estimator rebuilt from its blob.
+- 'sklearn': the scikit-learn estimator rebuilt from its blob;
+- 'onnx': an ONNX graph run by onnxruntime (pgscore_server.onnxpath).
 
 ``pgscore push`` chooses one ('auto': the fastest path whose scores equal
 predict_proba) and scoring.set_scoring_path forces one; :func:`install` puts
@@ -25,7 +26,10 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package 
 if TYPE_CHECKING:
     from typing import Any
 
-PATHS = ("sql", "compiled", "sklearn")
+PATHS = ("sql", "compiled", "sklearn", "onnx")
+# The path of an ONNX graph (format 'onnx', and only that format: the
+# models_path_reads_format CHECK), scored by onnxruntime (pgscore_server.onnxpath).
+ONNX_PATH = "onnx"
 # Paths scored with the compiled arrays wherever Python scores them.
 COMPILED_PATHS = ("compiled", "sql")
 

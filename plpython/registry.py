@@ -11,6 +11,8 @@ Two ways to evaluate a model:
   scikit-learn is never imported.
 - 'sklearn': the pickled blob, sha256-verified before it is unpickled, after
   checking the scikit-learn/numpy versions it was saved with.
+- 'onnx': an ONNX graph (format 'onnx') run by onnxruntime
+  (:mod:`pgscore_server.onnxpath`, imported only for such a model).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .errors import (
     ScoringError,
     as_scoring_error,
 )
-from .paths import COMPILED_PATHS
+from .paths import COMPILED_PATHS, ONNX_PATH
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -156,6 +158,8 @@ class LoadedModel:
         if self.scoring_path in COMPILED_PATHS:
             if len(rows) == 1:
                 return [self.predict_one(rows[0])]  # no numpy for one row of a tree model
+            return self._checked(lambda: self.estimator.predict(rows), rows)
+        if self.scoring_path == ONNX_PATH:
             return self._checked(lambda: self.estimator.predict(rows), rows)
         return self._checked(
             lambda: self.estimator.predict_proba(features.to_frame(rows, self.feature_names))[:, 1], rows)
@@ -325,6 +329,8 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
     _check_features(plpy, cache, feature_names, label, scorer)
     if row["scoring_path"] in COMPILED_PATHS:
         estimator = load_compiled(bytes(row["compiled"]), label)
+    elif row["scoring_path"] == ONNX_PATH:
+        estimator = load_onnx(plpy, cache, row, model_id, expected_sha256, label)
     else:
         blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
         verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
@@ -398,6 +404,26 @@ def verify_blob(blob: bytes, recorded: str, expected: str | None, label: str, na
             sqlstate=MODEL_LOAD_FAILED,
             hint=f"push the model again and activate the new version, or roll back: pgscore rollback {name}",
         )
+
+
+def load_onnx(plpy: Any, cache: dict, row: Mapping[str, Any], model_id: int, expected_sha256: str | None,
+              label: str) -> Any:
+    """The ONNX model of ``row`` (path 'onnx'): its blob sha256-verified,
+    approved by a superuser (onnxruntime is native code parsing it) and
+    checked by pgscore_server.onnxpath before onnxruntime, imported only
+    here, sees it."""
+    blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
+    verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
+    approvals.require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"], blob)
+    from . import onnxpath
+
+    try:
+        return onnxpath.OnnxModel(blob, list(row["feature_names"]), label)
+    except ScoringError:
+        raise
+    except Exception as exc:  # onnxruntime refusing the graph
+        raise ScoringError(f"{label} could not be loaded by onnxruntime: {runtime.describe_load_error(exc)}",
+                           sqlstate=MODEL_LOAD_FAILED, hint="convert the model again and push it") from None
 
 
 def load_compiled(data: bytes, label: str) -> Any:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
 
 # Distributions whose versions decide whether a pickled model loads.
 PACKAGES = ("scikit-learn", "numpy", "scipy", "joblib", "pandas", "threadpoolctl", "skops")
+# Server extras whose presence runtime_info reports (None: not installed):
+# onnxruntime scores the 'onnx' path (pgscore_server.onnxpath).
+EXTRAS = ("onnxruntime",)
 
 
 def versions() -> dict[str, str | None]:
@@ -24,12 +27,22 @@ def versions() -> dict[str, str | None]:
     from importlib import metadata
 
     found: dict[str, str | None] = {"python": platform.python_version()}
-    for name in PACKAGES:
+    for name in PACKAGES + EXTRAS:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
+
+
+def top_level_modules() -> list[str]:
+    """The top-level modules this interpreter's installed distributions
+    provide (the pinned runtime, its extras and whatever a DBA added with
+    ``pgscore runtime add``): what push asks before it stores a model built
+    with a library other than scikit-learn as a blob the server rebuilds."""
+    from importlib import metadata
+
+    return sorted(metadata.packages_distributions())
 
 
 def parse_recorded(value: Any) -> dict[str, Any]:
@@ -73,5 +86,19 @@ def check_compatible(recorded: Mapping[str, Any], label: str) -> None:
 
 def describe_load_error(exc: BaseException) -> str:
     if isinstance(exc, ModuleNotFoundError):
-        return f"it needs the Python module {exc.name!r}, which the server's runtime does not have"
+        return (f"it needs the Python module {exc.name!r}, which the server's runtime does not have; "
+                + missing_module_guidance(exc.name))
     return describe(exc)
+
+
+def missing_module_guidance(module: str | None) -> str:
+    """What to do with a model that needs a package the server's runtime lacks
+    (a third-party pipeline step: feature_engine, imbalanced-learn, ...); one
+    wording for the server's refusal and ``pgscore push``'s
+    (docs/models-from-other-tools.md, "Third-party pipelines")."""
+    package = (module or "PACKAGE").split(".")[0]
+    return (f"pgscore scores such a pipeline once its {package} steps are rewritten with scikit-learn's own "
+            "transformers (it then compiles, or loads on the sklearn path), or once it is exported to ONNX "
+            "(pgscore push model.onnx); or a DBA adds the package to the server's runtime deliberately: "
+            "pgscore runtime add PACKAGE==VERSION, then restart the server. Every package in the server's "
+            "runtime runs as the server's OS account in every session")

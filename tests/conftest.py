@@ -64,9 +64,12 @@ def _server_dsn(target: str) -> Iterator[str]:
     if given:
         yield given
         return
+    from pgscore.dev import runtime
     from pgscore.dev.localdb import local_database
 
     local = local_database(os.environ.get("PGSCORE_TEST_HOME"))
+    # The shared server scores ONNX models (tests/db/test_onnx.py): the onnx server extra.
+    runtime.add(local.dir / runtime.EXTRAS_FILE, ["onnx"])
     was_running = local.is_running()
     try:
         yield local.start()
@@ -78,7 +81,7 @@ def _server_dsn(target: str) -> Iterator[str]:
 def own_server_folder(prefix: str) -> Path:
     """A new folder for a server of a test's own (``pgscore db`` layout), which
     the postgres OS user can reach, with the shared server's runtime folder
-    linked in (no pip install)."""
+    linked in (no pip install); without its extras (no onnxruntime)."""
     from pgscore.dev.localdb import local_database
 
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))

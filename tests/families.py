@@ -61,8 +61,8 @@ FAMILIES = (
            ("compiled", "sql")),
     Family("tree", "trees", lambda: DecisionTreeClassifier(min_samples_leaf=2, random_state=0), ("compiled", "sql")),
     Family("hgb", "hgb", lambda: HistGradientBoostingClassifier(max_iter=60, random_state=0), ("compiled", "sql")),
-    Family("lgbm", "lgbm", _lgbm, ("compiled", "sql")),
     Family("xgboost", "xgboost", _xgboost, ("compiled", "sql"), float32=True),
+    Family("lgbm", "lgbm", _lgbm, ("compiled", "sql")),
 )
 
 BY_NAME = {family.name: family for family in FAMILIES}

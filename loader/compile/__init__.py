@@ -13,14 +13,15 @@ OneHotEncoder, StandardScaler, SimpleImputer, nested Pipelines of those,
 'passthrough' and 'drop'; and a binary classifier: LogisticRegression(CV),
 SGDClassifier (log_loss / modified_huber), DecisionTree/ExtraTree,
 RandomForest/ExtraTrees, GradientBoosting (log_loss),
-HistGradientBoosting (numeric features), LightGBM's LGBMClassifier
-(binary; :mod:`.lgbm`) or XGBoost's XGBClassifier (binary:logistic, gbtree).
-Anything else raises :class:`UnsupportedModel`.
+HistGradientBoosting (numeric features), XGBoost's XGBClassifier
+(binary:logistic, gbtree) or LightGBM's LGBMClassifier (binary). Anything
+else raises :class:`UnsupportedModel`.
 
 One converter per family, each producing the typed model of
 ``pgscore_server.compiled.ir``: :mod:`.preprocessing` (the steps before the
 classifier) and, registered in :data:`.families.FAMILIES`, :mod:`.linear`,
-:mod:`.trees` (single trees and forests), :mod:`.gbm`, :mod:`.hgb`, :mod:`.xgb`.
+:mod:`.trees` (single trees and forests), :mod:`.gbm`, :mod:`.hgb`, :mod:`.xgb`,
+:mod:`.lgbm`.
 :class:`CompiledModel` (:mod:`.archive`) is that model in the archive's
 layout (value tags, array names: ``pgscore_server.compiled.ir``).
 """
@@ -84,25 +85,6 @@ def compile_model(model: Any) -> CompiledModel:
         )
     source = {"estimator": _describe(model), "sklearn_version": _sklearn_version()}
     return CompiledModel.from_ir(ir.Model(feature_names, transform, classifier, source))
-
-
-def check_parity(model: Any, compiled: CompiledModel, rows: Sequence[Any]) -> float:
-    """Max |compiled - predict_proba[:, 1]| over rows (dicts keyed by feature name).
-
-    Raises whatever either side raises on these rows.
-    """
-    from pgscore_server.features import to_frame
-
-    expected = model.predict_proba(library_frame(model, to_frame(rows, compiled.feature_names)))[:, 1]
-    got = compiled.evaluator().predict(rows)
-    return float(np.max(np.abs(expected - got))) if len(rows) else 0.0
-
-
-def library_frame(model: Any, frame: Any) -> Any:
-    """``frame`` as the model's own library takes it: a bare LGBMClassifier's
-    by :func:`.lgbm.library_frame`; a pipeline's as it is (its scikit-learn
-    steps read it, and hand LightGBM a float array)."""
-    return lgbm.library_frame(model, frame) if lgbm.accepts(model) else frame
 
 
 def _describe(model: Any) -> str:

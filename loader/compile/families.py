@@ -29,8 +29,8 @@ FAMILIES = (
     Family("trees", trees.accepts, trees.convert),
     Family("gbm", gbm.accepts, gbm.convert),
     Family("hgb", hgb.accepts, hgb.convert),
-    Family("lgbm", lgbm.accepts, lgbm.convert),
     Family("xgboost", xgb.accepts, xgb.convert),
+    Family("lgbm", lgbm.accepts, lgbm.convert),
 )
 
 

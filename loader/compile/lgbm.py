@@ -11,15 +11,16 @@ What LightGBM does when it predicts one row (``include/LightGBM/tree.h``,
 - A numerical node sends x left when ``x <= threshold`` (doubles). Its
   missing type (``decision_type`` bits 2-3) says what NaN does: ``None``:
   NaN is read as 0.0, so it goes where 0.0 goes; ``NaN``: NaN takes the
-  default direction (bit 1). ``Zero`` (``zero_as_missing=True``) sends 0.0
-  as well as NaN the default way, which the IR's nodes cannot say: refused.
+  default direction (bit 1); ``Zero`` (``zero_as_missing=True``): NaN and
+  the zero band take the default direction (``ir.TreeEnsemble.zero_missing``).
 - A categorical node sends x left when x is not NaN, ``int(x) >= 0`` and the
   bit of ``int(x)`` is set in its bitset: the IR's category sets
   (``ir.TreeEnsemble.category_set``), one byte per category.
 - The raw score is ``0.0 + tree_0 + tree_1 + ...`` in float64 (the average
   of boost_from_average is already in tree 0's leaves), and the probability
   ``1 / (1 + exp(-sigmoid * raw))``: the hist_boosting rule with start 0.0,
-  which needs sigmoid 1.0.
+  which needs sigmoid 1.0 (named 'lightgbm' for a model with categorical or
+  zero-as-missing nodes, which a server without them must refuse).
 - ``predict_proba`` uses the first ``best_iteration_`` trees when early
   stopping set it, else all of them.
 
@@ -30,9 +31,10 @@ steps: the value's position among the training categories, NaN for None
 or a value not among them, as LightGBM's ``_data_from_pandas`` does.
 
 The reference LightGBM is compared against takes a pandas frame
-(:func:`library_frame`): LightGBM converts it to float64 unless every column
-is small enough for float32 (bool, int8/16, category codes), and those
-values are exact in float32, so float64 is what its trees see either way.
+(pgscore.verify.library_frame, with :func:`category_columns`): LightGBM
+converts it to float64 unless every column is small enough for float32
+(bool, int8/16, category codes), and those values are exact in float32, so
+float64 is what its trees see either way.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from .common import UnsupportedModel, plain_value
 from .trees import ensemble
 
 # LightGBM's kZeroThreshold (include/LightGBM/meta.h: 1e-35f), as the double it is compared as.
-K_ZERO_THRESHOLD = float(np.float32(1e-35))
+K_ZERO_THRESHOLD = ir.ZERO_BAND
+assert K_ZERO_THRESHOLD == float(np.float32(1e-35))
 _CATEGORICAL_MASK = 1
 _DEFAULT_LEFT_MASK = 2
 _MISSING_NONE, _MISSING_ZERO, _MISSING_NAN = 0, 1, 2
@@ -121,9 +124,9 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
     best = int(getattr(booster, "best_iteration", 0) or 0)
     if best > 0:
         trees = trees[:best]
-    names = header.get("feature_names", "").split()
     tables: list[dict[str, np.ndarray]] = []
     category_set: list[int] = []
+    zero_missing: list[int] = []
     bounds, members = [0], []
     for index, tree in enumerate(trees):
         if tree.get("is_linear", "0") != "0":
@@ -157,21 +160,18 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
                 while flags and not flags[-1]:
                     flags.pop()
                 category_set.append(len(bounds) - 1)
+                zero_missing.append(0)
                 members += flags
                 bounds.append(len(members))
                 table["threshold"].append(0.0)
                 table["missing_left"].append(0)
                 continue
             missing_type = (dt >> 2) & 3
-            if missing_type == _MISSING_ZERO:
-                feature_name = names[feature] if feature < len(names) else str(feature)
-                raise UnsupportedModel(
-                    f"{where}: feature {feature_name!r} treats zero as missing (zero_as_missing=True), "
-                    "which the compiled form does not reproduce; train with zero_as_missing=False")
             t = _numeric_threshold(threshold[k])
             table["threshold"].append(t)
             category_set.append(-1)
-            if missing_type == _MISSING_NAN:
+            zero_missing.append(1 if missing_type == _MISSING_ZERO else 0)
+            if missing_type in (_MISSING_NAN, _MISSING_ZERO):
                 table["missing_left"].append(1 if dt & _DEFAULT_LEFT_MASK else 0)
             else:  # None: NaN is read as 0.0
                 table["missing_left"].append(1 if 0.0 <= t else 0)
@@ -182,6 +182,7 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
             table["missing_left"].append(0)
             table["value"].append(value)
             category_set.append(-1)
+            zero_missing.append(0)
         tables.append({
             "feature": np.asarray(table["feature"], dtype=np.int64),
             "threshold": np.asarray(table["threshold"], dtype=np.float64),
@@ -192,12 +193,17 @@ def convert(clf: Any, path: str, sparse: bool) -> ir.TreeEnsemble:
         })
     if not tables:
         raise UnsupportedModel(f"{where}: the model has no trees")
-    result = ensemble(tables, estimator="LGBMClassifier", combine="hist_boosting", cast_float32=False,
-                      missing="route", allow_inf=True, init=0.0)
+    # hist_boosting's rule; named 'lightgbm' when the optional node arrays are written
+    # (ir.NODE_ARRAY_RULES: a server without them refuses the archive).
+    extended = any(s >= 0 for s in category_set) or any(zero_missing)
+    result = ensemble(tables, estimator="LGBMClassifier", combine="lightgbm" if extended else "hist_boosting",
+                      cast_float32=False, missing="route", allow_inf=True, init=0.0)
     if any(s >= 0 for s in category_set):
         result.category_set = np.asarray(category_set, dtype=np.int32)
         result.category_bounds = np.asarray(bounds, dtype=np.int32)
         result.category_left = np.asarray(members, dtype=np.uint8)
+    if any(zero_missing):
+        result.zero_missing = np.asarray(zero_missing, dtype=np.uint8)
     return result
 
 
@@ -212,11 +218,22 @@ def input_transform(clf: Any, path: str, transform: ir.Transform, has_preprocess
                     feature_names: list[str]) -> ir.Transform:
     """The transform before a bare LGBMClassifier fitted on pandas ``category``
     columns: those inputs become :class:`ir.OrdinalColumn` (their codes), the
-    others stay as they were. Unchanged without ``pandas_categorical``."""
+    others stay as they were. Unchanged without ``pandas_categorical``.
+
+    Raises UnsupportedModel for a pipeline whose steps hand LightGBM the
+    input columns as they are: a numpy array of ints reaches its trees as
+    float32 (``_np2d_to_np1d``), of floats as float64, so the same row would
+    split differently by the batch it comes in (a NULL makes an int column float).
+    Every other supported step outputs float64."""
+    where = f"LGBMClassifier in step {path!r}"
+    if has_preprocessing and not transform.onehot and all(not b.ops and not b.fills for b in transform.numeric):
+        raise UnsupportedModel(
+            f"{where}: the steps before it pass the input columns on unconverted, and LightGBM reads an array "
+            "that is not float as float32, so its splits would depend on each batch's column types; push the "
+            "LGBMClassifier alone (it reads a DataFrame as float64), or scale or impute the columns in the pipeline")
     pandas_categorical = getattr(clf.booster_, "pandas_categorical", None) or []
     if not pandas_categorical:
         return transform
-    where = f"LGBMClassifier in step {path!r}"
     if has_preprocessing:
         raise UnsupportedModel(f"{where}: pandas category columns after preprocessing are not supported "
                                "(one-hot encode them in the pipeline, or push the LGBMClassifier alone)")
@@ -239,23 +256,14 @@ def input_transform(clf: Any, path: str, transform: ir.Transform, has_preprocess
     return ir.Transform(transform.n_outputs, numeric, transform.onehot, transform.dtype_checks, ordinal)
 
 
-def library_frame(model: Any, frame: Any) -> Any:
-    """``frame`` (pgscore_server.features.to_frame's) as LightGBM takes it:
-    columns that pandas left as objects (a lone NULL) as float64, and the
-    pandas category columns of a bare LGBMClassifier as ``category`` (LightGBM
-    maps them to its training categories itself; an unknown value is NaN).
-    LightGBM refuses object and string columns, which a profile's NULL or
-    text would otherwise be."""
-    import pandas as pd
-
+def category_columns(model: Any, frame: Any) -> Any:
+    """``frame`` (pgscore_server.features.to_frame's, for pgscore.verify.library_frame)
+    with the pandas category columns of a bare LGBMClassifier as ``category``:
+    LightGBM refuses text columns, and maps a category column to its training
+    categories itself (an unknown value or a NULL becomes NaN)."""
+    if not getattr(model.booster_, "pandas_categorical", None):
+        return frame
     frame = frame.copy(deep=False)
-    categorical: set[int] = set()
-    if getattr(model.booster_, "pandas_categorical", None):
-        categorical = set(categorical_features(model))
-    for k, column in enumerate(frame.columns):
-        if k in categorical:
-            frame[column] = frame[column].astype("category")
-        elif frame[column].dtype == object or isinstance(frame[column].dtype, pd.StringDtype):
-            if frame[column].map(lambda v: v is None or isinstance(v, (int, float, bool))).all():
-                frame[column] = frame[column].astype(np.float64)
+    for k in categorical_features(model):
+        frame[frame.columns[k]] = frame[frame.columns[k]].astype("category")
     return frame

@@ -69,8 +69,9 @@ class LocalDatabase:
     def start(self, port: int | None = None) -> str:
         """Starts the server (initialising it on first use) and returns its DSN.
 
-        A running server is left alone, unless the pinned runtime changed
-        since it started: then it restarts on the new one.
+        A running server is left alone, unless the pinned runtime or its
+        extras (``runtime-extras.txt`` in its folder: ``pgscore runtime add``)
+        changed since it started: then it restarts on the new one.
         """
         bindir = self._bindir()
         plpython = bindir.parent / "lib" / "plpython3.so"
@@ -91,10 +92,14 @@ class LocalDatabase:
             self._announce_new_server()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
-        runtime_dir = runtime.install(self.dir / "runtime", runtime.server_python_version(plpython))
+        python_version = runtime.server_python_version(plpython)
+        runtime_dir = runtime.install(self.dir / "runtime", python_version)
+        extras_dir = runtime.install_extras(self.dir / "runtime", python_version,
+                                            runtime.extras_text(self.dir / runtime.EXTRAS_FILE))
+        extras = str(extras_dir.resolve()) if extras_dir else None
         state = self.state()
         if running:
-            if state.get("runtime") == str(runtime_dir.resolve()):
+            if state.get("runtime") == str(runtime_dir.resolve()) and state.get("runtime_extras") == extras:
                 return self.dsn()
             print("pgscore: the pinned runtime changed; restarting the local server on it", file=sys.stderr)
             self.stop()
@@ -112,10 +117,11 @@ class LocalDatabase:
                   file=sys.stderr)
             self._move(state, moved)
         state["runtime"] = str(runtime_dir.resolve())
+        state["runtime_extras"] = extras  # after the base runtime on PYTHONPATH (pgscore runtime add)
         self.state_file.write_text(json.dumps(state))
         self.state_file.chmod(0o600)
-        env = dict(os.environ, PYTHONPATH=state["runtime"], OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
-                   MKL_NUM_THREADS="1")
+        env = dict(os.environ, PYTHONPATH=":".join(filter(None, [state["runtime"], extras])),
+                   OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env.pop("PYTHONHOME", None)
         self._run([self.program("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
                   env=env)

@@ -43,7 +43,8 @@ UNKNOWN_CATEGORY = ("error", "ignore")
 # its generated row code and the SQL generator all follow this one table,
 # adding tree by tree in the estimator's order (as scikit-learn does).
 #   boosting (GradientBoosting): expit(init + sum(learning_rate * leaf))
-#   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf))
+#   hist_boosting (HistGradientBoosting): expit(baseline + sum(leaf));
+#     LightGBM's LGBMClassifier too, with init 0.0 (its start is in tree 0's leaves)
 #   average (forests, single trees): sum(leaf) / n_trees, leaf = the tree's P(class 1)
 #   xgboost (XGBClassifier, binary:logistic): sigmoid(base margin + sum(leaf)), in float32
 COMBINE_RULES = {
@@ -51,11 +52,21 @@ COMBINE_RULES = {
     "hist_boosting": ("init", None, "logistic"),
     "average": (None, None, "mean"),
     "xgboost": ("init", None, "logistic"),
+    # LightGBM with categorical splits or zero-as-missing nodes (the TreeEnsemble's
+    # optional node arrays): hist_boosting's rule under a name of its own, so that a
+    # server whose code predates those arrays refuses the archive instead of misreading it.
+    "lightgbm": ("init", None, "logistic"),
 }
+# The rules whose ensembles may carry the optional node arrays (category sets, zero_missing).
+NODE_ARRAY_RULES = frozenset({"lightgbm"})
 # The rules whose library computes in float32 (XGBoost): the sum starts from the float32
 # ``init`` and rounds to float32 after every leaf, and the logistic is XGBoost's float32
 # Sigmoid (pgscore_server.compiled.float32); the others add and finish in float64.
 FLOAT32_RULES = frozenset({"xgboost"})
+
+# LightGBM's kZeroThreshold (1e-35f) as a double: a node with zero_missing
+# (TreeEnsemble) sends |x| <= ZERO_BAND the way it sends a missing value.
+ZERO_BAND = 1.0000000180025095e-35
 
 
 class _NanKey:
@@ -365,22 +376,27 @@ class TreeEnsemble:
     else (NaN, negative, beyond the set) goes right, and ``threshold`` and
     ``missing_left`` of such a node are unused (0.0, 0). Archives without
     these arrays are all-numeric (``category_set`` None).
+
+    ``zero_missing[k]`` (LightGBM's missing type Zero; None in archives
+    without it): a numeric node that also sends ``|x| <= ZERO_BAND`` where
+    it sends a missing value (``missing_left[k]``).
     """
 
     __slots__ = ("estimator", "combine", "cast_float32", "missing", "allow_inf", "max_depth", "init",
                  "learning_rate", "feature", "threshold", "left", "right", "missing_left", "value", "roots",
-                 "walk_steps", "category_set", "category_bounds", "category_left")
+                 "walk_steps", "category_set", "category_bounds", "category_left", "zero_missing")
     kind = "trees"
     NODE_ARRAYS = ("feature", "threshold", "left", "right", "missing_left", "value")
     CATEGORY_ARRAYS = ("category_set", "category_bounds", "category_left")
     _TYPECODES = {"feature": "i", "threshold": "d", "left": "i", "right": "i", "missing_left": "B", "value": "d",
-                  "roots": "i", "category_set": "i", "category_bounds": "i", "category_left": "B"}
+                  "roots": "i", "category_set": "i", "category_bounds": "i", "category_left": "B",
+                  "zero_missing": "B"}
     _DTYPES = {"i": "<i4", "d": "<f8", "B": "|u1"}
 
     def __init__(self, estimator: str, combine: str, cast_float32: bool, missing: str, allow_inf: bool,
                  max_depth: int, init: float, learning_rate: float, feature: Any, threshold: Any, left: Any,
                  right: Any, missing_left: Any, value: Any, roots: Any, category_set: Any = None,
-                 category_bounds: Any = None, category_left: Any = None):
+                 category_bounds: Any = None, category_left: Any = None, zero_missing: Any = None):
         self.estimator = estimator
         self.combine = combine
         self.cast_float32 = cast_float32
@@ -399,6 +415,7 @@ class TreeEnsemble:
         self.category_set = category_set
         self.category_bounds = category_bounds
         self.category_left = category_left
+        self.zero_missing = zero_missing
         self.walk_steps = 0.0  # read() sets it: sum over trees of the mean leaf depth
 
     @property
@@ -413,6 +430,11 @@ class TreeEnsemble:
     def categorical(self) -> bool:
         """True when some node is a categorical split (``category_set``)."""
         return self.category_set is not None and any(s >= 0 for s in self.category_set)
+
+    @property
+    def zero_band(self) -> bool:
+        """True when some node sends the zero band where missing values go (``zero_missing``)."""
+        return self.zero_missing is not None and any(self.zero_missing)
 
     def goes_left_category(self, node: int, x: float) -> bool:
         """A categorical node's decision for x (see the class docstring): the
@@ -455,6 +477,8 @@ class TreeEnsemble:
         names = (*cls.NODE_ARRAYS, "roots")
         if "tree_category_set" in arrays:
             names += cls.CATEGORY_ARRAYS
+        if "tree_zero_missing" in arrays:
+            names += ("zero_missing",)
         nodes = {name: _as_array(arrays[f"tree_{name}"], cls._TYPECODES[name]) for name in names}
         trees = cls(spec["estimator"], spec["combine"], bool(spec["cast_float32"]), spec["missing"],
                     bool(spec["allow_inf"]), int(spec["max_depth"]), _scalar(arrays["init"]),
@@ -464,8 +488,14 @@ class TreeEnsemble:
             if len(nodes[name]) != n_nodes:
                 raise ValueError(f"tree array {name!r} has the wrong shape")
         trees.walk_steps = trees._check_nodes(n_outputs)
+        if (trees.category_set is not None or trees.zero_missing is not None) \
+                and trees.combine not in NODE_ARRAY_RULES:
+            raise ValueError(f"compiled model: tree combination {trees.combine!r} has no categorical "
+                             "or zero-as-missing nodes")
         if trees.category_set is not None:
             trees._check_categories()
+        if trees.zero_missing is not None and len(trees.zero_missing) != n_nodes:
+            raise ValueError("tree array 'zero_missing' has the wrong shape")
         if trees.float32 and (array("f", [trees.init]).tolist() != [trees.init]
                               or array("f", trees.value).tolist() != trees.value.tolist()):
             raise ValueError("compiled model: a float32 tree ensemble has a start or leaf value that is no float32")
@@ -488,6 +518,8 @@ class TreeEnsemble:
         names = (*self.NODE_ARRAYS, "roots")
         if self.category_set is not None:  # only then: an all-numeric model keeps its bytes
             names += self.CATEGORY_ARRAYS
+        if self.zero_missing is not None:
+            names += ("zero_missing",)
         for name in names:
             arrays[f"tree_{name}"] = make_array(getattr(self, name), self._DTYPES[self._TYPECODES[name]])
         arrays["init"] = make_array(self.init, "<f8")

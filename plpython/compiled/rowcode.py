@@ -48,6 +48,11 @@ class RowCode:
                 if s >= 0:
                     self._category_codes[node] = [c for c in range(bounds[s + 1] - bounds[s])
                                                   if members[bounds[s] + c]]
+        # Numeric nodes that send the zero band where missing values go: node -> goes it left.
+        self._zero_nodes: dict[int, bool] = {}
+        if ensemble.zero_band:
+            self._zero_nodes = {node: bool(ensemble.missing_left[node])
+                                for node, z in enumerate(ensemble.zero_missing) if z}
         # XGBoost's sum rounds to float32 after every leaf (ir.FLOAT32_RULES).
         self._float32 = ensemble.float32
         self._function: Any = None
@@ -72,10 +77,12 @@ class RowCode:
             self._function = define_raw(self.source(), {"array": array}, "<pgscore compiled trees>")
         return self._function
 
-    def source(self, prologue: Sequence[str] = (), condition: Any = None, category_condition: Any = None) -> str:
+    def source(self, prologue: Sequence[str] = (), condition: Any = None, category_condition: Any = None,
+               band_test: Any = None) -> str:
         """``def raw(x)``; :class:`PipelineCode` passes its own prologue,
-        ``condition(column, threshold)`` and ``category_condition(column, codes)``:
-        the Python tests for "goes left" (raw() sends only finite rows here)."""
+        ``condition(column, threshold)``, ``category_condition(column, codes)``
+        and ``band_test(column)`` (the value is in the zero band): the Python
+        tests for "goes left" (raw() sends only finite rows here)."""
         feature, threshold, left, right, value, roots = (a.tolist() for a in self._arrays)
         if condition is None:
 
@@ -86,6 +93,11 @@ class RowCode:
 
             def category_condition(column: int, codes: list[int]) -> str:
                 return category_test(f"x[{column}]", codes)
+
+        if band_test is None:
+
+            def band_test(column: int) -> str:
+                return f"-{float_literal(ir.ZERO_BAND)} <= x[{column}] <= {float_literal(ir.ZERO_BAND)}"
 
         lines = ["def raw(x):", *prologue, f"    s = {float_literal(self._start)}"]
         if self._float32:
@@ -103,6 +115,8 @@ class RowCode:
                 test = category_condition(int(feature[node]), self._category_codes[node])
             else:
                 test = condition(int(feature[node]), threshold[node])
+                if node in self._zero_nodes:
+                    test = zero_test(test, band_test(int(feature[node])), self._zero_nodes[node])
             if test in ("True", "False"):  # a one-hot column's test that every value answers alike
                 emit(left[node] if test == "True" else right[node], indent)
                 return
@@ -215,7 +229,13 @@ class PipelineCode:
                 return str(when_one)
             return f"{code} == {out}" if when_one else f"{code} != {out}"
 
-        return self._row_code.source(prologue, condition, category_condition)
+        def band_test(column: int) -> str:
+            if column not in indicator:
+                return f"-{float_literal(ir.ZERO_BAND)} <= x{column} <= {float_literal(ir.ZERO_BAND)}"
+            code, out = indicator[column]
+            return f"{code} != {out}"  # the indicator is 0.0
+
+        return self._row_code.source(prologue, condition, category_condition, band_test)
 
 
 def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
@@ -223,6 +243,14 @@ def define_raw(source: str, namespace: dict[str, Any], filename: str) -> Any:
     numbers, never from text anyone supplied) defines in ``namespace``."""
     exec(compile(source, filename, "exec"), namespace)  # noqa: S102
     return namespace["raw"]
+
+
+def zero_test(test: str, band: str, band_left: bool) -> str:
+    """Python for "goes left" at a node that sends the zero band (``band``)
+    the way of missing values (left when ``band_left``), else as ``test``."""
+    if band_left:
+        return f"(({band}) or ({test}))"
+    return f"(not ({band}) and ({test}))"
 
 
 def category_test(value: str, codes: list[int]) -> str:

@@ -71,6 +71,9 @@ class Trees:
         self.categorical = ensemble.categorical
         self.node_category_set = ensemble.category_set
         self.goes_left_category = ensemble.goes_left_category
+        # Nodes that send the zero band where missing values go (ir.TreeEnsemble.zero_missing), if any.
+        self.zero_band = ensemble.zero_band
+        self.node_zero_missing = ensemble.zero_missing
         self._ensemble = ensemble
         self.python_one = ensemble.walk_steps <= self._LEVEL_COST * self.max_depth
         self.row_code = RowCode(ensemble) if RowCode.fits(ensemble) else None
@@ -105,6 +108,8 @@ class Trees:
         above = threshold32.astype(np.float64) > self.threshold2
         threshold32[above] = np.nextafter(threshold32[above], np.float32(-np.inf))
         self.threshold2_32 = threshold32
+        if self.zero_band:
+            self.zero2 = np.repeat(np.asarray(self._ensemble.zero_missing, dtype=bool), 2)
         if self.categorical:
             ensemble = self._ensemble
             category_set = np.asarray(ensemble.category_set, dtype=np.intp)
@@ -193,6 +198,10 @@ class Trees:
                 nan = np.isnan(xv)
                 if nan.any():
                     went_right[nan] = self.missing_right2[node[nan]]
+            if self.zero_band:
+                band = self.zero2[node] & (np.abs(xv) <= ir.ZERO_BAND)
+                if band.any():
+                    went_right[band] = self.missing_right2[node[band]]
             if self.categorical:
                 self._categorical_step(node, xv, went_right)
             node += went_right
@@ -252,8 +261,11 @@ class Trees:
         feature, threshold = self.node_feature, self.node_threshold
         left, right, value = self.node_left, self.node_right, self.node_value
         leaves = []
-        if self.categorical:
-            category_set, goes_left = self.node_category_set, self.goes_left_category
+        if self.categorical or self.zero_band:
+            goes_left = self.goes_left_category
+            category_set = self.node_category_set if self.categorical else [-1] * len(feature)
+            zero = self.node_zero_missing if self.zero_band else [0] * len(feature)
+            band = ir.ZERO_BAND
             missing_left = self.node_missing_left
             for node in self.node_roots:
                 f = feature[node]
@@ -261,6 +273,8 @@ class Trees:
                     v = x[f]
                     if category_set[node] >= 0:
                         node = left[node] if goes_left(node, v) else right[node]
+                    elif zero[node] and -band <= v <= band:
+                        node = left[node] if missing_left[node] else right[node]
                     elif v <= threshold[node]:
                         node = left[node]
                     elif v != v:

@@ -43,6 +43,8 @@ def expression(g: Generator) -> str:
         for node in np.flatnonzero(is_category).tolist():
             cuts[node] = _category_cut(g, ensemble, node)
             missing_dir[node] = _RIGHT  # NULL, NaN and every value outside the set go right
+    zero_band = (np.asarray(ensemble.zero_missing, dtype=bool) if ensemble.zero_band
+                 else np.zeros(n_nodes, dtype=bool))
     for j in sorted(set(feature[(feature >= 0) & ~is_category].tolist())):
         nodes = np.flatnonzero((feature == j) & ~is_category)
         out = g.outputs[j]
@@ -54,7 +56,11 @@ def expression(g: Generator) -> str:
             xs = largest_true(lambda x, t=t, out=out: g.seen(out.transform(x)) <= t, len(nodes))
             for k, node in enumerate(nodes.tolist()):
                 cuts[node] = cut(out.column, float(xs[k]))
-                if status == "value":
+                if zero_band[node]:
+                    cuts[node] = _zero_band_cut(g, out, cuts[node], bool(missing_left[node]))
+                if status == "value" and zero_band[node] and abs(w) <= ir.ZERO_BAND:
+                    missing_dir[node] = _LEFT if missing_left[node] else _RIGHT
+                elif status == "value":
                     missing_dir[node] = _LEFT if w <= t[k] else _RIGHT
                 elif status == "route":
                     missing_dir[node] = _LEFT if missing_left[node] else _RIGHT
@@ -62,6 +68,8 @@ def expression(g: Generator) -> str:
                     missing_dir[node] = _ANY
         else:
             hot, category = out
+            if zero_band[nodes].any():
+                raise SqlUnsupported(f"feature {hot.column.name!r}: a one-hot column whose zero counts as missing")
             one = g.seen(np.array([1.0]))[0]
             zero = g.seen(np.array([0.0]))[0]
             for k, node in enumerate(nodes.tolist()):
@@ -142,3 +150,26 @@ def _category_cut(g: Generator, ensemble: ir.TreeEnsemble, node: int) -> Cut:
     else:
         raise SqlUnsupported("a categorical split of a transformed or one-hot column")
     return Cut(None, le=condition, gt=f"NOT ({condition})") if condition != "false" else Cut(False)
+
+
+def _zero_band_cut(g: Generator, out: NumFeature, node_cut: Cut, band_left: bool) -> Cut:
+    """``node_cut`` of a node that sends the zero band (``|x| <= ir.ZERO_BAND``,
+    x the transformed value; ir.TreeEnsemble.zero_missing) left when
+    ``band_left``, else right. The band is an interval of the raw column
+    (the transform is monotone): above ``below`` and up to ``top``."""
+    column = out.column
+    band = ir.ZERO_BAND
+    top = largest_true(lambda x: g.seen(out.transform(x)) <= band, 1)[0]
+    below = largest_true(lambda x: g.seen(out.transform(x)) < -band, 1)[0]
+
+    def sql(c: Cut, side: str) -> str:
+        """The Cut's ``le``/``gt`` as SQL, constants included (FALSE, never TRUE, for a missing value)."""
+        if c.const is None:
+            return c.le if side == "le" else c.gt
+        return f"NOT {column.missing_sql}" if c.const == (side == "le") else "false"
+
+    in_band = f"({sql(cut(column, float(top)), 'le')} AND {sql(cut(column, float(below)), 'gt')})"
+    le, gt = sql(node_cut, "le"), sql(node_cut, "gt")
+    if band_left:
+        return Cut(None, le=f"({le} OR {in_band})", gt=f"({gt} AND NOT {in_band})")
+    return Cut(None, le=f"({le} AND NOT {in_band})", gt=f"({gt} OR {in_band})")

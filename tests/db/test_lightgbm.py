@@ -1,6 +1,6 @@
 """LightGBM models end to end: trained on the demo data (text columns as
-pandas ``category``, and a pipeline whose StandardScaler hands NaNs on to
-LightGBM), pushed as format 'compiled', activated as 'churn'; complaints
+pandas ``category``, with and without zero_as_missing, and a pipeline whose
+StandardScaler hands NaNs on to LightGBM), pushed as format 'compiled', activated as 'churn'; complaints
 inserted on the 'compiled' and the 'sql' path store LightGBM's own
 predict_proba to 1e-9, and the backend that scored never imported lightgbm."""
 
@@ -15,7 +15,7 @@ import pytest
 from pgscore import push_model
 from pgscore.dev.demo_data import LABEL_COLUMN, PROFILE_COLUMNS, TEXT_COLUMNS, synthetic_profiles
 from pgscore.models import fetch_feature_rows
-from pgscore.verify import reference_frame
+from pgscore.verify import library_proba
 from pgscore_server.features import to_frame
 from tests.conftest import drop_category_checks
 
@@ -32,14 +32,14 @@ def _profiles() -> tuple[Any, np.ndarray]:
     return X, y
 
 
-def _categorical_model() -> Any:
+def _categorical_model(**params: Any) -> Any:
     """A bare LGBMClassifier on the demo data, its text columns as pandas categories."""
     X, y = _profiles()
     X = X.astype({name: "category" for name in TEXT_COLUMNS})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return lightgbm.LGBMClassifier(n_estimators=40, num_leaves=15, min_data_per_group=20, cat_smooth=5,
-                                       verbose=-1, random_state=0).fit(X, y)
+                                       verbose=-1, random_state=0, **params).fit(X, y)
 
 
 def _pipeline_with_nans() -> Any:
@@ -61,7 +61,9 @@ def _pipeline_with_nans() -> Any:
             n_estimators=40, num_leaves=15, verbose=-1, random_state=0))]).fit(X, y)
 
 
-MODELS = {"categorical": _categorical_model, "pipeline_nans": _pipeline_with_nans}
+MODELS = {"categorical": _categorical_model, "pipeline_nans": _pipeline_with_nans,
+          # 0 (complaint_count, tenure_months) takes the default direction, as NULL does.
+          "zero_as_missing": lambda: _categorical_model(zero_as_missing=True)}
 
 
 def _expected(model: Any, conn: Any, ids: list[int]) -> dict[int, float]:
@@ -69,7 +71,7 @@ def _expected(model: Any, conn: Any, ids: list[int]) -> dict[int, float]:
     rows = fetch_feature_rows(conn, names, ids)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        proba = model.predict_proba(reference_frame(model, rows, names))[:, 1]
+        proba = library_proba(model, rows, names)
     return {row["customer_id"]: float(p) for row, p in zip(rows, proba)}
 
 
@@ -79,7 +81,7 @@ def test_lightgbm_scores_equal_predict_proba_on_both_paths_without_lightgbm(seed
     with seeded.connect() as admin:
         # Some NULLs the model routes (on top of total_charges' own).
         admin.execute("UPDATE customer_profiles SET monthly_charges = NULL WHERE customer_id % 5 = 0")
-        if kind == "categorical":
+        if kind != "pipeline_nans":
             # A value LightGBM never saw: NaN at prediction, as pandas' set_categories makes it.
             drop_category_checks(admin)
             admin.execute("UPDATE customer_profiles SET contract = 'Weekly' WHERE customer_id % 7 = 0")

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pgscore.compile import CompiledModel, UnsupportedModel, compile_model, library_frame
+from pgscore.compile import CompiledModel, UnsupportedModel, compile_model
 from pgscore.compile.lgbm import K_ZERO_THRESHOLD
-from pgscore_server.features import to_frame
+from pgscore.verify import library_proba
+from pgscore_server.compiled import ir
 
 lightgbm = pytest.importorskip("lightgbm")
 
@@ -41,8 +42,8 @@ def _rows(X: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _edge_values(model: Any) -> list[float]:
-    """Every numeric threshold of the model, the doubles next to it, and the
+def _edge_values(model: Any, feature: int) -> list[float]:
+    """Every numeric threshold of ``feature``, the doubles next to it, and the
     values LightGBM treats specially (NaN, zero and its band, infinities)."""
     values = {0.0, -0.0, 1e-36, -1e-36, K_ZERO_THRESHOLD, -K_ZERO_THRESHOLD, math.inf, -math.inf}
     for tree in model.booster_.dump_model()["tree_info"]:
@@ -51,7 +52,7 @@ def _edge_values(model: Any) -> list[float]:
             node = stack.pop()
             if "split_feature" not in node:
                 continue
-            if node["decision_type"] == "<=":
+            if node["decision_type"] == "<=" and node["split_feature"] == feature:
                 t = float(node["threshold"])
                 values |= {t, math.nextafter(t, math.inf), math.nextafter(t, -math.inf)}
             stack += [node["left_child"], node["right_child"]]
@@ -68,9 +69,13 @@ def _check(model: Any, rows: list[dict]) -> float:
     names = compiled.feature_names
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = model.predict_proba(library_frame(model, to_frame(rows, names)))[:, 1]
-        # A row alone, as the trigger scores it (pandas infers a lone row's dtypes its own way).
-        alone = np.array([model.predict_proba(library_frame(model, to_frame([r], names)))[0, 1] for r in rows])
+        expected = library_proba(model, rows, names)
+        # A row alone, as the trigger scores it: pandas infers a lone row's dtypes
+        # its own way where it holds a None (elsewhere alone and together agree).
+        alone = expected.copy()
+        for k, row in enumerate(rows):
+            if None in row.values():
+                alone[k] = library_proba(model, [row], names)[0]
     batch = evaluator.predict(rows)
     one = np.array([evaluator.predict_one(r) for r in rows])
     return float(max(np.max(np.abs(batch - expected)), np.max(np.abs(one - alone))))
@@ -100,8 +105,8 @@ def test_numeric_splits_missing_values_and_every_threshold(numeric: tuple[pd.Dat
     assert thresholds  # the model has splits
     rows = _rows(X.head(300))
     base = rows[0]
-    for name in X.columns:
-        rows += [{**base, name: None if math.isnan(v) else v} for v in _edge_values(model)]
+    for k, name in enumerate(X.columns):
+        rows += [{**base, name: None if math.isnan(v) else v} for v in _edge_values(model, k)]
     assert _check(model, rows) <= BOUND
 
 
@@ -117,7 +122,22 @@ def test_thresholds_in_the_zero_band_follow_lightgbm() -> None:
     inner = compile_model(model).ir.classifier
     used = {float(t) for f, t in zip(inner.feature, inner.threshold) if f == 0}
     assert used & {K_ZERO_THRESHOLD, math.nextafter(-K_ZERO_THRESHOLD, -math.inf)}
-    rows = [{"b": v, "a": 0.1} for v in _edge_values(model)]
+    rows = [{"b": v, "a": 0.1} for v in _edge_values(model, 0)]
+    assert _check(model, rows) <= BOUND
+
+
+def test_zero_as_missing(numeric: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """zero_as_missing=True (missing type Zero): 0.0, the zero band and NaN
+    take the default direction; any other value compares."""
+    X, y = numeric
+    model = _fit(X, y, zero_as_missing=True)
+    compiled = compile_model(model)
+    assert compiled.ir.classifier.zero_band
+    assert compiled.evaluator().pipeline_code is not None  # the generated row code has the band too
+    rows = _rows(X.head(300))
+    base = rows[1]
+    for k, name in enumerate(X.columns):
+        rows += [{**base, name: None if math.isnan(v) else v} for v in _edge_values(model, k)]
     assert _check(model, rows) <= BOUND
 
 
@@ -160,7 +180,7 @@ def test_pandas_category_columns(categorical: tuple[pd.DataFrame, np.ndarray]) -
     for value in ["basic", "plus", "pro", "max", "team", "unseen", "", None]:
         rows.append({**base, "plan": value})
         rows.append({**base, "region": value})
-    for value in _edge_values(model):
+    for value in _edge_values(model, 3):
         rows.append({**base, "charges": None if math.isnan(value) else value})
     assert _check(model, rows) <= BOUND
 
@@ -185,7 +205,8 @@ def test_integer_categorical_feature(categorical: tuple[pd.DataFrame, np.ndarray
     assert _check(model, rows) <= BOUND
 
 
-def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+@pytest.mark.parametrize("sparse_threshold", [0.0, 1.0])  # dense, and a sparse matrix (absent = 0.0 to LightGBM)
+def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.ndarray], sparse_threshold: float) -> None:
     from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline, make_pipeline
@@ -197,7 +218,7 @@ def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.nda
     prep = ColumnTransformer([
         ("text", OneHotEncoder(handle_unknown="ignore"), ["plan", "region"]),
         ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), ["tenure", "charges"]),
-    ])
+    ], sparse_threshold=sparse_threshold)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = Pipeline([("prep", prep), ("clf", lightgbm.LGBMClassifier(
@@ -206,6 +227,32 @@ def test_pipeline_with_onehot_and_scaler(categorical: tuple[pd.DataFrame, np.nda
     base = rows[0]
     rows += [{**base, "plan": v} for v in ("unseen", None)] + [{**base, "charges": v} for v in (None, 0.0, 1e6)]
     assert _check(model, rows) <= BOUND
+
+
+def test_a_frame_lightgbm_reads_as_float32_scores_the_same() -> None:
+    """Only bool and category columns: LightGBM's _data_from_pandas makes the
+    frame float32, whose values (0/1, small codes) are exact; pgscore's float64 agrees."""
+    rng = np.random.default_rng(6)
+    X = pd.DataFrame({"flag": rng.random(600) < 0.4, "kind": pd.Categorical(rng.choice(list("abcdefg"), 600))})
+    y = (X["flag"] ^ X["kind"].isin(["b", "e"])).astype(int).to_numpy()
+    model = _fit(X, y, n_estimators=10)
+    rows = _rows(X.head(50)) + [{"flag": None, "kind": "a"}, {"flag": True, "kind": None}, {"flag": False, "kind": "z"}]
+    assert _check(model, rows) <= BOUND
+
+
+def test_pipeline_passing_columns_through_unconverted_is_refused() -> None:
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+
+    rng = np.random.default_rng(5)
+    X = pd.DataFrame({"a": rng.integers(0, 2 ** 26, 400), "b": rng.integers(0, 100, 400)})
+    y = (X["a"] % 1000 > 500).astype(int).to_numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Pipeline([("pass", ColumnTransformer([("keep", "passthrough", ["a", "b"])])),
+                          ("clf", lightgbm.LGBMClassifier(n_estimators=5, verbose=-1))]).fit(X, y)
+    with pytest.raises(UnsupportedModel, match="float32"):
+        compile_model(model)
 
 
 def test_early_stopping_scores_with_the_best_iteration(numeric: tuple[pd.DataFrame, np.ndarray]) -> None:
@@ -227,11 +274,24 @@ def test_old_archive_layout_is_unchanged_without_categories(numeric: tuple[pd.Da
     model = _fit(X, y, n_estimators=3)
     manifest, arrays = compile_model(model).ir.write(lambda v, dtype, shape=None: np.asarray(v))
     assert "ordinal" not in manifest["transform"]
-    assert not any(name.startswith("tree_category") for name in arrays)
+    assert not any(name.startswith("tree_category") or name == "tree_zero_missing" for name in arrays)
+    assert manifest["model"]["combine"] == "hist_boosting"
 
 
-@pytest.mark.parametrize("params, mentions", [
-    (dict(zero_as_missing=True), "zero_as_missing"),
+def test_categorical_archives_name_a_rule_older_servers_refuse(categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """Category sets come with the combine rule 'lightgbm', which a server
+    without them does not know (it refuses the archive rather than reading
+    categorical nodes as numeric ones); the reader refuses them under any other rule."""
+    X, y = categorical
+    compiled = compile_model(_fit(X, y, n_estimators=5))
+    manifest, arrays = compiled.ir.write(lambda v, dtype, shape=None: np.asarray(v))
+    assert manifest["model"]["combine"] == "lightgbm" and "tree_category_set" in arrays
+    manifest["model"]["combine"] = "hist_boosting"
+    with pytest.raises(ValueError, match="no categorical"):
+        ir.Model.read(manifest, arrays)
+
+
+@pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
     (dict(linear_tree=True), "linear_tree"),
     (dict(objective="cross_entropy"), "objective 'cross_entropy'"),
     (dict(sigmoid=2.0), "sigmoid=2"),

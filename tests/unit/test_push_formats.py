@@ -1,5 +1,5 @@
 """Which models push stores in compiled form only: those built with a library
-the server's runtime lacks (pgscore.push.libraries_the_server_lacks)."""
+scikit-learn's (pgscore.push.libraries_outside_scikit_learn)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from pgscore.push import libraries_the_server_lacks
+from pgscore.push import libraries_outside_scikit_learn
 
 
 def _foreign(module: str, name: str) -> object:
@@ -18,7 +18,7 @@ def _foreign(module: str, name: str) -> object:
 
 def test_scikit_learn_pipelines_need_no_other_library():
     pre = ColumnTransformer([("num", StandardScaler(), ["a"]), ("cat", OneHotEncoder(), ["b"]), ("rest", "drop", ["c"])])
-    assert libraries_the_server_lacks(Pipeline([("pre", pre), ("clf", LogisticRegression())])) == []
+    assert libraries_outside_scikit_learn(Pipeline([("pre", pre), ("clf", LogisticRegression())])) == []
 
 
 def test_every_foreign_step_and_transformer_is_named_once_in_order():
@@ -26,5 +26,5 @@ def test_every_foreign_step_and_transformer_is_named_once_in_order():
                              ("cat", OneHotEncoder(), ["b"])])
     model = Pipeline([("pre", pre), ("more", _foreign("feature_engine.encoding", "RareLabelEncoder")),
                       ("clf", _foreign("xgboost.sklearn", "XGBClassifier"))])
-    assert libraries_the_server_lacks(model) == ["feature_engine", "xgboost"]
-    assert libraries_the_server_lacks(_foreign("lightgbm.sklearn", "LGBMClassifier")) == ["lightgbm"]
+    assert libraries_outside_scikit_learn(model) == ["feature_engine", "xgboost"]
+    assert libraries_outside_scikit_learn(_foreign("lightgbm.sklearn", "LGBMClassifier")) == ["lightgbm"]
