@@ -189,6 +189,14 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
                             + server_runtime.missing_module_guidance(str(report["missing_module"])))
         raise PushError(f"{origin} could not be loaded as a joblib model ({report['error']}): {EXPECTED_FILE}")
     refused = report.get("untrusted") or []
+    compiles = sorted({str(t).split(".")[0] for t in refused} & set(COMPILED_LIBRARIES))
+    if compiles:
+        # Push needs the live model (its predict_proba) to compile it and check the compiled form.
+        raise PushError(
+            f"{origin} holds a {report.get('type')} built with {', '.join(compiles)}, which push compiles into "
+            "data the server scores without that library; compiling it means unpickling it in this process, "
+            "which runs the pickle's code: if you made or trust the file, push it with --i-trust-this-pickle "
+            "(the server receives only the compiled arrays, never the pickle)")
     if "skops_error" in report or refused:
         why = report.get("skops_error") or "it needs types pgscore does not trust: " + ", ".join(map(str, refused))
         raise PushError(
@@ -205,6 +213,9 @@ def _unpickle_in_child(data: bytes, origin: str) -> tuple[Any, dict[str, str]]:
     return estimator, {str(k): (None if v is None else str(v)) for k, v in saved.items()}
 
 
+# Libraries whose classifiers pgscore.compile converts (loader/compile/families.py): their
+# models are stored compiled, so a pickle of one needs no approval, only the pusher's trust.
+COMPILED_LIBRARIES = ("xgboost", "lightgbm")
 # Top-level modules of the base runtime's own types; a refused type from any other is a third-party step.
 _RUNTIME_MODULES = ("sklearn", "numpy", "scipy", "pandas", "joblib", "skops", "builtins", "collections", "functools")
 
@@ -461,7 +472,7 @@ def push_model(
     if from_mlflow is not None:
         notes.insert(0, f"from {mlflow_source.describe(from_mlflow)} (recorded in the version's metrics)")
     return PushResult(name, version, model_id, digest, activate, tested, max_diff, path, path_note, notes,
-                      [scored.table for scored in entities], format)
+                      [scored.table for scored in entities], format=format)
 
 
 def _require_read_access(conn: psycopg.Connection, entity: Entity, feature_names: list[str]) -> None:

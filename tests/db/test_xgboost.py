@@ -94,3 +94,22 @@ def test_pushed_xgboost_scores_equal_predict_proba_and_the_server_never_imports_
     assert np.max(bound.measure(expected.astype(np.float32), got)) <= bound.limit
     by_id = {row["customer_id"]: p for row, p in zip(rows, expected)}
     assert bound.measure(np.float32(by_id[7]), what_if) <= bound.limit
+
+
+def test_a_joblib_file_of_an_xgboost_pipeline_is_pushed_compiled_only_when_the_pusher_trusts_it(seeded, tmp_path):
+    """Compiling needs the live model, so the pickle is unpickled in push's own process: only with
+    --i-trust-this-pickle, and then no approval is asked, since the server gets the arrays only."""
+    import joblib
+
+    from pgscore import PushError
+
+    path = tmp_path / "xgb.joblib"
+    joblib.dump(with_nans(), path)
+    with pytest.raises(PushError, match=r"built with xgboost, which push compiles .* push it with --i-trust-this-pickle"):
+        push_model(seeded.dsn("loader"), path, name="churn")
+    result = push_model(seeded.dsn("loader"), path, name="churn", trust_pickle=True)
+    assert result.format == "compiled" and result.scoring_path in ("compiled", "sql")
+    with seeded.connect() as admin:
+        stored = admin.execute("SELECT format, blob = compiled FROM scoring.models WHERE model_id = %s",
+                               [result.model_id]).fetchone()
+    assert stored == ("compiled", True)
