@@ -291,6 +291,23 @@ def test_categorical_archives_name_a_rule_older_servers_refuse(categorical: tupl
         ir.Model.read(manifest, arrays)
 
 
+def test_nodes_sharing_a_category_set_are_refused(categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """A crafted archive whose categorical nodes all name one large set: the
+    row code and the SQL spell out each node's set, so the work grew with
+    nodes x set size (a 6 KB archive took 0.8 GiB and 5 s to load). LightGBM
+    gives every categorical node its own set; the reader refuses a shared one."""
+    X, y = categorical
+    compiled = compile_model(_fit(X, y, n_estimators=5))
+    manifest, arrays = compiled.ir.write(lambda v, dtype, shape=None: np.asarray(v))
+    sets = arrays["tree_category_set"]
+    assert (sets >= 0).sum() > 1
+    arrays["tree_category_set"] = np.where(sets >= 0, 0, -1).astype(sets.dtype)
+    arrays["tree_category_bounds"] = np.array([0, 100_000], dtype=arrays["tree_category_bounds"].dtype)
+    arrays["tree_category_left"] = np.ones(100_000, dtype=arrays["tree_category_left"].dtype)
+    with pytest.raises(ValueError, match="name the same category set 0"):
+        ir.Model.read(manifest, arrays)
+
+
 @pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
     (dict(linear_tree=True), "linear_tree"),
     (dict(objective="cross_entropy"), "objective 'cross_entropy'"),
