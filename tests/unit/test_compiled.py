@@ -79,7 +79,7 @@ def pipelines(train: tuple[list[Row], np.ndarray]) -> dict[str, Pipeline]:
 
 def assert_parity(family: str, got: Any, expected: Any) -> None:
     """``got`` equals predict_proba's ``expected`` within the family's bound
-    (pgscore.verify.parity_bound): 1e-9, or one float32 ulp where the library computes in float32."""
+    (pgscore.verify.parity_bound): 1e-9, or two float32 ulps (FLOAT32_ULPS) where the library computes in float32."""
     from pgscore import verify
 
     bound = verify.FLOAT32_ULP if families.BY_NAME[family].float32 else verify.ABSOLUTE
