@@ -339,6 +339,15 @@ def test_a_set_listing_many_codes_is_neither_written_as_python_nor_as_sql(
         to_sql(CompiledModel.from_bytes(blob), "p", column_types={name: "double precision" for name in X.columns})
 
 
+def test_none_is_never_an_ordinal_category() -> None:
+    """An archive listing None among a category column's categories (pandas
+    never does): None still reads as NaN, as the docstring and the SQL say."""
+    from pgscore_server.compiled import transforms
+
+    column = transforms.OrdinalColumn(ir.OrdinalColumn("pandas_categorical", 0, [None, "a"], 0), ["plan"])
+    assert math.isnan(column.value_one(None)) and column.value_one("a") == 1.0
+
+
 @pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
     (dict(linear_tree=True), "linear_tree"),
     (dict(objective="cross_entropy"), "objective 'cross_entropy'"),
