@@ -23,6 +23,7 @@ Standard library only, and no typing at import (a new backend imports this).
 
 from __future__ import annotations
 
+import math
 from array import array
 
 from ..treeshape import TreeShapeError, walk_forest
@@ -499,6 +500,10 @@ class TreeEnsemble:
         if trees.float32 and (array("f", [trees.init]).tolist() != [trees.init]
                               or array("f", trees.value).tolist() != trees.value.tolist()):
             raise ValueError("compiled model: a float32 tree ensemble has a start or leaf value that is no float32")
+        # (An infinite leaf or start could make the margin inf - inf = NaN, which Python's
+        # min() keeps and SQL's LEAST() does not: NaN on one path, ~0 on the other.)
+        if trees.float32 and not math.isfinite(trees.init + sum(abs(v) for v in trees.value)):
+            raise ValueError("compiled model: a float32 tree ensemble has an infinite start or leaf value")
         return trees
 
     def _check_categories(self) -> None:
