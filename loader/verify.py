@@ -1,6 +1,6 @@
 """Parity: whether a model scores the same in the database, in its compiled
 form and in its own library (scikit-learn, XGBoost, ...), within the
-model's bound (:func:`parity_bound`: PARITY_TOLERANCE, or one float32 ulp
+model's bound (:func:`parity_bound`: PARITY_TOLERANCE, or FLOAT32_ULPS (two) float32 ulps
 for a library that computes in float32).
 
 pgscore push (pgscore.push) checks the compiled form on real rows of the
