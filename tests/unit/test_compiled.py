@@ -755,3 +755,20 @@ def test_families_with_a_sql_path_are_written_as_sql(family: str, pipelines: dic
     from pgscore_server.sqlgen import to_sql
 
     assert to_sql(compile_model(pipelines[family])).startswith(("CASE", "(", "1::float8"))
+
+
+def test_an_archive_inflating_beyond_the_limit_is_refused_before_it_is_inflated(monkeypatch) -> None:
+    """A loader role can write scoring.models.compiled itself: deflate packs ~1,000:1, so the
+    server checks what the members declare (and inflates no more than that) first."""
+    import zipfile
+
+    from pgscore_server.compiled import archive
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as packed:
+        packed.writestr("zeros.npy", b"\0" * (8 << 20))  # 8 MiB, ~8 kB packed
+    data = buffer.getvalue()
+    assert len(data) < 64 << 10
+    monkeypatch.setattr(archive, "MAX_INFLATED_BYTES", 4 << 20)
+    with pytest.raises(ValueError, match="arrays exceed 4 MiB"):
+        archive._read_npz(data)
