@@ -184,6 +184,22 @@ def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], k
     return [by_key[key_text(key)] for key in keys if key_text(key) in by_key]
 
 
+def sampled_in_database(conn: psycopg.Connection, model_id: int, sample_size: int, entity: Entity,
+                        feature_names: list[str], origin: str) -> tuple[list[dict[str, Any]], list[float]]:
+    """(feature rows, their scores in the database) of a random sample of
+    ``entity``'s rows scored with ``model_id``: what push compares with the
+    model here. Raises PushError when the database cannot score them."""
+    from .errors import PushError
+
+    ids = sample_ids(conn, sample_size, entity)
+    try:
+        in_db = database_scores(conn, model_id, ids, entity)
+    except psycopg.Error as exc:
+        raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
+    rows = fetch_feature_rows(conn, feature_names, ids, entity) if ids else []
+    return rows, [in_db[key_text(row[entity.key])] for row in rows]
+
+
 def sample_ids(conn: psycopg.Connection, size: int, entity: Entity = REFERENCE) -> list[Any]:
     """The keys of up to ``size`` random rows of the entity table."""
     query = sql.SQL("SELECT {key} FROM {table} ORDER BY random() LIMIT %s").format(
