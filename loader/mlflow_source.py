@@ -210,12 +210,13 @@ def _load_directory(directory: Path, origin: str, trust_pickle: bool) -> MlflowM
     if conf.get("code"):
         raise PushError(f"{origin} was logged with code_paths ({conf['code']}): code the server would need too; "
                         "log a model of scikit-learn, XGBoost or LightGBM objects only")
+    path = _model_file(directory, str(data), origin, flavor)
     if flavor == "sklearn":
-        estimator, file_bytes, saved = _load_serialized(directory / data, conf, origin, trust_pickle)
+        estimator, file_bytes, saved = _load_serialized(path, conf, origin, trust_pickle)
         if conf.get("sklearn_version"):
             saved["scikit-learn"] = str(conf["sklearn_version"])
     else:
-        estimator, file_bytes, saved = _load_boosting(directory / data, flavor, conf, origin, trust_pickle)
+        estimator, file_bytes, saved = _load_boosting(path, flavor, conf, origin, trust_pickle)
     signature = _signature_columns(mlmodel)
     info: dict[str, Any] = {"flavor": flavor, "run_id": mlmodel.run_id}
     if signature is not None:
@@ -223,6 +224,19 @@ def _load_directory(directory: Path, origin: str, trust_pickle: bool) -> MlflowM
     model = MlflowModel(estimator, origin, flavor, file_bytes, saved, signature, info)
     _check_signature_matches_model(model)
     return model
+
+
+def _model_file(directory: Path, data: str, origin: str, flavor: str) -> Path:
+    """The flavor's model file, which the MLmodel file names relative to the
+    model directory. Raises PushError for a path that leaves the directory
+    (absolute, or through ``..``): an MLmodel file from a shared store or a
+    download must not make push read, or unpickle, any file the user can."""
+    relative = Path(data)
+    if relative.is_absolute() or ".." in relative.parts:
+        raise PushError(f"{origin}: its MLmodel file names the {flavor} model file {data!r}, outside the model "
+                        "directory; pgscore reads only files inside it: log the model again with "
+                        f"mlflow.{flavor}.log_model")
+    return directory / relative
 
 
 def _load_serialized(path: Path, conf: dict, origin: str, trust_pickle: bool,

@@ -203,16 +203,11 @@ def _test_score(conn: psycopg.Connection, local: onnxpath.OnnxModel, reference: 
                 original_tolerance: float) -> tuple[int, float | None, float | None]:
     """(rows, max |database - onnxruntime here|, max |onnxruntime here - original|) on a
     random sample of ``entity``'s rows. Raises PushError (the push rolls back) beyond the bounds."""
-    ids = verify.sample_ids(conn, sample_size, entity)
-    try:
-        in_db = verify.database_scores(conn, model_id, ids, entity)
-    except psycopg.Error as exc:
-        raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
-    if not ids:
+    rows, in_db = verify.sampled_in_database(conn, model_id, sample_size, entity, feature_names, origin)
+    if not rows:
         return 0, None, None
-    rows = verify.fetch_feature_rows(conn, feature_names, ids, entity)
     here = local.predict(rows)
-    worst = max(abs(in_db[verify.key_text(row[entity.key])] - float(p)) for row, p in zip(rows, here))
+    worst = max(abs(db - float(p)) for db, p in zip(in_db, here))
     if not math.isfinite(worst) or worst > verify.PARITY_TOLERANCE:
         raise PushError(f"{origin} scores differently in the database than onnxruntime here (max difference "
                         f"{worst:.3g} over {len(rows)} rows of {entity.table}, tolerance {verify.PARITY_TOLERANCE}); "

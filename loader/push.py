@@ -620,26 +620,20 @@ def _test_score(conn: psycopg.Connection, estimator: Any, model_id: int, feature
     """Scores a random sample of real rows of ``entity`` in the database and
     here; raises PushError (rolling the push back) unless they agree within
     ``bound`` (verify.parity_bound). Returns the count and the largest absolute difference."""
-    ids = verify.sample_ids(conn, sample_size, entity)
-    try:
-        in_db = verify.database_scores(conn, model_id, ids, entity)
-    except psycopg.Error as exc:
-        raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
-    if not ids:
+    rows, scored = verify.sampled_in_database(conn, model_id, sample_size, entity, feature_names, origin)
+    if not rows:
         return 0, None
-    rows = verify.fetch_feature_rows(conn, feature_names, ids, entity)
     local = verify.library_proba(estimator, rows, feature_names)
-    scored = [in_db[verify.key_text(row[entity.key])] for row in rows]
     diffs = [abs(s - float(p)) for s, p in zip(scored, local)]
     max_diff = max(diffs)
     worst = float(bound.measure(local, scored).max())  # NaN if either side is NaN: refused
     if not math.isfinite(max_diff) or not bound.holds(worst):
         rows_of = "profiles" if entity.is_reference else f"rows of {entity.table}"
         raise PushError(
-            f"{origin} scores differently in the database (max difference {bound.describe(worst)} over {len(ids)} "
+            f"{origin} scores differently in the database (max difference {bound.describe(worst)} over {len(rows)} "
             f"{rows_of}, tolerance {bound}); it was not pushed"
         )
-    return len(ids), max_diff
+    return len(rows), max_diff
 
 
 def _sidecar_metrics(path: Path) -> dict:

@@ -1,6 +1,6 @@
 """Parity: whether a model scores the same in the database, in its compiled
 form and in its own library (scikit-learn, XGBoost, ...), within the
-model's bound (:func:`parity_bound`: PARITY_TOLERANCE, or one float32 ulp
+model's bound (:func:`parity_bound`: PARITY_TOLERANCE, or FLOAT32_ULPS (two) float32 ulps
 for a library that computes in float32).
 
 pgscore push (pgscore.push) checks the compiled form on real rows of the
@@ -182,6 +182,22 @@ def fetch_feature_rows(conn: psycopg.Connection, feature_names: Sequence[str], k
         cur.execute(query, [list(keys)])
         by_key = {key_text(row[entity.key]): row for row in cur}
     return [by_key[key_text(key)] for key in keys if key_text(key) in by_key]
+
+
+def sampled_in_database(conn: psycopg.Connection, model_id: int, sample_size: int, entity: Entity,
+                        feature_names: list[str], origin: str) -> tuple[list[dict[str, Any]], list[float]]:
+    """(feature rows, their scores in the database) of a random sample of
+    ``entity``'s rows scored with ``model_id``: what push compares with the
+    model here. Raises PushError when the database cannot score them."""
+    from .errors import PushError
+
+    ids = sample_ids(conn, sample_size, entity)
+    try:
+        in_db = database_scores(conn, model_id, ids, entity)
+    except psycopg.Error as exc:
+        raise PushError(f"the database could not score with {origin}: {exc.diag.message_primary}") from None
+    rows = fetch_feature_rows(conn, feature_names, ids, entity) if ids else []
+    return rows, [in_db[key_text(row[entity.key])] for row in rows]
 
 
 def sample_ids(conn: psycopg.Connection, size: int, entity: Entity = REFERENCE) -> list[Any]:

@@ -37,7 +37,7 @@ class Family:
     make: Callable[[], Any]  # an unfitted classifier of the family, as the tests fit it
     paths: tuple[str, ...]  # scoring paths besides 'sklearn'
     demo_kind: str | None = None  # its pgscore.dev.demo_data kind, if the demo trains one
-    float32: bool = False  # its library computes in float32: parity within one float32 ulp (pgscore.verify)
+    float32: bool = False  # its library computes in float32: parity within two float32 ulps (pgscore.verify.FLOAT32_ULPS)
 
     @property
     def trees(self) -> bool:

@@ -29,6 +29,7 @@ import sys
 import tempfile
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from ..errors import RuntimeInstallError
 
@@ -69,33 +70,8 @@ def install(target_root: Path, python_version: str) -> Path:
     """
     text = requirements_text()
     key = hashlib.sha256(f"{python_version}\n{text}".encode()).hexdigest()[:12]
-    target = target_root / f"py{python_version}-{key}"
-    if (target / ".complete").exists():
-        return target
-    target_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=target_root))
-    requirements = staging / "requirements.txt"
-    requirements.write_text(text)
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--target", str(staging / "lib"),
-               "-r", str(requirements)]
-    here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if python_version != here:
-        # Wheels for the server's CPython, not the one running pip.
-        command += ["--only-binary=:all:", "--python-version", python_version,
-                    "--platform", f"manylinux_2_28_{platform.machine()}"]
-    print(f"pgscore: installing the server's Python runtime into {target} (once) ...", file=sys.stderr)
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise RuntimeInstallError(f"pip could not install the server runtime:\n{result.stderr.strip()}")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging / "lib", target)
-    shutil.rmtree(staging, ignore_errors=True)
-    (target / ".complete").write_text(text)
-    for path in [target, *target.rglob("*")]:
-        # The postgres OS user must read what root installed.
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    return target
+    return _pip_install(target_root / f"py{python_version}-{key}", python_version, "the server's Python runtime",
+                        {"requirements.txt": text}, ["-r", "requirements.txt"], record=text)
 
 
 # A local server's extras file, in its folder (``pgscore runtime add --dir``).
@@ -183,9 +159,48 @@ def install_extras(target_root: Path, python_version: str, text: str) -> Path | 
         return None
     base = requirements_text()
     key = hashlib.sha256(f"{python_version}\n{base}\n{text}".encode()).hexdigest()[:12]
-    target = target_root / f"py{python_version}-extras-{key}"
+    return _pip_install(target_root / f"py{python_version}-extras-{key}", python_version,
+                        "the server's runtime extras", {"extras.txt": text, "base.txt": base},
+                        ["-r", "extras.txt", "-c", "base.txt"], record=text,
+                        prune=lambda lib: _remove_base_packages(lib, set(_pins(base))))
+
+
+def _pip_install(target: Path, python_version: str, what: str, files: dict[str, str], requirements: list[str],
+                 record: str, prune: Any = None) -> Path:
+    """pip-installs ``requirements`` (arguments naming ``files``, written
+    beside them) into ``target`` for the server's ``python_version``, once:
+    staged in a folder of its own and moved into place when complete, so an
+    interrupted install is never used. ``prune(lib)`` may remove what the
+    folder need not hold. Raises RuntimeInstallError when pip fails."""
     if (target / ".complete").exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=target.parent))
+    for name, text in files.items():
+        (staging / name).write_text(text)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--target", str(staging / "lib"),
+               *[str(staging / arg) if arg in files else arg for arg in requirements]]
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if python_version != here:
+        # Wheels for the server's CPython, not the one running pip.
+        command += ["--only-binary=:all:", "--python-version", python_version,
+                    "--platform", f"manylinux_2_28_{platform.machine()}"]
+    print(f"pgscore: installing {what} into {target} (once) ...", file=sys.stderr)
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise RuntimeInstallError(f"pip could not install {what}:\n{result.stderr.strip()}")
+    if prune is not None:
+        prune(staging / "lib")
+    shutil.rmtree(staging / "lib" / "bin", ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging / "lib", target)
+    shutil.rmtree(staging, ignore_errors=True)
+    (target / ".complete").write_text(record)
+    for path in [target, *target.rglob("*")]:
+        # The postgres OS user must read what root installed.
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target
     target_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".installing-", dir=target_root))
     (staging / "extras.txt").write_text(text)

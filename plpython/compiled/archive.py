@@ -70,18 +70,27 @@ def _json_document(text: str) -> Any:
     return value
 
 
+# The most bytes an archive's arrays may inflate to. A crafted archive (a loader role can
+# write scoring.models.compiled itself) deflates about 1,000:1; real models are far
+# smaller: the 100-tree demo forest is 1.4 MB of arrays, a 1,000-tree depth-12 forest
+# about 230 MB would still fit.
+MAX_INFLATED_BYTES = 256 * 1024 * 1024
+
+
 def _read_npz(data: bytes) -> dict[str, array]:
     """The flat arrays of a ``.npz`` archive as ``pgscore.compile`` writes it
     (a zip of ``.npy`` files, stored or deflated), without numpy or zipfile.
 
     Raises ValueError for anything else: another zip layout, a damaged
-    member (CRC), an element type or memory order it does not write.
+    member (CRC), an element type or memory order it does not write, or
+    arrays of more than MAX_INFLATED_BYTES in all (checked before inflating).
     """
     end = data.rfind(b"PK\x05\x06", max(0, len(data) - 65_557))
     if end < 0:
         raise ValueError("not a zip archive")
     count, _size, offset = struct.unpack_from("<HII", data, end + 10)
     arrays: dict[str, array] = {}
+    inflated = 0
     for _ in range(count):
         if data[offset:offset + 4] != b"PK\x01\x02":
             raise ValueError("damaged zip directory")
@@ -93,8 +102,12 @@ def _read_npz(data: bytes) -> dict[str, array]:
             raise ValueError(f"damaged zip member {name!r}")
         start = local + 30 + sum(struct.unpack_from("<HH", data, local + 26))
         body = data[start:start + packed]
+        inflated += size
+        if inflated > MAX_INFLATED_BYTES:
+            raise ValueError(f"the compiled model's arrays exceed {MAX_INFLATED_BYTES // 2**20} MiB")
         if method == 8:
-            body = zlib.decompress(body, -15)
+            # Never more than the member says it holds (+1 to notice a longer one).
+            body = zlib.decompressobj(-15).decompress(body, size + 1)
         elif method != 0:
             raise ValueError(f"zip member {name!r}: compression method {method}")
         if len(body) != size or zlib.crc32(body) != crc:

@@ -31,6 +31,10 @@ class RowCode:
 
     MAX_NODES = 4096
     MAX_DEPTH = 64  # Python's tokenizer allows 100 levels of indentation
+    # Category codes written into the source, all splits together (LightGBM lists at most
+    # max_cat_threshold, 32 by default, per split). A set's flags cost nothing to store but a
+    # written code costs ~1 KB to compile: a 9 KB archive listing 3,000,000 took 3 GiB.
+    MAX_CATEGORY_CODES = 16_384
 
     def __init__(self, ensemble: ir.TreeEnsemble):
         self.cast_float32 = ensemble.cast_float32
@@ -61,6 +65,8 @@ class RowCode:
     def fits(cls, ensemble: ir.TreeEnsemble) -> bool:
         """Small enough to write as Python, and no NaN threshold to write."""
         small = len(ensemble.feature) <= cls.MAX_NODES and ensemble.max_depth <= cls.MAX_DEPTH
+        # (One set per categorical node, ir.TreeEnsemble._check_categories: the flags that are 1 are the codes written.)
+        small = small and (not ensemble.categorical or sum(ensemble.category_left) <= cls.MAX_CATEGORY_CODES)
         return small and all(t == t for f, t in zip(ensemble.feature, ensemble.threshold) if f >= 0)
 
     def raw(self, x: list[float]) -> float | None:

@@ -275,7 +275,10 @@ class OrdinalColumn:
         self.input = column.input
         self.output = column.output
         self.name = names[self.input]
-        self.table: dict[Any, float] = {c: float(k) for k, c in enumerate(column.categories) if c is not NAN_KEY}
+        # No entry for NaN or None: a missing value is never a category (LightGBM's
+        # pandas categories hold neither; the SQL generator never matches NULL).
+        self.table: dict[Any, float] = {c: float(k) for k, c in enumerate(column.categories)
+                                        if c is not NAN_KEY and c is not None}
 
     def value_one(self, value: Any) -> float:
         try:

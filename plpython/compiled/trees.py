@@ -181,7 +181,9 @@ class Trees:
         flat = x.ravel()
         # Position of each entry's row in the flattened matrix.
         base = 0 if x.ndim == 1 else (np.arange(x.shape[0]) * x.shape[1])[:, None]
-        node = np.ascontiguousarray(np.broadcast_to(self.roots2, x.shape[:-1] + self.roots2.shape))
+        # A copy, always: ascontiguousarray keeps a one-row broadcast (its stride-0 axis has
+        # length 1, so it counts as contiguous) as the read-only view, which node += refuses.
+        node = np.array(np.broadcast_to(self.roots2, x.shape[:-1] + self.roots2.shape))
         # One buffer per intermediate, reused level after level; indices are
         # in range by construction (ir.TreeEnsemble.read), so take() need not check.
         position, child = np.empty_like(node), np.empty_like(node)

@@ -168,6 +168,9 @@ class OrdinalFeature:
                 literals.append(quote_literal(value))
             elif self.column.kind == "int" and type(value) is int:
                 literals.append(str(value))
+            elif self.column.kind == "int" and type(value) is float and value.is_integer():
+                # pandas' categories of numbers with a NaN are floats: 7 is 7.0 (as in the compiled path's dict)
+                literals.append(str(int(value)))
             elif self.column.kind == "bool" and type(value) is bool:
                 literals.append("true" if value else "false")
             elif self.column.kind in ("text", "int", "bool"):

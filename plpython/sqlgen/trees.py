@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 _LEFT, _RIGHT, _ANY = "L", "R", "X"
 
 
+#: Category codes the IN lists of categorical splits may hold, all splits together: the SQL grows
+#: with them, and a crafted archive's sets can be a thousand times its size once inflated.
+MAX_CATEGORY_CODES = 100_000
+
+
 def expression(g: Generator) -> str:
     """P(class 1) of a tree ensemble (:class:`ir.TreeEnsemble`) as SQL: one
     nested CASE per tree, combined by ir.COMBINE_RULES in the estimator's order."""
@@ -39,6 +44,11 @@ def expression(g: Generator) -> str:
     missing_dir: dict[int, str] = {}
     is_category = np.zeros(n_nodes, dtype=bool)
     if ensemble.categorical:
+        # Each categorical node's set is its own (ir.TreeEnsemble._check_categories): the 1 flags are the codes written.
+        n_codes = int(np.count_nonzero(np.asarray(ensemble.category_left)))
+        if n_codes > MAX_CATEGORY_CODES:
+            raise SqlUnsupported(f"the categorical splits list {n_codes:,} categories in all (more than "
+                                 f"{MAX_CATEGORY_CODES:,}), too many to write as SQL")
         is_category = np.asarray(ensemble.category_set, dtype=np.int64) >= 0
         for node in np.flatnonzero(is_category).tolist():
             cuts[node] = _category_cut(g, ensemble, node)

@@ -110,3 +110,33 @@ def test_lightgbm_scores_equal_predict_proba_on_both_paths_without_lightgbm(seed
         modules = admin.execute("SELECT public.loaded_modules()").fetchone()[0]
         assert "pgscore_server.compiled.evaluator" in modules  # this backend scored with the compiled model
         assert not [m for m in modules if m.split(".")[0] in ("lightgbm", "xgboost", "mlflow", "sklearn")]
+
+
+def test_pandas_categories_read_as_floats_match_an_integer_column_in_sql(db) -> None:
+    """A pandas category column made from numbers with a NaN has float
+    categories (0.0, 1.0, ...); scored from a bigint column, the compiled
+    path and LightGBM match 7 to 7.0, and the SQL must too (it wrote no
+    category at all: every row went right)."""
+    import pandas as pd
+
+    from pgscore.compile import compile_model
+    from pgscore_server.sqlgen import to_sql
+
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 9, 1500)
+    x = rng.normal(size=1500)
+    X = pd.DataFrame({"c": pd.Categorical(np.where(rng.random(1500) < 0.1, np.nan, codes)), "x": x})
+    y = (((codes % 7) < 3) ^ (x > 0.2)).astype(int)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = lightgbm.LGBMClassifier(n_estimators=20, num_leaves=7, min_data_per_group=3, cat_smooth=1.0,
+                                        verbose=-1, random_state=0).fit(X, y)
+    assert isinstance(model.booster_.pandas_categorical[0][0], float)
+    rows = [{"c": c, "x": v} for c in (None, 0, 3, 7, 8, 9, -1) for v in (-1.0, 0.0, 0.5)]
+    expected = library_proba(model, rows, ["c", "x"])
+    expression = to_sql(compile_model(model), "p", column_types={"c": "bigint", "x": "double precision"})
+    with db.connect() as conn:
+        got = [r[0] for r in conn.execute(
+            f"SELECT {expression} FROM (VALUES {', '.join(['(%s::bigint, %s::float8)'] * len(rows))}) AS p(c, x)",
+            [v for row in rows for v in (row["c"], row["x"])])]
+    assert max(abs(g - e) for g, e in zip(got, expected)) <= BOUND

@@ -235,3 +235,28 @@ def test_boosting_flavors_load_their_scikit_learn_classifier_and_refuse_a_booste
     for folder, api in (("lgb-booster", "lightgbm.LGBMClassifier"), ("xgb-booster", "xgboost.XGBClassifier")):
         with pytest.raises(PushError, match=f"Booster logged with .*train and log a {api}"):
             mlflow_source.load(tmp_path / folder)
+
+
+@pytest.mark.parametrize("outside", ["../elsewhere/model.skops", "{tmp}/elsewhere/model.skops"])
+def test_a_model_file_outside_the_model_directory_is_refused(tmp_path, outside):
+    """No database: the MLmodel file's path to the model file is read inside
+    the model directory only (a downloaded or shared MLmodel could name any
+    file the pushing user can read, e.g. a pickle planted elsewhere)."""
+    from pgscore import mlflow_source
+
+    profiles = synthetic_profiles(100, seed=6)
+    frame = to_frame(profiles, XGB_FEATURES)
+    labels = np.array([row[LABEL_COLUMN] for row in profiles], dtype=int)
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression().fit(frame.fillna(0.0), labels)
+    for folder in ("elsewhere", "model"):
+        mlflow.sklearn.save_model(model, str(tmp_path / folder), serialization_format="skops")
+    mlmodel = tmp_path / "model" / "MLmodel"
+    pickled = next(line.split(":", 1)[1].strip() for line in mlmodel.read_text().splitlines()
+                   if line.strip().startswith("pickled_model:"))
+    (tmp_path / "elsewhere" / "model.skops").write_bytes((tmp_path / "elsewhere" / pickled).read_bytes())
+    mlmodel.write_text(mlmodel.read_text().replace(f"pickled_model: {pickled}",
+                                                   f"pickled_model: {outside.format(tmp=tmp_path)}"))
+    with pytest.raises(PushError, match="outside the model directory"):
+        mlflow_source.load(tmp_path / "model")

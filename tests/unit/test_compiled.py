@@ -79,7 +79,7 @@ def pipelines(train: tuple[list[Row], np.ndarray]) -> dict[str, Pipeline]:
 
 def assert_parity(family: str, got: Any, expected: Any) -> None:
     """``got`` equals predict_proba's ``expected`` within the family's bound
-    (pgscore.verify.parity_bound): 1e-9, or one float32 ulp where the library computes in float32."""
+    (pgscore.verify.parity_bound): 1e-9, or two float32 ulps (FLOAT32_ULPS) where the library computes in float32."""
     from pgscore import verify
 
     bound = verify.FLOAT32_ULP if families.BY_NAME[family].float32 else verify.ABSOLUTE
@@ -223,6 +223,21 @@ def test_threaded_batch_walk_gives_the_same_scores(family: str, pipelines: dict[
     columns[FEATURES.index("monthly_charges")][12345] = math.inf  # the imputer and scaler refuse it
     with pytest.raises(ValueError, match="'monthly_charges'"):
         evaluator.predict_columns(columns, threads=2)
+
+
+@pytest.mark.parametrize("family", ["gbm", "rf"])
+def test_a_batch_whose_last_chunk_is_one_row(family: str, pipelines: dict[str, Pipeline],
+                                              score_rows: list[Row]) -> None:
+    """predict_columns (score_with_model, score_many) of one row, and of a
+    batch one row longer than a walk chunk: the walk's node buffer for a
+    one-row chunk was numpy's read-only broadcast view ("output array is
+    read-only")."""
+    evaluator = roundtrip(pipelines[family])
+    chunk = max(1, compiled.trees._TREE_CHUNK_CELLS // evaluator.model.n_trees)
+    rows = (score_rows * (chunk // len(score_rows) + 2))[:chunk + 1]
+    columns = [list(column) for column in zip(*(evaluator._row(row) for row in rows))]
+    assert_within_ulps(evaluator.predict_columns([c[:1] for c in columns]), evaluator.predict(rows[:1]))
+    assert_within_ulps(evaluator.predict_columns(columns), evaluator.predict(rows))
 
 
 def test_threads_hand_their_failure_to_the_caller() -> None:
@@ -740,3 +755,20 @@ def test_families_with_a_sql_path_are_written_as_sql(family: str, pipelines: dic
     from pgscore_server.sqlgen import to_sql
 
     assert to_sql(compile_model(pipelines[family])).startswith(("CASE", "(", "1::float8"))
+
+
+def test_an_archive_inflating_beyond_the_limit_is_refused_before_it_is_inflated(monkeypatch) -> None:
+    """A loader role can write scoring.models.compiled itself: deflate packs ~1,000:1, so the
+    server checks what the members declare (and inflates no more than that) first."""
+    import zipfile
+
+    from pgscore_server.compiled import archive
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as packed:
+        packed.writestr("zeros.npy", b"\0" * (8 << 20))  # 8 MiB, ~8 kB packed
+    data = buffer.getvalue()
+    assert len(data) < 64 << 10
+    monkeypatch.setattr(archive, "MAX_INFLATED_BYTES", 4 << 20)
+    with pytest.raises(ValueError, match="arrays exceed 4 MiB"):
+        archive._read_npz(data)

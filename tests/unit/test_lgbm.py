@@ -291,6 +291,63 @@ def test_categorical_archives_name_a_rule_older_servers_refuse(categorical: tupl
         ir.Model.read(manifest, arrays)
 
 
+def test_nodes_sharing_a_category_set_are_refused(categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """A crafted archive whose categorical nodes all name one large set: the
+    row code and the SQL spell out each node's set, so the work grew with
+    nodes x set size (a 6 KB archive took 0.8 GiB and 5 s to load). LightGBM
+    gives every categorical node its own set; the reader refuses a shared one."""
+    X, y = categorical
+    compiled = compile_model(_fit(X, y, n_estimators=5))
+    manifest, arrays = compiled.ir.write(lambda v, dtype, shape=None: np.asarray(v))
+    sets = arrays["tree_category_set"]
+    assert (sets >= 0).sum() > 1
+    arrays["tree_category_set"] = np.where(sets >= 0, 0, -1).astype(sets.dtype)
+    arrays["tree_category_bounds"] = np.array([0, 100_000], dtype=arrays["tree_category_bounds"].dtype)
+    arrays["tree_category_left"] = np.ones(100_000, dtype=arrays["tree_category_left"].dtype)
+    with pytest.raises(ValueError, match="name the same category set 0"):
+        ir.Model.read(manifest, arrays)
+
+
+def test_a_set_listing_many_codes_is_neither_written_as_python_nor_as_sql(
+        categorical: tuple[pd.DataFrame, np.ndarray]) -> None:
+    """A crafted archive whose one categorical node lists 200,000 codes (all
+    flags 1, a few KB deflated): the row code compiled each written code
+    (3,000,000 took 3 GiB and 8 s on the first row) and the SQL listed them
+    all. Over RowCode.MAX_CATEGORY_CODES the general walk scores the row; over
+    sqlgen's MAX_CATEGORY_CODES the SQL generator refuses the model."""
+    from pgscore_server import compiled as server_compiled
+    from pgscore_server.sqlgen import SqlUnsupported, to_sql
+    from pgscore_server.sqlgen.trees import MAX_CATEGORY_CODES
+
+    X, y = categorical
+    X = X.assign(plan=X["plan"].cat.codes.astype(float).replace(-1, np.nan),
+                 region=X["region"].cat.codes.astype("int64"))
+    model = _fit(X, y, n_estimators=5, categorical_feature=["plan", "region"])
+    ir_model = compile_model(model).ir
+    manifest, arrays = ir_model.write(lambda v, dtype, shape=None: np.asarray(v, dtype=dtype))
+    bounds, flags = arrays["tree_category_bounds"], arrays["tree_category_left"]
+    many = MAX_CATEGORY_CODES * 2
+    arrays["tree_category_left"] = np.concatenate([flags[: bounds[-2]], np.ones(many, flags.dtype)])
+    arrays["tree_category_bounds"] = np.concatenate([bounds[:-1], [bounds[-2] + many]]).astype(bounds.dtype)
+    blob = CompiledModel(manifest, arrays).to_bytes()
+    assert len(blob) < 50_000
+    evaluator = server_compiled.load(blob)
+    assert evaluator.model.row_code is None and evaluator.pipeline_code is None
+    row = {name: 1.0 for name in X.columns}
+    assert evaluator.predict_one(row) == evaluator.predict([row])[0]
+    with pytest.raises(SqlUnsupported, match="too many to write as SQL"):
+        to_sql(CompiledModel.from_bytes(blob), "p", column_types={name: "double precision" for name in X.columns})
+
+
+def test_none_is_never_an_ordinal_category() -> None:
+    """An archive listing None among a category column's categories (pandas
+    never does): None still reads as NaN, as the docstring and the SQL say."""
+    from pgscore_server.compiled import transforms
+
+    column = transforms.OrdinalColumn(ir.OrdinalColumn("pandas_categorical", 0, [None, "a"], 0), ["plan"])
+    assert math.isnan(column.value_one(None)) and column.value_one("a") == 1.0
+
+
 @pytest.mark.parametrize("params, mentions", [  # each refusal names the parameter
     (dict(linear_tree=True), "linear_tree"),
     (dict(objective="cross_entropy"), "objective 'cross_entropy'"),

@@ -231,6 +231,29 @@ def test_json_decimals_round_to_the_nearest_float32() -> None:
     assert float32_values([Decimal("0.1"), 3]).tolist() == [np.float32(0.1), np.float32(3)]
 
 
+def test_an_archive_with_infinite_leaves_is_refused(bare: Any) -> None:
+    """A crafted XGBoost archive with a +inf and a -inf leaf on one row's
+    path: its float32 margin is NaN, which the compiled path's min() kept
+    (score NaN) and the SQL's LEAST() did not (score ~0). XGBoost's leaves
+    are finite; the reader refuses infinite ones."""
+    from pgscore.compile import CompiledModel
+
+    ir_model = compile_model(bare).ir
+    manifest, arrays = ir_model.write(lambda v, dtype, shape=None: np.asarray(v, dtype=dtype))
+    value, feature, roots = arrays["tree_value"].copy(), arrays["tree_feature"], arrays["tree_roots"]
+
+    def first_leaf(root: int) -> int:
+        node = int(root)
+        while feature[node] >= 0:
+            node = int(arrays["tree_left"][node])
+        return node
+
+    value[first_leaf(roots[0])], value[first_leaf(roots[1])] = math.inf, -math.inf
+    arrays["tree_value"] = value
+    with pytest.raises(ValueError, match="infinite start or leaf value"):
+        compiled.load(CompiledModel(manifest, arrays).to_bytes())
+
+
 @pytest.mark.skipif(tuple(map(int, xgboost.__version__.split(".")[:2])) < (3, 4),
                     reason="from XGBoost 3.4, dropout (DART) trains gbtree models with tree weights")
 def test_dropout_tree_weights_are_refused() -> None:
