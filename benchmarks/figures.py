@@ -24,7 +24,7 @@ from ..dev import localdb
 from ..dev.demo_data import PROFILE_COLUMNS
 from ..models import fetch_feature_rows
 from .floors import FLOOR_ROUNDS, FLOORS, install as install_floors
-from .memory import memory_mib
+from .memory import first_score
 from .report import Report, Sizes
 
 # The demo's kinds (pgscore.dev.demo_data.MODEL_KINDS), in the order measured. XGBoost and
@@ -299,21 +299,11 @@ class Figures:
         shared-library pages and shared_buffers pages the backend touched
         are shared with every other backend.
         """
-        def cold_start() -> tuple[float, dict[str, float]]:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-                before = memory_mib(pid, conn.info.dbname)
-                started = time.perf_counter()
-                conn.execute("SELECT scoring.score(1::bigint)").fetchone()
-                elapsed = time.perf_counter() - started
-                after = memory_mib(pid, conn.info.dbname)
-                return elapsed, {key: after[key] - before[key] for key in before}
-
         def median_of(path: str, starts: int = 3) -> tuple[float, dict[str, float]]:
             with psycopg.connect(self.dsn, autocommit=True) as conn:
                 conn.execute("SELECT scoring.set_scoring_path('churn', %s, %s)",
                              [self.models[family][1].version, path])
-            runs = [cold_start() for _ in range(starts)]
+            runs = [first_score(self.dsn) for _ in range(starts)]
             keys = runs[0][1].keys()
             return (statistics.median(r[0] for r in runs),
                     {key: statistics.median(r[1][key] for r in runs) for key in keys})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
+import psycopg
 
 
 def memory_mib(pid: int, database: str) -> dict[str, float]:
@@ -34,3 +37,16 @@ def backend_here(pid: int, database: str) -> bool:
         return False
     words = title.split()
     return len(words) >= 3 and words[0] == "postgres:" and words[2] == database
+
+
+def first_score(dsn: str) -> tuple[float, dict[str, float]]:
+    """P6's probe: seconds of ``scoring.score(1)`` in a brand-new connection, and
+    that backend's memory growth over it (:func:`memory_mib`'s parts)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        before = memory_mib(pid, conn.info.dbname)
+        started = time.perf_counter()
+        conn.execute("SELECT scoring.score(1::bigint)").fetchone()
+        elapsed = time.perf_counter() - started
+        after = memory_mib(pid, conn.info.dbname)
+        return elapsed, {key: after[key] - before[key] for key in before}

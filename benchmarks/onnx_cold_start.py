@@ -22,7 +22,6 @@ import hashlib
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import psycopg
@@ -33,7 +32,7 @@ from ..dev import localdb
 from ..dev.demo_data import PROFILE_COLUMNS, TEXT_COLUMNS, train_demo_model
 from ..dev.seed import seed_profiles
 from ..migrate import migrate
-from .memory import memory_mib
+from .memory import first_score
 
 DATABASE = "pgscore_bench_onnx"
 
@@ -46,17 +45,6 @@ def onnx_bytes(pipeline) -> bytes:
     types = [(c, StringTensorType([None, 1]) if c in TEXT_COLUMNS else FloatTensorType([None, 1]))
              for c in PROFILE_COLUMNS]
     return to_onnx(pipeline, initial_types=types).SerializeToString()
-
-
-def cold_start(dsn: str) -> tuple[float, dict[str, float]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-        before = memory_mib(pid, conn.info.dbname)
-        started = time.perf_counter()
-        conn.execute("SELECT scoring.score(1::bigint)").fetchone()
-        elapsed = time.perf_counter() - started
-        after = memory_mib(pid, conn.info.dbname)
-        return elapsed, {key: after[key] - before[key] for key in before}
 
 
 def measure(admin_dsn: str, starts: int = 5, folder: Path | None = None) -> list[dict]:
@@ -89,8 +77,8 @@ def measure(admin_dsn: str, starts: int = 5, folder: Path | None = None) -> list
                 if scoring_path != "onnx":
                     conn.execute("SELECT scoring.set_scoring_path('churn', %s, %s)", [version, scoring_path])
                 conn.execute("SELECT scoring.activate('churn', %s)", [version])
-            cold_start(dsn)  # the first backend after an activation also rewrites nothing: discard it anyway
-            samples = [cold_start(dsn) for _ in range(starts)]
+            first_score(dsn)  # the first backend after an activation also rewrites nothing: discard it anyway
+            samples = [first_score(dsn) for _ in range(starts)]
             keys = samples[0][1].keys()
             runs.append({"model": label, "path": scoring_path,
                          "seconds": statistics.median(s[0] for s in samples),
