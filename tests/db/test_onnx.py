@@ -5,7 +5,6 @@ graph, external data, a custom domain, a server without onnxruntime)."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 
@@ -106,9 +105,12 @@ def test_an_onnx_pipeline_is_refused_until_approved_then_scores_complaints_as_on
         assert "onnxruntime" in analyst.execute("SELECT public.loaded_modules()").fetchone()[0]
     assert many == pytest.approx(stored, abs=1e-9) and one == pytest.approx(stored[17], abs=1e-9)
     assert what_if == pytest.approx(stored[17], abs=1e-9)
-    # The extras folder holds what the onnx extra adds, not a second numpy.
-    extras = Path(local_database(os.environ.get("PGSCORE_TEST_HOME")).state()["runtime_extras"])
-    assert (extras / "onnxruntime").is_dir() and not (extras / "numpy").exists()
+    # The onnx extra added onnxruntime, not a second numpy (local: a folder of its own; the image: one folder).
+    with seeded.connect() as admin:
+        admin.execute("CREATE FUNCTION public.copies(name text) RETURNS int LANGUAGE plpython3u AS $$\n"
+                      "from importlib import metadata\n"
+                      "return sum(1 for d in metadata.distributions() if d.metadata['Name'].lower() == name)\n$$")
+        assert admin.execute("SELECT public.copies('numpy'), public.copies('onnxruntime')").fetchone() == (1, 1)
 
 
 def _insert(conn: psycopg.Connection, blob: bytes, features: list[str]) -> int:
