@@ -74,6 +74,12 @@ class Trees:
         # Nodes that send the zero band where missing values go (ir.TreeEnsemble.zero_missing), if any.
         self.zero_band = ensemble.zero_band
         self.node_zero_missing = ensemble.zero_missing
+        # The one-row walk's view of both, built once per model rather than per row: a model
+        # with only one of them reads "no set" (-1) or "not the zero band" (0) at every node.
+        if self.categorical or self.zero_band:
+            n_nodes = len(ensemble.feature)
+            self.row_category_set = self.node_category_set if self.categorical else [-1] * n_nodes
+            self.row_zero_missing = self.node_zero_missing if self.zero_band else [0] * n_nodes
         self._ensemble = ensemble
         self.python_one = ensemble.walk_steps <= self._LEVEL_COST * self.max_depth
         self.row_code = RowCode(ensemble) if RowCode.fits(ensemble) else None
@@ -265,8 +271,8 @@ class Trees:
         leaves = []
         if self.categorical or self.zero_band:
             goes_left = self.goes_left_category
-            category_set = self.node_category_set if self.categorical else [-1] * len(feature)
-            zero = self.node_zero_missing if self.zero_band else [0] * len(feature)
+            category_set = self.row_category_set
+            zero = self.row_zero_missing
             band = ir.ZERO_BAND
             missing_left = self.node_missing_left
             for node in self.node_roots:
