@@ -13,22 +13,14 @@ from __future__ import annotations
 
 import functools
 
-from . import (
-    batch,
-    catalog,
-    features,
-    floatbits,
-    freshness,
-    paths,
-    plans,
-    registry,
-    runtime,
-    scorers,
-    settings,
-    sqlpath,
-    trigger,
-)
+from . import catalog, features, floatbits, paths, plans, registry, runtime, settings
 from .errors import INVALID_PARAMETER_VALUE, MODEL_FAILED, NO_DATA_FOUND, ScoringError
+
+# The modules of one kind of call (batch, freshness, scorers, sqlpath,
+# trigger) are imported by the entry points that use them: a backend that
+# scores one customer then reads and keeps half the runtime's code (P6 in
+# docs/performance.md). The runtime's loader reads a module when it is
+# first imported.
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package docstring)
 if TYPE_CHECKING:
@@ -110,6 +102,8 @@ IDS_LISTED = "public.customer_profiles p WHERE p.customer_id = ANY($1)"
 def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[float]:
     """The score of each id in input order, one model call per chunk of
     distinct ids, each feature read as one array."""
+    from . import batch
+
     if not customer_ids:
         return []
     if any(customer_id is None for customer_id in customer_ids):
@@ -145,18 +139,24 @@ def unknown_customers(customer_ids: Sequence[int]) -> ScoringError:
 
 @sql_errors
 def on_complaints_inserted(plpy: Any, cache: dict, new_ids: list[int]) -> None:
+    from . import trigger
+
     trigger.on_complaints_inserted(plpy, cache, DEFAULT_MODEL, new_ids)
 
 
 @sql_errors
 def score_profile(plpy: Any, cache: dict, model_id: int, customer_id: int, layout: str,
                   floats: list | None, ints: list | None, flags: list | None, texts: list | None) -> float | None:
+    from . import trigger
+
     return trigger.score_profile(plpy, cache, model_id, customer_id, layout, (floats, ints, flags, texts))
 
 
 @sql_errors
 def score_rejected(plpy: Any, cache: dict, model_id: int, customer_id: int, message: str | None,
                    mode: str | None) -> None:
+    from . import trigger
+
     return trigger.score_rejected(plpy, cache, model_id, customer_id, message, mode)
 
 
@@ -167,6 +167,8 @@ def install_scoring_functions(plpy: Any, cache: dict) -> str:
 
 @sql_errors
 def sql_expression(plpy: Any, cache: dict, model_id: int) -> str:
+    from . import sqlpath
+
     return sqlpath.expression_for(plpy, cache, model_id)
 
 
@@ -175,6 +177,8 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> list[st
     [sqlstate, message, detail, hint] rather than raising it: the procedure
     that calls it commits, so it cannot catch an error to report it without
     PL/Python's traceback. None when every batch was rescored."""
+    from . import batch, scorers
+
     spi_error = getattr(plpy, "SPIError", ())  # an error of SQL run by the Python (a model the SQL path rejects)
     try:
         if model_name != scorers.REFERENCE and _is_scorer(plpy, cache, model_name):
@@ -202,6 +206,8 @@ def _is_scorer(plpy: Any, cache: dict, name: str | None) -> bool:
 def _rescore_scorer(plpy: Any, scorer: str, batch_size: int) -> None:
     """scoring.rescore of an attached scorer: batches in key order, each
     committed; NOTICEs 'pgscore rescore: DONE/TOTAL rows' as batch.rescore's."""
+    from . import batch
+
     plan = plpy.prepare(RESCORE_BATCH_SQL, ["text", "text", "int"])
     total = plpy.execute(plpy.prepare("SELECT scoring._scorer_rows($1) AS n", ["text"]), [scorer])[0]["n"]
     done, last = 0, None
@@ -216,33 +222,45 @@ def _rescore_scorer(plpy: Any, scorer: str, batch_size: int) -> None:
 
 @sql_errors
 def rescore_batch(plpy: Any, cache: dict, scorer: str, after: str | None, batch_size: int) -> str | None:
+    from . import freshness, scorers
+
     return freshness.rescore_batch(plpy, cache, scorers.get(plpy, cache, scorer), after, batch_size)
 
 
 @sql_errors
 def recount(plpy: Any, cache: dict, scorer: str, events: int) -> int:
+    from . import freshness, scorers
+
     found = scorers.get(plpy, cache, scorer)
     return freshness.recount(plpy, cache, found, found.events_of(int(events)))
 
 
 @sql_errors
 def scorer_rows(plpy: Any, cache: dict, scorer: str) -> int:
+    from . import freshness, scorers
+
     return freshness.count(plpy, cache, scorers.get(plpy, cache, scorer))
 
 
 @sql_errors
 def scorer_trigger(plpy: Any, cache: dict, td: dict) -> str | None:
     """scoring._scorer_trigger(): every trigger of every scorer (pgscore_server.freshness)."""
+    from . import freshness
+
     return freshness.on_trigger(plpy, cache, td)
 
 
 @sql_errors
 def score_key(plpy: Any, cache: dict, scorer: str, key: str | None) -> float:
+    from . import freshness, scorers
+
     return freshness.score_keys(plpy, cache, scorers.get(plpy, cache, scorer), [key])[0]
 
 
 @sql_errors
 def score_keys(plpy: Any, cache: dict, scorer: str, keys: list[str] | None) -> list[tuple[str, float]]:
+    from . import freshness, scorers
+
     keys = list(keys or [])
     settings.check_batch_ids(plpy, cache, len(keys))
     return list(zip(keys, freshness.score_keys(plpy, cache, scorers.get(plpy, cache, scorer), keys)))
@@ -252,6 +270,8 @@ def score_keys(plpy: Any, cache: dict, scorer: str, keys: list[str] | None) -> l
 def score_keys_with_model(plpy: Any, cache: dict, model_id: int, scorer: str, keys: list[str] | None
                           ) -> list[tuple[str, float]]:
     """scoring.score_keys_with_model: push's parity check on a scorer's rows, with a model not yet active."""
+    from . import freshness, scorers
+
     keys = list(keys or [])
     found = scorers.get(plpy, cache, scorer)
     return list(zip(keys, freshness.score_keys(plpy, cache, found, keys, model_id=model_id)))

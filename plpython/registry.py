@@ -21,7 +21,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 
-from . import approvals, catalog, features, plans, runtime
+from . import catalog, features, plans, runtime
 from .errors import (
     INSUFFICIENT_PRIVILEGE,
     INVALID_PARAMETER_VALUE,
@@ -336,6 +336,8 @@ def load(plpy: Any, cache: dict, model_id: int, expected_sha256: str | None = No
         verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
         # The one gate before a blob is deserialised: a pickle, or a skops blob with types outside
         # formats.NATIVE_SAFE_TYPES, needs a superuser's approval of its sha256.
+        from . import approvals  # here: the compiled and sql paths never need it (nor formats, which it imports)
+
         approved = approvals.require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"], blob)
         runtime.check_compatible(runtime.parse_recorded(row["runtime"]), label)
         estimator = deserialize(row["format"], blob, label, approved)
@@ -414,6 +416,8 @@ def load_onnx(plpy: Any, cache: dict, row: Mapping[str, Any], model_id: int, exp
     here, sees it."""
     blob = bytes(plans.run(plpy, cache, BLOB_SQL, ["bigint"], [model_id])[0]["blob"])
     verify_blob(blob, row["sha256"], expected_sha256, label, row["name"])
+    from . import approvals
+
     approvals.require(plpy, cache, row["format"], row["sha256"], row["name"], row["version"], blob)
     from . import onnxpath
 

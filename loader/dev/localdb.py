@@ -29,6 +29,10 @@ DEFAULT_DIR = Path(os.environ.get("PGSCORE_HOME", ".pgscore"))
 DEFAULT_PORT = 54329
 DATABASE = "pgscore"
 SUPERUSER = "postgres"
+# The procedural languages every score runs in: preloaded, the postmaster
+# loads and links them once and each backend inherits them (the Docker image
+# sets the same: docker/Dockerfile).
+PRELOAD_LIBRARIES = "plpgsql,plpython3"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,7 @@ class LocalDatabase:
         env = dict(os.environ, PYTHONPATH=":".join(filter(None, [state["runtime"], extras])),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env.pop("PYTHONHOME", None)
+        self._write_conf(state["port"])  # a server made by an older pgscore gets today's settings
         self._run([self.program("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
                   env=env)
         self._create_database()
@@ -186,6 +191,9 @@ class LocalDatabase:
             f"unix_socket_directories = '{self.sockets.resolve()}'",
             "max_connections = 100",
             "shared_buffers = '256MB'",
+            # Loaded once by the postmaster, not by each new connection's first
+            # score: ~2-4 MiB less per backend (docs/performance.md, P6).
+            f"shared_preload_libraries = '{PRELOAD_LIBRARIES}'",
         ]
         conf.write_text("\n".join(lines) + "\n")
         self._own(conf)

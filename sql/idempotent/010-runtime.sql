@@ -9,9 +9,17 @@
 -- The modules come as the code objects the migration compiled with the
 -- server's Python (about 1 ms and 0.7 MiB for all of them, where compiling
 -- the sources costs a new backend ~30 ms and ~4 MiB); from source when that
--- code is missing or stamped for another interpreter or another code sha.
+-- code is missing or stamped for another interpreter.
+-- Each module is read when it is first imported, not all of them here: a
+-- backend that scores one customer imports about half of the code, and
+-- reading the rest cost it ~1 MiB of pages and memory (docs/performance.md,
+-- P6). A module compiled for another code sha means a migration replaced
+-- the code since this backend loaded it: that import fails, rather than mix
+-- two code sets, and the next call loads the new code.
 -- It runs as its caller (no SECURITY DEFINER: it needs no more than the
--- scoring functions' owner, the only role that may execute it).
+-- scoring functions' owner, the only role that may execute it; the roles
+-- whose calls may import later, scoring_owner and scoring_loader, may read
+-- the modules too: 011-runtime-grants.sql).
 CREATE OR REPLACE FUNCTION scoring_trusted.load_runtime()
 RETURNS void
 LANGUAGE plpython3u
@@ -23,38 +31,43 @@ import sys
 # What importlib.util.MAGIC_NUMBER is, without importing importlib.util.
 from importlib._bootstrap_external import MAGIC_NUMBER
 
-stamp = MAGIC_NUMBER + b"{{CODE_SHA}}"
-stored = plpy.execute("SELECT module, bytecode FROM scoring_trusted.runtime_modules")
-if all(row["bytecode"] is not None and row["bytecode"].startswith(stamp) for row in stored):
-    code_from = "bytecode"
-    modules = {row["module"]: row["bytecode"] for row in stored}
-else:
-    code_from = "source"
-    modules = {row["module"]: row["source"] for row in
-               plpy.execute("SELECT module, source FROM scoring_trusted.runtime_modules")}
-del stored
+code_sha = "{{CODE_SHA}}"
+stamp = MAGIC_NUMBER + code_sha.encode()
+names = {row["module"] for row in plpy.execute("SELECT module FROM scoring_trusted.runtime_modules")}
 # A stored module is a package when another one is named under it.
-packages = {name.rsplit(".", 1)[0] + "." for name in modules if "." in name}
+packages = {name.rsplit(".", 1)[0] + "." for name in names if "." in name}
+read_bytecode = plpy.prepare("SELECT bytecode FROM scoring_trusted.runtime_modules WHERE module = $1", ["text"])
+
+def stored_code(name):
+    """The code object of module ``name``: the migration's bytecode, else compiled from source."""
+    rows = plpy.execute(read_bytecode, [name])
+    bytecode = rows[0]["bytecode"] if rows else None
+    if bytecode is not None and bytecode.startswith(stamp):
+        # Only the migrating superuser can write this table, as the sources.
+        return marshal.loads(memoryview(bytecode)[len(stamp):])
+    if not rows or (bytecode is not None and bytecode.startswith(MAGIC_NUMBER)):
+        GD.pop("pgscore_server.code_sha", None)
+        plpy.error(f"pgscore's in-database code changed while this session was using it (module {name})",
+                   detail=f"this session loaded code {code_sha[:12]}; a migration has since installed other code",
+                   hint="run the statement again: the next call loads the new code")
+    source = plpy.execute(plpy.prepare("SELECT source FROM scoring_trusted.runtime_modules WHERE module = $1",
+                                       ["text"]), [name])[0]["source"]
+    GD["pgscore_server.code_from"] = "source"
+    return compile(source, "scoring_trusted.runtime_modules:" + name, "exec")
 
 # A finder and loader by protocol, not by the importlib.abc classes, whose
 # import costs a new backend about 15 ms.
 class StoredModules:
     """Serves pgscore_server.* from scoring_trusted.runtime_modules, never from disk."""
     def find_spec(self, fullname, path=None, target=None):
-        if fullname in modules:
+        if fullname in names:
             return importlib.machinery.ModuleSpec(
                 fullname, self, is_package=fullname + "." in packages)
         return None
     def create_module(self, spec):
         return None
     def exec_module(self, module):
-        name = module.__name__
-        if code_from == "bytecode":
-            # Only the migrating superuser can write this table, as the sources.
-            code = marshal.loads(memoryview(modules[name])[len(stamp):])
-        else:
-            code = compile(modules[name], "scoring_trusted.runtime_modules:" + name, "exec")
-        exec(code, module.__dict__)
+        exec(stored_code(module.__name__), module.__dict__)
 
 for name in [m for m in sys.modules if m == "pgscore_server" or m.startswith("pgscore_server.")]:
     del sys.modules[name]
@@ -66,9 +79,9 @@ for key in [key for key in GD if key.startswith("pgscore.")]:
     del GD[key]
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "StoredModules"]
 sys.meta_path.insert(0, StoredModules())
+GD["pgscore_server.code_from"] = "bytecode"
 import pgscore_server.api
-GD["pgscore_server.code_sha"] = "{{CODE_SHA}}"
-GD["pgscore_server.code_from"] = code_from
+GD["pgscore_server.code_sha"] = code_sha
 $python$;
 COMMENT ON FUNCTION scoring_trusted.load_runtime() IS 'internal: (re)imports pgscore_server from scoring_trusted.runtime_modules';
 

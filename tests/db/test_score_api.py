@@ -112,7 +112,9 @@ def test_runtime_info_and_warmup(scored):
 def test_first_score_of_a_compiled_tree_model_imports_little(seeded, model_files):
     """A new backend's first score of a compiled tree model imports the
     runtime and the standard library's basics only: no numpy (one row), no
-    json, re, enum or typing (each costs every backend memory: P6)."""
+    json, re, enum or typing (each costs every backend memory: P6), and of
+    the runtime only what scoring a customer needs (not the trigger's, the
+    scorers', the batches' or the pickle formats' code)."""
     from pgscore import push_model
 
     push_model(seeded.dsn("loader"), model_files["gbm"], name="churn", activate=True, scoring_path="compiled")
@@ -122,9 +124,50 @@ def test_first_score_of_a_compiled_tree_model_imports_little(seeded, model_files
         admin.execute("CREATE FUNCTION pg_temp.loaded(names text[]) RETURNS text[] LANGUAGE plpython3u"
                       " AS 'import sys\nreturn [n for n in names if n in sys.modules]'")
         loaded = admin.execute("SELECT pg_temp.loaded(%s)",
-                               [["pgscore_server.compiled", "numpy", "json", "re", "enum", "typing"]]).fetchone()[0]
+                               [["pgscore_server.compiled", "numpy", "json", "re", "enum", "typing",
+                                 "pgscore_server.trigger", "pgscore_server.freshness", "pgscore_server.batch",
+                                 "pgscore_server.formats", "pgscore_server.sqlgen"]]).fetchone()[0]
     assert abs(score - expected) <= 1e-9
     assert loaded == ["pgscore_server.compiled"]
+
+
+def test_the_server_preloads_the_languages_every_score_runs_in(db):
+    """pgscore's servers (pgscore db start, the Docker image) load PL/pgSQL
+    and PL/Python at start: a new backend's first score does not load and
+    link them (P6, docs/performance.md)."""
+    from pgscore.dev.localdb import PRELOAD_LIBRARIES
+
+    with db.connect() as admin:
+        setting = admin.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    assert [name.strip() for name in setting.split(",")] == PRELOAD_LIBRARIES.split(",")
+
+
+def test_code_replaced_under_a_session_is_refused_not_mixed(db):
+    """The runtime's modules are read when first imported. One that a
+    migration replaced since this session loaded the runtime (bytecode of
+    this interpreter, another code sha) fails its import in words, rather
+    than run beside the old code; the session's next call loads the code
+    that is there, and the import works again once it matches."""
+    module = "pgscore_server.onnxpath"  # imported by no scoring call of these tests
+    load = "SELECT scoring_trusted.load_runtime()"
+    with db.connect() as admin, db.connect() as migrating:
+        admin.execute("CREATE FUNCTION pg_temp.import_module(name text) RETURNS boolean LANGUAGE plpython3u"
+                      " AS 'import importlib\nreturn importlib.import_module(name) is not None'")
+        admin.execute(load)
+        original = migrating.execute("SELECT bytecode FROM scoring_trusted.runtime_modules WHERE module = %s",
+                                     [module]).fetchone()[0]
+        other_sha = b"0" * 64
+        try:
+            migrating.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = %s WHERE module = %s",
+                              [original[:4] + other_sha + original[68:], module])
+            with pytest.raises(psycopg.errors.Error, match=f"code changed while this session was using it .module {module}"):
+                admin.execute("SELECT pg_temp.import_module(%s)", [module])
+            assert admin.execute("SELECT scoring.runtime_info()").fetchone()[0]["code_sha"] == original[4:68].decode()
+        finally:
+            migrating.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = %s WHERE module = %s",
+                              [original, module])
+        admin.execute(load)
+        assert admin.execute("SELECT pg_temp.import_module(%s)", [module]).fetchone()[0] is True
 
 
 def test_scores_cross_from_python_as_float8_bits_exactly(db):
