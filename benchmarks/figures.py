@@ -24,7 +24,7 @@ from ..dev import localdb
 from ..dev.demo_data import PROFILE_COLUMNS
 from ..models import fetch_feature_rows
 from .floors import FLOOR_ROUNDS, FLOORS, install as install_floors
-from .memory import first_score, plpython_preloaded
+from .memory import first_score
 from .report import Report, Sizes
 
 # The demo's kinds (pgscore.dev.demo_data.MODEL_KINDS), in the order measured. XGBoost and
@@ -324,7 +324,7 @@ class Figures:
         ratio = max(seconds / 0.15, rss / 20.0) if math.isfinite(rss) else seconds / 0.15
         parts = (f" = private {grown['private']:.0f} + libraries {grown['libraries']:.0f}"
                  f" + shared buffers {grown['shared_buffers']:.0f}") if "private" in grown else ""
-        preloaded = plpython_preloaded(self.dsn)
+        preloaded = api.plpython_preloaded(self.dsn)
         loaded = "PL/Python preloaded" if preloaded else "PL/Python not preloaded"
         self.report.add("P6", family, f"first score {seconds:.3f} s, +{rss:.0f} MiB RSS{parts} ({chosen}; {loaded})",
                         baseline, ratio, "<= 1.0",

@@ -51,12 +51,3 @@ def first_score(dsn: str) -> tuple[float, dict[str, float]]:
         after = memory_mib(pid, conn.info.dbname)
         return elapsed, {key: after[key] - before[key] for key in before}
 
-
-def plpython_preloaded(dsn: str) -> bool:
-    """Whether the server loads PL/Python at start (shared_preload_libraries):
-    then a new backend's first score does not load and link it, ~2-4 MiB
-    less of P6's growth (docs/performance.md)."""
-    with psycopg.connect(dsn) as conn:
-        setting = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
-    names = [name.strip().strip('"').rsplit("/", 1)[-1].removesuffix(".so") for name in setting.split(",")]
-    return "plpython3" in names

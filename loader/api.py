@@ -24,7 +24,8 @@ from typing import Callable, Iterable
 import psycopg
 
 from .approvals import approve, list_approvals, revoke
-from .connection import connect
+from . import connection
+from .connection import connect, resolve_conninfo
 from .migrate import migrate
 from .models import SCORING_PATHS, PushResult, activate, export_sql, list_models, push_model, rollback
 from .scorers import attach, detach, list_scorers
@@ -42,6 +43,13 @@ def runtime_info(dsn: str | None = None) -> dict:
     server's Python and pinned libraries (``python``, ``scikit-learn``, ...)."""
     with connect(dsn) as conn:
         return conn.execute("SELECT scoring.runtime_info()").fetchone()[0]
+
+
+def plpython_preloaded(dsn: str | None = None) -> bool | None:
+    """Whether the server preloads PL/Python (:func:`pgscore.connection.plpython_preloaded`),
+    asked as the DSN's own role: pgscore's roles may not read the setting."""
+    with psycopg.connect(resolve_conninfo(dsn), autocommit=True) as conn:
+        return connection.plpython_preloaded(conn)
 
 
 def score(dsn: str | None, customer_ids: Iterable[int], model: str = "churn") -> dict[int, float]:

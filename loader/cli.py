@@ -295,6 +295,10 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     info = api.runtime_info(args.dsn)
     print(f"migrated to revision {info['schema_revision']}; server runtime: "
           f"Python {info['python']}, scikit-learn {info['scikit-learn']}, numpy {info['numpy']}")
+    if api.plpython_preloaded(args.dsn) is False:
+        print("note: the server does not preload PL/Python, so every new connection loads it on its first score "
+              "(2-4 MiB more per backend): add plpgsql,plpython3 to shared_preload_libraries in postgresql.conf "
+              "and restart (docs/migrations.md, \"The server's Python runtime\")")
 
 
 def cmd_attach(args: argparse.Namespace) -> None:

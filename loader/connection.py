@@ -140,3 +140,17 @@ def require_schema(conn: psycopg.Connection) -> None:
 def describe_server(conn: psycopg.Connection) -> str:
     """'host:port' of a connection (the socket folder for a Unix socket)."""
     return f"{conn.info.host}:{conn.info.port}"
+
+
+def plpython_preloaded(conn: psycopg.Connection) -> bool | None:
+    """Whether the server loads PL/Python at start (``shared_preload_libraries``):
+    otherwise every new backend loads and links it on its first score, ~2-4
+    MiB more of its memory (docs/migrations.md). None when this role may not
+    read the setting (a superuser or pg_read_all_settings may)."""
+    try:
+        with conn.transaction():
+            setting = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+    except psycopg.errors.InsufficientPrivilege:
+        return None
+    names = [name.strip().strip('"').rsplit("/", 1)[-1].removesuffix(".so") for name in setting.split(",")]
+    return "plpython3" in names

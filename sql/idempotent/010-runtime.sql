@@ -36,7 +36,12 @@ stamp = MAGIC_NUMBER + code_sha.encode()
 names = {row["module"] for row in plpy.execute("SELECT module FROM scoring_trusted.runtime_modules")}
 # A stored module is a package when another one is named under it.
 packages = {name.rsplit(".", 1)[0] + "." for name in names if "." in name}
-read_bytecode = plpy.prepare("SELECT bytecode FROM scoring_trusted.runtime_modules WHERE module = $1", ["text"])
+# A module is read later, by whichever call first imports it: maybe before
+# that call pinned search_path (a procedure that commits cannot pin it), and
+# PostgreSQL parses a saved plan again under a changed search_path. So no
+# name in these two queries may resolve through the caller's path.
+MODULE_SQL = "SELECT {column} FROM scoring_trusted.runtime_modules WHERE module OPERATOR(pg_catalog.=) $1"
+read_bytecode = plpy.prepare(MODULE_SQL.format(column="bytecode"), ["pg_catalog.text"])
 
 def stored_code(name):
     """The code object of module ``name``: the migration's bytecode, else compiled from source."""
@@ -50,8 +55,7 @@ def stored_code(name):
         plpy.error(f"pgscore's in-database code changed while this session was using it (module {name})",
                    detail=f"this session loaded code {code_sha[:12]}; a migration has since installed other code",
                    hint="run the statement again: the next call loads the new code")
-    source = plpy.execute(plpy.prepare("SELECT source FROM scoring_trusted.runtime_modules WHERE module = $1",
-                                       ["text"]), [name])[0]["source"]
+    source = plpy.execute(plpy.prepare(MODULE_SQL.format(column="source"), ["pg_catalog.text"]), [name])[0]["source"]
     GD["pgscore_server.code_from"] = "source"
     return compile(source, "scoring_trusted.runtime_modules:" + name, "exec")
 

@@ -135,11 +135,15 @@ def test_the_server_preloads_the_languages_every_score_runs_in(db):
     """pgscore's servers (pgscore db start, the Docker image) load PL/pgSQL
     and PL/Python at start: a new backend's first score does not load and
     link them (P6, docs/performance.md)."""
+    from pgscore.connection import plpython_preloaded
     from pgscore.dev.localdb import PRELOAD_LIBRARIES
 
     with db.connect() as admin:
         setting = admin.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
+        assert plpython_preloaded(admin) is True  # what pgscore migrate and bench ask
     assert [name.strip() for name in setting.split(",")] == PRELOAD_LIBRARIES.split(",")
+    with db.connect("loader") as loader:  # may not read the setting: no answer, and no note from migrate
+        assert plpython_preloaded(loader) is None
 
 
 def test_code_replaced_under_a_session_is_refused_not_mixed(db):
