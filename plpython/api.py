@@ -102,8 +102,6 @@ IDS_LISTED = "public.customer_profiles p WHERE p.customer_id = ANY($1)"
 def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids: list[int] | None) -> list[float]:
     """The score of each id in input order, one model call per chunk of
     distinct ids, each feature read as one array."""
-    from . import batch
-
     if not customer_ids:
         return []
     if any(customer_id is None for customer_id in customer_ids):
@@ -113,8 +111,8 @@ def _score_ids(plpy: Any, cache: dict, model: registry.LoadedModel, customer_ids
     distinct = sorted(set(customer_ids))
     threads = settings.batch_threads(plpy, cache, len(distinct))
     scores: dict[int, float] = {}
-    for start in range(0, len(distinct), batch.CHUNK):
-        chunk = distinct[start : start + batch.CHUNK]
+    for start in range(0, len(distinct), settings.CHUNK_ROWS):
+        chunk = distinct[start : start + settings.CHUNK_ROWS]
         if chunk[-1] - chunk[0] + 1 == len(chunk):  # every id of a range: walk it
             ids, columns, _ = model.read_columns(plpy, cache, IDS_IN_RANGE, ["bigint", "bigint"], [chunk[0], chunk[-1]])
         else:
@@ -195,12 +193,16 @@ def rescore(plpy: Any, cache: dict, model_name: str, batch_size: int) -> list[st
 
 # A scorer's batches run as scoring_owner (the caller may not write its
 # entity) in a SECURITY DEFINER function; the procedure commits between them.
+# These run before anything pinned search_path (the procedure runs as its
+# caller, on the caller's path): no name in them resolves through it.
 RESCORE_BATCH_SQL = "SELECT scoring._rescore_batch($1, $2, $3) AS last"
-IS_SCORER_SQL = "SELECT EXISTS (SELECT FROM scoring.scorers WHERE scorer = $1) AS found"
+RESCORE_BATCH_TYPES = ["pg_catalog.text", "pg_catalog.text", "pg_catalog.int4"]
+SCORER_ROWS_SQL = "SELECT scoring._scorer_rows($1) AS n"
+IS_SCORER_SQL = "SELECT EXISTS (SELECT FROM scoring.scorers WHERE scorer OPERATOR(pg_catalog.=) $1) AS found"
 
 
 def _is_scorer(plpy: Any, cache: dict, name: str | None) -> bool:
-    return bool(plans.run(plpy, cache, IS_SCORER_SQL, ["text"], [name])[0]["found"])
+    return bool(plans.run(plpy, cache, IS_SCORER_SQL, ["pg_catalog.text"], [name])[0]["found"])
 
 
 def _rescore_scorer(plpy: Any, scorer: str, batch_size: int) -> None:
@@ -208,8 +210,8 @@ def _rescore_scorer(plpy: Any, scorer: str, batch_size: int) -> None:
     committed; NOTICEs 'pgscore rescore: DONE/TOTAL rows' as batch.rescore's."""
     from . import batch
 
-    plan = plpy.prepare(RESCORE_BATCH_SQL, ["text", "text", "int"])
-    total = plpy.execute(plpy.prepare("SELECT scoring._scorer_rows($1) AS n", ["text"]), [scorer])[0]["n"]
+    plan = plpy.prepare(RESCORE_BATCH_SQL, RESCORE_BATCH_TYPES)
+    total = plpy.execute(plpy.prepare(SCORER_ROWS_SQL, ["pg_catalog.text"]), [scorer])[0]["n"]
     done, last = 0, None
     while True:
         last = plpy.execute(plan, [scorer, last, batch_size])[0]["last"]
@@ -308,6 +310,7 @@ def runtime_info(plpy: Any, cache: dict) -> str:
         revision = plpy.execute(REVISION_SQL)
         info["schema_revision"] = revision[0]["v"]
     info["code_sha"] = cache.get("pgscore_server.code_sha")
-    info["code_from"] = cache.get("pgscore_server.code_from")  # 'bytecode' or 'source'
+    # 'bytecode', or 'source' once a module this backend imported was compiled from source
+    info["code_from"] = cache.get("pgscore_server.code_from")
     info["modules"] = runtime.top_level_modules()
     return json.dumps(info)

@@ -10,8 +10,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (package 
 if TYPE_CHECKING:
     from typing import Any
 
-# Largest number of rows handed to one model call by the set-based paths.
-CHUNK = 50_000
 
 # A batch of the Python paths: its profiles are read without locking them
 # (locking wrote every row's header once more, ~2-3 s per 1M profiles) and
@@ -151,8 +149,8 @@ def _rescore_locked(plpy: Any, cache: dict, model: registry.LoadedModel, custome
 def _score_bits(plpy: Any, cache: dict, model: registry.LoadedModel, columns: list) -> list[int]:
     scores: list[float] = []
     threads = settings.batch_threads(plpy, cache, len(columns[0]))
-    for start in range(0, len(columns[0]), CHUNK):
-        scores.extend(model.predict_columns([column[start : start + CHUNK] for column in columns], threads))
+    for start in range(0, len(columns[0]), settings.CHUNK_ROWS):
+        scores.extend(model.predict_columns([column[start : start + settings.CHUNK_ROWS] for column in columns], threads))
     return floatbits.as_bits(scores)
 
 

@@ -13,6 +13,9 @@ if TYPE_CHECKING:
 
 ON_ERROR_CHOICES = ("keep", "raise")
 
+# Largest number of rows handed to one model call by the set-based paths.
+CHUNK_ROWS = 50_000
+
 # scoring.max_batch_ids: most customer_ids one scoring.score_many call takes.
 # A bound on what one call of the least trusted roles costs the server (5M
 # ids grew a backend by ~770 MB on the compiled path); pgscore bench scores

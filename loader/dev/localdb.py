@@ -33,6 +33,7 @@ SUPERUSER = "postgres"
 # loads and links them once and each backend inherits them (the Docker image
 # sets the same: docker/Dockerfile).
 PRELOAD_LIBRARIES = "plpgsql,plpython3"
+CONF_MARK = "# written by pgscore db start"
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,12 @@ class LocalDatabase:
         extras = str(extras_dir.resolve()) if extras_dir else None
         state = self.state()
         if running:
-            if state.get("runtime") == str(runtime_dir.resolve()) and state.get("runtime_extras") == extras:
+            if state.get("runtime") != str(runtime_dir.resolve()) or state.get("runtime_extras") != extras:
+                print("pgscore: the pinned runtime changed; restarting the local server on it", file=sys.stderr)
+            elif self._settings_changed(state["port"]):
+                print("pgscore: the local server's settings changed (docs/migrations.md); restarting it", file=sys.stderr)
+            else:
                 return self.dsn()
-            print("pgscore: the pinned runtime changed; restarting the local server on it", file=sys.stderr)
             self.stop()
         if port and not _port_free(port):
             raise LocalDatabaseError(f"port {port} on 127.0.0.1 is in use: stop what listens there or choose another port")
@@ -127,7 +131,7 @@ class LocalDatabase:
         env = dict(os.environ, PYTHONPATH=":".join(filter(None, [state["runtime"], extras])),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env.pop("PYTHONHOME", None)
-        self._write_conf(state["port"])  # a server made by an older pgscore gets today's settings
+        self._write_conf(state["port"])  # a server an older pgscore made gets today's settings
         self._run([self.program("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
                   env=env)
         self._create_database()
@@ -182,20 +186,34 @@ class LocalDatabase:
         self.state_file.chmod(0o600)
         return state
 
-    def _write_conf(self, port: int) -> None:
-        conf = self.data / "postgresql.auto.conf"
-        lines = [
-            "# written by pgscore db start",
-            "listen_addresses = '127.0.0.1'",
-            f"port = {port}",
-            f"unix_socket_directories = '{self.sockets.resolve()}'",
-            "max_connections = 100",
-            "shared_buffers = '256MB'",
+    def _settings(self, port: int) -> dict[str, str]:
+        return {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(port),
+            "unix_socket_directories": f"'{self.sockets.resolve()}'",
+            "max_connections": "100",
+            "shared_buffers": "'256MB'",
             # Loaded once by the postmaster, not by each new connection's first
             # score: ~2-4 MiB less per backend (docs/performance.md, P6).
-            f"shared_preload_libraries = '{PRELOAD_LIBRARIES}'",
-        ]
-        conf.write_text("\n".join(lines) + "\n")
+            "shared_preload_libraries": f"'{PRELOAD_LIBRARIES}'",
+        }
+
+    def _conf_text(self, port: int) -> str:
+        """postgresql.auto.conf with pgscore's settings, keeping any other
+        line (what ALTER SYSTEM wrote)."""
+        conf = self.data / "postgresql.auto.conf"
+        settings = self._settings(port)
+        kept = [line for line in (conf.read_text().splitlines() if conf.exists() else [])
+                if line.split("=", 1)[0].strip() not in settings and line != CONF_MARK]
+        return "\n".join([*kept, CONF_MARK, *(f"{key} = {value}" for key, value in settings.items())]) + "\n"
+
+    def _settings_changed(self, port: int) -> bool:
+        conf = self.data / "postgresql.auto.conf"
+        return not conf.exists() or conf.read_text() != self._conf_text(port)
+
+    def _write_conf(self, port: int) -> None:
+        conf = self.data / "postgresql.auto.conf"
+        conf.write_text(self._conf_text(port))
         self._own(conf)
 
     def _create_database(self) -> None:

@@ -8,14 +8,17 @@
 -- not be able to (docs/security.md).
 -- The modules come as the code objects the migration compiled with the
 -- server's Python (about 1 ms and 0.7 MiB for all of them, where compiling
--- the sources costs a new backend ~30 ms and ~4 MiB); from source when that
--- code is missing or stamped for another interpreter.
+-- the sources costs a new backend ~30 ms and ~4 MiB).
 -- Each module is read when it is first imported, not all of them here: a
 -- backend that scores one customer imports about half of the code, and
 -- reading the rest cost it ~1 MiB of pages and memory (docs/performance.md,
--- P6). A module compiled for another code sha means a migration replaced
--- the code since this backend loaded it: that import fails, rather than mix
--- two code sets, and the next call loads the new code.
+-- P6). A module's code is this backend's code set's, whenever it is read:
+-- when runtime_modules holds no code object of it stamped for this
+-- interpreter and code sha (the server's Python changed, or a migration
+-- installed other code since this backend loaded it), it is compiled from
+-- the code set's own source, which scoring_trusted.code_modules keeps by
+-- code sha. Two code sets never meet in one backend; the next call after a
+-- migration loads the new one.
 -- It runs as its caller (no SECURITY DEFINER: it needs no more than the
 -- scoring functions' owner, the only role that may execute it; the roles
 -- whose calls may import later, scoring_owner and scoring_loader, may read
@@ -25,6 +28,7 @@ RETURNS void
 LANGUAGE plpython3u
 SET search_path = pg_catalog, pg_temp
 AS $python$
+import _thread
 import importlib.machinery
 import marshal
 import sys
@@ -32,6 +36,7 @@ import sys
 from importlib._bootstrap_external import MAGIC_NUMBER
 
 code_sha = "{{CODE_SHA}}"
+backend_thread = _thread.get_ident()  # plpy may be called from this thread only
 stamp = MAGIC_NUMBER + code_sha.encode()
 names = {row["module"] for row in plpy.execute("SELECT module FROM scoring_trusted.runtime_modules")}
 # A stored module is a package when another one is named under it.
@@ -39,25 +44,30 @@ packages = {name.rsplit(".", 1)[0] + "." for name in names if "." in name}
 # A module is read later, by whichever call first imports it: maybe before
 # that call pinned search_path (a procedure that commits cannot pin it), and
 # PostgreSQL parses a saved plan again under a changed search_path. So no
-# name in these two queries may resolve through the caller's path.
-MODULE_SQL = "SELECT {column} FROM scoring_trusted.runtime_modules WHERE module OPERATOR(pg_catalog.=) $1"
-read_bytecode = plpy.prepare(MODULE_SQL.format(column="bytecode"), ["pg_catalog.text"])
+# name in these queries may resolve through the caller's path.
+read_bytecode = plpy.prepare("SELECT bytecode FROM scoring_trusted.runtime_modules"
+                             " WHERE module OPERATOR(pg_catalog.=) $1", ["pg_catalog.text"])
+SOURCE_SQL = ("SELECT source FROM scoring_trusted.code_modules"
+              " WHERE runtime_sha OPERATOR(pg_catalog.=) $1 AND module OPERATOR(pg_catalog.=) $2")
 
 def stored_code(name):
-    """The code object of module ``name``: the migration's bytecode, else compiled from source."""
+    """The code object of module ``name`` of this backend's code set."""
+    if _thread.get_ident() != backend_thread:
+        raise ImportError(f"{name} is imported by a thread other than the backend's: import it before starting threads")
     rows = plpy.execute(read_bytecode, [name])
     bytecode = rows[0]["bytecode"] if rows else None
     if bytecode is not None and bytecode.startswith(stamp):
         # Only the migrating superuser can write this table, as the sources.
         return marshal.loads(memoryview(bytecode)[len(stamp):])
-    if not rows or (bytecode is not None and bytecode.startswith(MAGIC_NUMBER)):
+    found = plpy.execute(plpy.prepare(SOURCE_SQL, ["pg_catalog.text", "pg_catalog.text"]), [code_sha, name])
+    if not found:
         GD.pop("pgscore_server.code_sha", None)
-        plpy.error(f"pgscore's in-database code changed while this session was using it (module {name})",
-                   detail=f"this session loaded code {code_sha[:12]}; a migration has since installed other code",
-                   hint="run the statement again: the next call loads the new code")
-    source = plpy.execute(plpy.prepare(MODULE_SQL.format(column="source"), ["pg_catalog.text"]), [name])[0]["source"]
+        plpy.error(f"pgscore's in-database code {code_sha[:12]} has no module {name}",
+                   detail="neither scoring_trusted.runtime_modules nor code_modules holds it for this code set",
+                   hint="run the statement again (the next call loads the installed code), "
+                        "or run the migrations again (pgscore migrate)")
     GD["pgscore_server.code_from"] = "source"
-    return compile(source, "scoring_trusted.runtime_modules:" + name, "exec")
+    return compile(found[0]["source"], "scoring_trusted.code_modules:" + name, "exec")
 
 # A finder and loader by protocol, not by the importlib.abc classes, whose
 # import costs a new backend about 15 ms.

@@ -146,32 +146,46 @@ def test_the_server_preloads_the_languages_every_score_runs_in(db):
         assert plpython_preloaded(loader) is None
 
 
-def test_code_replaced_under_a_session_is_refused_not_mixed(db):
-    """The runtime's modules are read when first imported. One that a
-    migration replaced since this session loaded the runtime (bytecode of
-    this interpreter, another code sha) fails its import in words, rather
-    than run beside the old code; the session's next call loads the code
-    that is there, and the import works again once it matches."""
+def test_a_module_imported_after_a_migration_is_still_the_sessions_code(db):
+    """The runtime's modules are read when first imported. When a migration
+    replaced the code since this session loaded the runtime (runtime_modules
+    holds another code set's), the module still comes from this session's
+    code set (its source in code_modules, by code sha): two code sets never
+    meet in one backend. Gone from both, the import fails in words, and the
+    session's next call loads the runtime again."""
     module = "pgscore_server.onnxpath"  # imported by no scoring call of these tests
     load = "SELECT scoring_trusted.load_runtime()"
     with db.connect() as admin, db.connect() as migrating:
-        admin.execute("CREATE FUNCTION pg_temp.import_module(name text) RETURNS boolean LANGUAGE plpython3u"
-                      " AS 'import importlib\nreturn importlib.import_module(name) is not None'")
+        admin.execute("CREATE FUNCTION pg_temp.module_has(name text, attribute text) RETURNS boolean"
+                      " LANGUAGE plpython3u AS 'import importlib, sys\n"
+                      "sys.modules.pop(name, None)\n"
+                      "return hasattr(importlib.import_module(name), attribute)'")
         admin.execute(load)
-        original = migrating.execute("SELECT bytecode FROM scoring_trusted.runtime_modules WHERE module = %s",
-                                     [module]).fetchone()[0]
-        other_sha = b"0" * 64
+        sha = admin.execute("SELECT scoring.runtime_info() ->> 'code_sha'").fetchone()[0]
+        bytecode, source = migrating.execute("SELECT bytecode, source FROM scoring_trusted.runtime_modules"
+                                             " WHERE module = %s", [module]).fetchone()
+        kept = migrating.execute("SELECT source FROM scoring_trusted.code_modules WHERE runtime_sha = %s"
+                                 " AND module = %s", [sha, module]).fetchone()[0]
+        other = bytecode[:4] + b"0" * 64 + bytecode[68:]  # this interpreter's, another code sha's
         try:
-            migrating.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = %s WHERE module = %s",
-                              [original[:4] + other_sha + original[68:], module])
-            with pytest.raises(psycopg.errors.Error, match=f"code changed while this session was using it .module {module}"):
-                admin.execute("SELECT pg_temp.import_module(%s)", [module])
-            assert admin.execute("SELECT scoring.runtime_info()").fetchone()[0]["code_sha"] == original[4:68].decode()
+            migrating.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = %s,"
+                              " source = 'NEW_CODE = True' WHERE module = %s", [other, module])
+            assert admin.execute("SELECT pg_temp.module_has(%s, 'NEW_CODE')", [module]).fetchone()[0] is False
+            assert admin.execute("SELECT pg_temp.module_has(%s, 'check_graph')", [module]).fetchone()[0] is True
+            assert admin.execute("SELECT scoring.runtime_info() ->> 'code_from'").fetchone()[0] == "source"
+            migrating.execute("DELETE FROM scoring_trusted.code_modules WHERE runtime_sha = %s AND module = %s",
+                              [sha, module])
+            admin.execute(load)
+            with pytest.raises(psycopg.errors.Error, match=f"code {sha[:12]} has no module {module}"):
+                admin.execute("SELECT pg_temp.module_has(%s, 'check_graph')", [module])
         finally:
-            migrating.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = %s WHERE module = %s",
-                              [original, module])
+            migrating.execute("UPDATE scoring_trusted.runtime_modules SET bytecode = %s, source = %s"
+                              " WHERE module = %s", [bytecode, source, module])
+            migrating.execute("INSERT INTO scoring_trusted.code_modules (runtime_sha, module, source)"
+                              " VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", [sha, module, kept])
         admin.execute(load)
-        assert admin.execute("SELECT pg_temp.import_module(%s)", [module]).fetchone()[0] is True
+        assert admin.execute("SELECT pg_temp.module_has(%s, 'check_graph')", [module]).fetchone()[0] is True
+        assert admin.execute("SELECT scoring.runtime_info() ->> 'code_from'").fetchone()[0] == "bytecode"
 
 
 def test_scores_cross_from_python_as_float8_bits_exactly(db):

@@ -284,7 +284,9 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
                 # an error before the first batch: raised before any batch pinned search_path
                 (psycopg.errors.InvalidParameterValue, "CALL scoring.rescore('churn', 0)", []),
                 # profile 42 is rejected: earlier batches are written, then it raises
-                (psycopg.errors.ExternalRoutineInvocationException, "CALL scoring.rescore('churn', 37)", [])],
+                (psycopg.errors.ExternalRoutineInvocationException, "CALL scoring.rescore('churn', 37)", []),
+                # a name other than churn is looked up among the scorers first, on the caller's path
+                (psycopg.errors.UndefinedObject, "CALL scoring.rescore('no_such_model', 10)", [])],
             # a scorer's batch (scoring.rescore of an attached scorer): keys after '' up to 5
             "scoring._rescore_batch(text,text,integer)": [
                 (psycopg.errors.InvalidParameterValue, "SELECT scoring._rescore_batch('churn', NULL, 0)", [])],
@@ -304,12 +306,12 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
         },
         "app": scorers,
     }
-    all_warnings = []
+    warning_lists = []  # each connection's, filled by its notice handler as the statements run
     for who, table in calls.items():
         granted = executable(db, who)
         assert not granted - set(table), f"{who} may execute {sorted(granted - set(table))}: add a call to this test"
         conn, warnings = hijacked(db, who, HIJACK_PATH)
-        all_warnings += warnings
+        warning_lists.append(warnings)
         with conn:
             for name, statements in table.items():
                 if name not in granted:
@@ -332,7 +334,7 @@ def test_lookalike_operators_never_run_as_the_caller(lookalikes):
         hits = admin.execute("SELECT what, who FROM lookalike.hits").fetchall()
         recorded = admin.execute("SELECT pg_catalog.count(*) FROM scoring.errors WHERE customer_id = 42").fetchone()[0]
     assert hits == []
-    assert [w for w in all_warnings if "lookalike" in w] == []
+    assert [w for warnings in warning_lists for w in warnings if "lookalike" in w] == []
     assert recorded == 2  # the rejected row was recorded by the Python marker code under the hijacked path too
     with db.connect() as admin:  # rescore as the loader scores profiles right once 42 is scorable again
         admin.execute("UPDATE customer_profiles SET total_charges = 10 WHERE customer_id = 42")
