@@ -88,7 +88,8 @@ def install(plpy: Any, cache: dict, model_id: int) -> str:
     """Writes ``model_id`` into the complaint trigger, and for the 'sql'
     path into score(bigint) and score_many."""
     model_id = int(model_id)
-    cache.pop("pgscore.profile_columns", None)  # the profiles may just have been altered in this backend
+    for key in ("pgscore.profile_columns", "pgscore.declared_types"):
+        cache.pop(key, None)  # the profiles may just have been altered in this backend
     row = _model_row(plpy, cache, model_id)
     if row["scoring_path"] == "sql":
         return _install_sql(plpy, cache, model_id, _evaluator(plpy, cache, model_id, row))

@@ -84,7 +84,7 @@ def test_predict_refuses_values_that_are_not_probabilities():
 
 def test_trigger_keep_records_errors_and_warns():
     cache = {"pgscore.models": OrderedDict({7: loaded()})}
-    cache["pgscore.profile_columns"] = ({"tenure_months": "integer"}, {"tenure_months": "integer"})
+    cache["pgscore.profile_columns"] = {"tenure_months": "integer"}
     plpy = FakePlpy([
         ("scoring.on_error", [{"v": "keep"}]),
         ("FOR NO KEY UPDATE OF p", [{"customer_id": 1, "pgscore_new": 1, "tenure_months": 10,
