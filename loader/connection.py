@@ -152,5 +152,10 @@ def plpython_preloaded(conn: psycopg.Connection) -> bool | None:
             setting = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()[0]
     except psycopg.errors.InsufficientPrivilege:
         return None
-    names = [name.strip().strip('"').rsplit("/", 1)[-1].removesuffix(".so") for name in setting.split(",")]
-    return "plpython3" in names
+    return "plpython3" in preloaded_names(setting)
+
+
+def preloaded_names(setting: str) -> list[str]:
+    """The libraries of a ``shared_preload_libraries`` value, by bare name:
+    ``'"$libdir/plpython3.so", pg_stat_statements'`` -> plpython3, pg_stat_statements."""
+    return [name.strip().strip('"').rsplit("/", 1)[-1].removesuffix(".so") for name in setting.split(",") if name.strip()]
