@@ -50,4 +50,3 @@ def first_score(dsn: str) -> tuple[float, dict[str, float]]:
         elapsed = time.perf_counter() - started
         after = memory_mib(pid, conn.info.dbname)
         return elapsed, {key: after[key] - before[key] for key in before}
-

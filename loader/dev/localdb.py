@@ -116,14 +116,14 @@ class LocalDatabase:
         if not (self.data / "PG_VERSION").exists():
             state = self._initdb(port or state.get("port") or _free_port(DEFAULT_PORT))
         elif port and port != state.get("port"):
-            self._move(state, port)
+            state["port"] = port  # written to the settings below, saved with the state
         elif not port and not _port_free(state["port"]):
             # Taken since this server last ran (by another checkout's server,
             # say): a throwaway server moves, and dsn() follows the state file.
             moved = _free_port(DEFAULT_PORT)
             print(f"pgscore: port {state['port']} on 127.0.0.1 is in use; the local server moves to port {moved}",
                   file=sys.stderr)
-            self._move(state, moved)
+            state["port"] = moved
         state["runtime"] = str(runtime_dir.resolve())
         state["runtime_extras"] = extras  # after the base runtime on PYTHONPATH (pgscore runtime add)
         self.state_file.write_text(json.dumps(state))
@@ -131,7 +131,9 @@ class LocalDatabase:
         env = dict(os.environ, PYTHONPATH=":".join(filter(None, [state["runtime"], extras])),
                    OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         env.pop("PYTHONHOME", None)
-        self._write_conf(state["port"])  # a server an older pgscore made gets today's settings
+        # Every start writes the settings: a new server's, a moved one's port, and
+        # today's for a server an older pgscore made.
+        self._write_conf(state["port"])
         self._run([self.program("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t", "60", "start"],
                   env=env)
         self._create_database()
@@ -154,11 +156,6 @@ class LocalDatabase:
         """' --dir DIR' unless DIR is the folder pgscore picks by itself."""
         return "" if self.dir == DEFAULT_DIR.resolve() else f" --dir {self.dir}"
 
-    def _move(self, state: dict, port: int) -> None:
-        """The server listens on ``port`` from its next start (start() then saves ``state``)."""
-        state["port"] = port
-        self._write_conf(port)
-
     def stop(self) -> bool:
         """Stops the server; returns False when it was not running."""
         if not self.is_running():
@@ -180,8 +177,7 @@ class LocalDatabase:
                        "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", f"--pwfile={pwfile}"])
         finally:
             pwfile.unlink(missing_ok=True)
-        self._write_conf(port)
-        state = {"port": port, "password": password}
+        state = {"port": port, "password": password}  # its settings: written by start()
         self.state_file.write_text(json.dumps(state))
         self.state_file.chmod(0o600)
         return state
@@ -198,21 +194,25 @@ class LocalDatabase:
             "shared_preload_libraries": f"'{PRELOAD_LIBRARIES}'",
         }
 
+    @property
+    def _auto_conf(self) -> Path:
+        return self.data / "postgresql.auto.conf"
+
     def _conf_text(self, port: int) -> str:
         """postgresql.auto.conf with pgscore's settings, keeping any other
         line (what ALTER SYSTEM wrote)."""
-        conf = self.data / "postgresql.auto.conf"
+        conf = self._auto_conf
         settings = self._settings(port)
         kept = [line for line in (conf.read_text().splitlines() if conf.exists() else [])
                 if line.split("=", 1)[0].strip() not in settings and line != CONF_MARK]
         return "\n".join([*kept, CONF_MARK, *(f"{key} = {value}" for key, value in settings.items())]) + "\n"
 
     def _settings_changed(self, port: int) -> bool:
-        conf = self.data / "postgresql.auto.conf"
+        conf = self._auto_conf
         return not conf.exists() or conf.read_text() != self._conf_text(port)
 
     def _write_conf(self, port: int) -> None:
-        conf = self.data / "postgresql.auto.conf"
+        conf = self._auto_conf
         conf.write_text(self._conf_text(port))
         self._own(conf)
 
